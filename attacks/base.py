@@ -1,0 +1,39 @@
+"""The attack contract: ``reconstruct(observation) -> Reconstruction``.
+
+An attack declares the message kinds it consumes. It gets an :class:`Observation`
+(payload + public context) and never the ground truth, which the runner keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from privbench.channel import Observation
+from privbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    images: torch.Tensor  # (B, C, H, W) in the dataset's value range
+    labels: torch.Tensor | None = None  # (B,) predicted labels, when the attack infers them
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Attack:
+    name = "attack"
+    consumes: tuple[str, ...] = ()
+
+    def __init__(self, **params: Any):
+        self.params = dict(params)
+
+    def reconstruct(
+        self, observation: Observation, *, generator: torch.Generator
+    ) -> Reconstruction:  # pragma: no cover
+        raise NotImplementedError
+
+
+ATTACKS: Registry[Attack] = Registry("attack")

@@ -1,0 +1,300 @@
+"""Gradient inversion: DLG, iDLG and Inverting Gradients.
+
+All three rebuild the victim's message with the victim's *own* training recipe: the
+dummy data go through ``context.augmenter.local_loss`` (so a FedMix client is attacked
+with the FedMix loss), for ``context.local_steps`` steps of SGD when the message is a
+multi-step ``update``. Only the optimisation of the dummy data differs:
+
+- DLG (Zhu et al. 2019): L-BFGS on dummy images *and* dummy soft labels, squared L2
+  distance between gradients.
+- iDLG (Zhao et al. 2020): label from the sign of the last layer's weight gradient (the
+  row that sums negative), then L-BFGS on the image only.
+- IG (Geiping et al. 2020): 1 - cosine similarity + total variation, Adam on the signed
+  gradient, box constraint, step-decayed lr, restarts keep the lowest loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from privbench.attacks.base import ATTACKS, Attack, Reconstruction
+from torch.func import functional_call
+
+from privbench.channel import Observation, PublicContext
+from privbench.models import classifier_weight_name
+from privbench.progress import bar
+from privbench.registry import Param
+
+
+class FunctionalModel:
+    """Calls a module with explicit parameter tensors, so gradients flow to them."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        params: Mapping[str, torch.Tensor],
+        buffers: Mapping[str, torch.Tensor],
+    ):
+        self.module, self.params, self.buffers = module, params, buffers
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # Fresh buffer copies: BN in train mode updates running stats in place.
+        bufs = {k: v.clone() for k, v in self.buffers.items()}
+        return functional_call(self.module, {**self.params, **bufs}, (x,))
+
+
+class VictimSimulator:
+    """Re-runs the victim's public training recipe on candidate data, differentiably."""
+
+    def __init__(self, context: PublicContext):
+        self.ctx = context
+        self.module = context.build_model()
+        self.module.load_state_dict(dict(context.weights_before))
+        self.module.train()  # clients train in train mode (BN uses batch statistics)
+        names = [n for n, _ in self.module.named_parameters()]
+        self.param_names = names
+        self.params0 = {n: context.weights_before[n].detach().clone() for n in names}
+        self.buffers = {n: b.detach().clone() for n, b in self.module.named_buffers()}
+
+    def loss(
+        self, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        model = FunctionalModel(self.module, params, self.buffers)
+        loss = self.ctx.augmenter.local_loss(model, x, y, received=self.ctx.received)
+        if self.ctx.algorithm is not None:
+            extra = self.ctx.algorithm.penalty(params, self.params0)
+            if extra is not None:
+                loss = loss + extra
+        return loss
+
+    def message(
+        self, kind: str, x: torch.Tensor, y: torch.Tensor, create_graph: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """What the victim would have sent had its data been (x, y).
+
+        ``gradient``: the loss gradient. ``update``: ``local_steps`` of full-batch SGD,
+        reported (like the observation) as new weights minus old, divided by -lr so its
+        scale is that of a gradient.
+        """
+        params = {n: p.clone().requires_grad_(True) for n, p in self.params0.items()}
+        if kind == "gradient":
+            grads = torch.autograd.grad(
+                self.loss(params, x, y), list(params.values()), create_graph=create_graph
+            )
+            return dict(zip(self.param_names, grads, strict=True))
+        lr = self.ctx.lr
+        current = params
+        for _ in range(self.ctx.local_steps):
+            grads = torch.autograd.grad(
+                self.loss(current, x, y), list(current.values()), create_graph=create_graph
+            )
+            current = {n: current[n] - lr * g for n, g in zip(self.param_names, grads, strict=True)}
+        return {n: (current[n] - self.params0[n]) / -lr for n in self.param_names}
+
+    def target(self, observation: Observation) -> dict[str, torch.Tensor]:
+        """The observed message on the same scale as :meth:`message`."""
+        payload = observation.payload
+        if observation.kind == "gradient":
+            return {n: payload[n].detach() for n in self.param_names}
+        return {n: payload[n].detach() / -self.ctx.lr for n in self.param_names}
+
+
+def infer_labels(observation: Observation, sim: VictimSimulator) -> torch.Tensor:
+    """iDLG's rule, generalised to batches.
+
+    With cross-entropy and non-negative inputs to the last layer, only the true class's
+    row of the last weight gradient sums negative. For B images take the classes whose
+    rows sum negative, most negative first, and fill up by repeating the most negative
+    (a heuristic when labels repeat; exact for B = 1).
+    """
+    ctx = sim.ctx
+    name = classifier_weight_name(sim.module, ctx.num_classes)
+    row_sums = sim.target(observation)[name].sum(dim=1)  # (K,)
+    order = torch.argsort(row_sums)
+    negative = [int(c) for c in order if row_sums[c] < 0]
+    labels = negative[: ctx.num_images]
+    while len(labels) < ctx.num_images:
+        labels.append(negative[0] if negative else int(order[0]))
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def _l2_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return sum(((a[k] - b[k]) ** 2).sum() for k in b)
+
+
+def _cosine_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]):
+    dot = sum((a[k] * b[k]).sum() for k in b)
+    na = sum((a[k] ** 2).sum() for k in b).sqrt()
+    nb = sum((b[k] ** 2).sum() for k in b).sqrt()
+    return 1.0 - dot / (na * nb + 1e-12)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels (Geiping et al.'s TV prior)."""
+    dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean()
+    dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean()
+    return dx + dy
+
+
+def _dummy_images(ctx: PublicContext, init: str, generator: torch.Generator) -> torch.Tensor:
+    shape = (ctx.num_images, *ctx.input_shape)
+    lo, hi = ctx.value_range
+    if init == "randn":
+        return torch.randn(shape, generator=generator)
+    return lo + (hi - lo) * torch.rand(shape, generator=generator)
+
+
+_ITERS = Param("iters", int, 300, "optimiser iterations", low=1)
+_RESTARTS = Param("restarts", int, 1, "independent restarts; the lowest final loss wins", low=1)
+_INIT = Param("init", str, "randn", "dummy image init", choices=("randn", "uniform"))
+_TOL = Param("tol", float, 1e-12, "stop once the matching loss is below this", low=0.0)
+
+
+class _LBFGSAttack(Attack):
+    """DLG and iDLG share this L-BFGS loop; iDLG fixes the labels first."""
+
+    consumes = ("gradient", "update")
+    joint_labels = True
+
+    def reconstruct(self, observation, *, generator):
+        sim = VictimSimulator(observation.context)
+        target = sim.target(observation)
+        fixed = None if self.joint_labels else infer_labels(observation, sim)
+        best = None
+        for restart in range(self.params["restarts"]):
+            trial = self._restart(sim, observation.kind, target, fixed, generator, restart)
+            if trial is not None and (best is None or trial[0] < best[0]):
+                best = trial
+        if best is None:
+            raise RuntimeError(f"{self.name}: every restart diverged (non-finite loss)")
+        return Reconstruction(best[1], best[2], {"loss": best[0]})
+
+    def _restart(self, sim, kind, target, fixed, generator, restart):
+        """One L-BFGS run from a fresh init: (final loss, images, labels), or None if it
+        diverged (L-BFGS on sigmoid nets can blow up; other restarts may still succeed)."""
+        ctx = sim.ctx
+        x = _dummy_images(ctx, self.params["init"], generator).requires_grad_(True)
+        variables = [x]
+        logits = None
+        if fixed is None:  # DLG: soft labels are optimised jointly
+            logits = torch.randn(
+                ctx.num_images, ctx.num_classes, generator=generator
+            ).requires_grad_(True)
+            variables.append(logits)
+        opt = torch.optim.LBFGS(
+            variables,
+            lr=self.params["attack_lr"],
+            max_iter=self.params["max_iter"],
+            history_size=100,
+        )
+
+        def closure():
+            opt.zero_grad()
+            y = torch.softmax(logits, dim=1) if fixed is None else fixed
+            dist = _l2_distance(sim.message(kind, x, y), target)
+            dist.backward()
+            return dist
+
+        last = float("inf")
+        with bar(self.params["iters"], f"{self.name} restart {restart + 1}") as pbar:
+            for _ in range(self.params["iters"]):
+                loss = opt.step(closure)
+                pbar.update(1)
+                if loss is None or not torch.isfinite(loss):
+                    break
+                last = float(loss.detach())
+                if last < self.params["tol"]:
+                    break
+        if not torch.isfinite(x).all() or last == float("inf"):
+            return None
+        labels = fixed if fixed is not None else logits.detach().argmax(dim=1)
+        return last, x.detach().clone(), labels.clone()
+
+
+_LBFGS_PARAMS = (
+    _ITERS,
+    _RESTARTS,
+    _INIT,
+    _TOL,
+    Param("attack_lr", float, 1.0, "L-BFGS step size", low=0.0, low_open=True),
+    Param("max_iter", int, 20, "L-BFGS inner iterations per step", low=1),
+)
+
+
+@ATTACKS.register(
+    "dlg",
+    params=_LBFGS_PARAMS,
+    description="Deep Leakage from Gradients: L-BFGS on dummy images and soft "
+    "labels, L2 gradient distance",
+)
+class DLG(_LBFGSAttack):
+    name = "dlg"
+    joint_labels = True
+
+
+@ATTACKS.register(
+    "idlg",
+    params=_LBFGS_PARAMS,
+    description="improved DLG: label from the last layer's gradient signs, then "
+    "L-BFGS on the image",
+)
+class IDLG(_LBFGSAttack):
+    name = "idlg"
+    joint_labels = False
+
+
+@ATTACKS.register(
+    "ig",
+    params=(
+        Param("iters", int, 2000, "Adam iterations", low=1),
+        _RESTARTS,
+        Param("init", str, "uniform", "dummy image init", choices=("randn", "uniform")),
+        Param("attack_lr", float, 0.1, "Adam step size", low=0.0, low_open=True),
+        Param("tv", float, 1e-4, "weight of the total-variation prior", low=0.0),
+        Param("signed", bool, True, "descend on the sign of the image gradient"),
+    ),
+    description="Inverting Gradients: cosine distance + TV, Adam on signed gradients, box "
+    "constraint, restarts; works on multi-step updates",
+)
+class InvertingGradients(Attack):
+    name = "ig"
+    consumes = ("gradient", "update")
+
+    def reconstruct(self, observation, *, generator):
+        sim = VictimSimulator(observation.context)
+        target = sim.target(observation)
+        ctx = sim.ctx
+        lo, hi = ctx.value_range
+        labels = infer_labels(observation, sim)
+        iters = self.params["iters"]
+        best = None
+        for restart in range(self.params["restarts"]):
+            x = _dummy_images(ctx, self.params["init"], generator).clamp(lo, hi)
+            x.requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=self.params["attack_lr"])
+            sched = torch.optim.lr_scheduler.MultiStepLR(
+                opt, milestones=[int(iters * f) for f in (3 / 8, 5 / 8, 7 / 8)], gamma=0.1
+            )
+            with bar(iters, f"ig restart {restart + 1}") as pbar:
+                for _ in range(iters):
+                    opt.zero_grad()
+                    loss = _cosine_distance(sim.message(observation.kind, x, labels), target)
+                    if self.params["tv"] > 0:
+                        loss = loss + self.params["tv"] * total_variation(x)
+                    loss.backward()
+                    if self.params["signed"]:
+                        x.grad.sign_()
+                    opt.step()
+                    sched.step()
+                    with torch.no_grad():
+                        x.clamp_(lo, hi)  # box constraint: stay a valid image
+                    pbar.update(1)
+            final = float(
+                _cosine_distance(
+                    sim.message(observation.kind, x.detach(), labels, create_graph=False), target
+                )
+            )
+            if best is None or final < best[0]:
+                best = (final, x.detach().clone())
+        return Reconstruction(best[1], labels, {"loss": best[0]})

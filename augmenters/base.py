@@ -1,0 +1,85 @@
+"""The augmenter contract: optional hooks around federated training.
+
+An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
+
+- ``share(round, client)``: what a client uploads before training (e.g. averaged data);
+- ``server_receive(round, sender, kind, payload)``: the server collects those;
+- ``broadcast(round, receiver)``: what the server sends a client besides the model;
+- ``training_data(round, client, x, y)``: the data a client trains on this round;
+- ``local_loss(model, x, y, *, received)``: the client's training loss. Attacks call
+  this same function on dummy data, so a gradient attack on a method is method-aware;
+- ``after_aggregate(round, model)``: server-side work after aggregation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from privbench.channel import Payload
+from privbench.registry import Registry
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy for hard labels (B,) or soft labels / probabilities (B, K)."""
+    if y.dtype.is_floating_point and y.ndim == 2:
+        return -(y * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    return F.cross_entropy(logits, y)
+
+
+@dataclass
+class ClientState:
+    """A client's view during a round. ``x``/``y`` are private and never leave the client."""
+
+    client_id: int
+    x: torch.Tensor
+    y: torch.Tensor
+    received: dict[str, Payload] = field(default_factory=dict)
+
+
+class Augmenter:
+    """Base class: every hook is a no-op, ``local_loss`` is cross-entropy."""
+
+    name = "augmenter"
+    shares: tuple[str, ...] = ()  # message kinds this method puts on the channel
+
+    def __init__(self, **params: Any):
+        self.params: dict[str, Any] = dict(params)
+
+    def setup(
+        self, *, num_classes: int, input_shape: tuple[int, int, int], num_clients: int, seed: int
+    ) -> None:
+        self.num_classes = num_classes
+        self.input_shape = input_shape
+        self.num_clients = num_clients
+        self.seed = seed
+
+    def share(self, round: int, client: ClientState) -> dict[str, Payload]:
+        return {}
+
+    def server_receive(self, round: int, sender: int, kind: str, payload: Payload) -> None:
+        return None
+
+    def broadcast(self, round: int, receiver: int) -> dict[str, Payload]:
+        return {}
+
+    def training_data(
+        self, round: int, client: ClientState, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def local_loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, received: Mapping[str, Payload]
+    ) -> torch.Tensor:
+        return cross_entropy(model(x), y)
+
+    def after_aggregate(self, round: int, model: nn.Module) -> None:
+        return None
+
+
+AUGMENTERS: Registry[Augmenter] = Registry("method")

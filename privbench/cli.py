@@ -1,0 +1,341 @@
+"""Command line: ``privbench run``, ``privbench list``.
+
+Plugin parameters become flags automatically (``--alpha`` for the Dirichlet partition,
+``--iters`` for the attacks, ...), built from the registries, so the CLI never lists
+a plugin or a parameter by hand. Bad input exits 2 with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from privbench import registries
+from privbench.config import AttackConfig, FedConfig, RunConfig
+from privbench.errors import PrivbenchError
+
+KIND_FIELDS = {  # registry kind -> the RunConfig slot its chosen plugin's params go to
+    "method": "method_params",
+    "dataset": "dataset_params",
+    "partition": "partition_params",
+    "model": "model_params",
+    "algorithm": "algorithm_params",
+    "threat": "threat_params",
+    "attack": "attack_params",
+    "defense": "defense_params",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise UsageError(message)
+
+
+def plugin_flags() -> dict[str, tuple[str, Any]]:
+    """flag dest -> (kind, Param) for every plugin parameter; a name is one flag."""
+    flags: dict[str, tuple[str, Any]] = {}
+    for kind, reg in registries().items():
+        for name in reg.names():
+            for p in reg.entry(name).params:
+                flags.setdefault(p.name, (kind, p))
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    regs = registries()
+    d = RunConfig()
+    parser = _Parser(prog="privbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="train federated, attack, print and store result rows")
+    run.add_argument("method", help="augmentation method: " + ", ".join(regs["method"].names()))
+    g = run.add_argument_group("experiment")
+    g.add_argument(
+        "--attack",
+        action="append",
+        default=[],
+        help="attack to run (repeatable): " + ", ".join(regs["attack"].names()),
+    )
+    g.add_argument(
+        "--defense",
+        action="append",
+        default=[],
+        help="defense (repeatable): " + ", ".join(regs["defense"].names()),
+    )
+    g.add_argument("--dataset", default=d.dataset, help=", ".join(regs["dataset"].names()))
+    g.add_argument("--partition", default=d.partition, help=", ".join(regs["partition"].names()))
+    g.add_argument("--model", default=d.model, help=", ".join(regs["model"].names()))
+    g.add_argument(
+        "--algorithm", default=d.fed.algorithm, help=", ".join(regs["algorithm"].names())
+    )
+    g.add_argument("--threat", default=d.attack.threat, help=", ".join(regs["threat"].names()))
+    g.add_argument("--seed", type=int, default=d.seed)
+    f = run.add_argument_group("federated training")
+    f.add_argument("--clients", type=int, default=d.fed.clients)
+    f.add_argument(
+        "--fraction", type=float, default=d.fed.fraction, help="share of clients sampled per round"
+    )
+    f.add_argument("--rounds", type=int, default=d.fed.rounds)
+    f.add_argument("--local-epochs", type=int, default=d.fed.local_epochs)
+    f.add_argument("--batch-size", type=int, default=d.fed.batch_size)
+    f.add_argument("--lr", type=float, default=d.fed.lr, help="client SGD learning rate")
+    f.add_argument("--local-test-fraction", type=float, default=d.fed.local_test_fraction)
+    f.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.fed.eval_every,
+        help="evaluate every N rounds (0: only at the end)",
+    )
+    a = run.add_argument_group("what is attacked")
+    a.add_argument("--attack-round", type=int, default=d.attack.round)
+    a.add_argument(
+        "--victims",
+        type=int,
+        default=d.attack.victims,
+        help="number of attacked clients (clients 0..N-1)",
+    )
+    a.add_argument(
+        "--attack-batch",
+        type=int,
+        default=d.attack.batch,
+        help="images in each victim's attacked step",
+    )
+    a.add_argument(
+        "--victim-steps",
+        type=int,
+        default=d.attack.steps,
+        help="1: victim sends a gradient (FedSGD); >1: a multi-step update",
+    )
+    o = run.add_argument_group("data and output")
+    o.add_argument("--data-root", default=None, help="folder of torchvision datasets")
+    o.add_argument("--download", action="store_true", help="download torchvision data")
+    o.add_argument("--out", default="privbench-results", help="result folder")
+    o.add_argument("--no-save", action="store_true", help="do not write results")
+    o.add_argument("--json", action="store_true", help="print rows as a JSON list only")
+    o.add_argument("--no-progress", action="store_true")
+    p = run.add_argument_group("plugin parameters (apply to the chosen plugin that has them)")
+    taken = {a.dest for a in run._actions}
+    for dest, (kind, spec) in sorted(plugin_flags().items()):
+        if dest in taken:
+            raise RuntimeError(f"plugin parameter '{dest}' of a {kind} shadows a core flag")
+        owners = [
+            n
+            for n in registries()[kind].names()
+            if any(q.name == dest for q in registries()[kind].entry(n).params)
+        ]
+        p.add_argument(
+            "--" + dest.replace("_", "-"),
+            dest=dest,
+            default=None,
+            metavar="V",
+            help=f"{spec.help} [{kind} {', '.join(owners)}; default {spec.default}]",
+        )
+
+    ls = sub.add_parser("list", help="list every registered plugin with a description")
+    ls.add_argument("--json", action="store_true")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    slots: dict[str, dict[str, Any]] = {v: {} for v in KIND_FIELDS.values()}
+    chosen = {
+        "method": [args.method],
+        "dataset": [args.dataset],
+        "partition": [args.partition],
+        "model": [args.model],
+        "algorithm": [args.algorithm],
+        "threat": [args.threat],
+        "attack": args.attack,
+        "defense": args.defense,
+    }
+    regs = registries()
+    problems = []
+    for dest in plugin_flags():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        # A flag goes to every chosen plugin (of any kind) that declares it.
+        kinds = [
+            k
+            for k, names in chosen.items()
+            if any(
+                n in regs[k] and any(q.name == dest for q in regs[k].entry(n).params) for n in names
+            )
+        ]
+        if not kinds:
+            owners = sorted(
+                {
+                    f"{k} '{n}'"
+                    for k, reg in regs.items()
+                    for n in reg.names()
+                    if any(q.name == dest for q in reg.entry(n).params)
+                }
+            )
+            problems.append(
+                f"--{dest.replace('_', '-')} is not a parameter of any chosen "
+                f"plugin (it belongs to {', '.join(owners)})."
+            )
+            continue
+        for k in kinds:
+            slots[KIND_FIELDS[k]][dest] = value
+    if problems:
+        raise PrivbenchError(" ".join(problems))
+    return RunConfig(
+        method=args.method,
+        method_params=slots["method_params"],
+        dataset=args.dataset,
+        dataset_params=slots["dataset_params"],
+        partition=args.partition,
+        partition_params=slots["partition_params"],
+        model=args.model,
+        model_params=slots["model_params"],
+        defenses=tuple(n for n in args.defense if n != "none"),
+        defense_params=slots["defense_params"],
+        fed=FedConfig(
+            algorithm=args.algorithm,
+            algorithm_params=slots["algorithm_params"],
+            clients=args.clients,
+            fraction=args.fraction,
+            rounds=args.rounds,
+            local_epochs=args.local_epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            local_test_fraction=args.local_test_fraction,
+            eval_every=args.eval_every,
+        ),
+        attack=AttackConfig(
+            names=tuple(dict.fromkeys(n for n in args.attack if n != "none")),
+            params=slots["attack_params"],
+            threat=args.threat,
+            threat_params=slots["threat_params"],
+            round=args.attack_round,
+            victims=args.victims,
+            batch=args.attack_batch,
+            steps=args.victim_steps,
+        ),
+        seed=args.seed,
+        data_root=args.data_root,
+        download=args.download,
+    )
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.2f}"
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    cols = [
+        ("method", "method"),
+        ("attack", "attack"),
+        ("defense", "defense"),
+        ("dataset", "dataset"),
+        ("accuracy", "acc"),
+        ("client_acc_mean", "client acc"),
+        ("macro_f1", "macro-F1"),
+        ("psnr", "PSNR dB"),
+        ("ssim", "SSIM"),
+        ("label_acc", "label acc"),
+        ("bytes_up", "up MiB"),
+        ("bytes_down", "down MiB"),
+        ("epsilon", "epsilon"),
+        ("wall_s", "wall s"),
+        ("status", "status"),
+    ]
+    table = [[h for _, h in cols]]
+    for r in rows:
+        line = []
+        for key, _ in cols:
+            v = r.get(key)
+            if key.startswith("bytes_"):
+                line.append(_mib(v))
+            elif key in ("psnr", "wall_s"):
+                line.append(_fmt(v, 2))
+            else:
+                line.append(_fmt(v))
+        table.append(line)
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    for r in rows:
+        kinds = ", ".join(
+            f"{k} up {_mib(v['up'])} / down {_mib(v['down'])} MiB"
+            for k, v in (r.get("bytes_by_kind") or {}).items()
+        )
+        if kinds:
+            out.append(f"  bytes by kind [{r['attack']}]: {kinds}")
+        if r.get("error"):
+            out.append(f"  error [{r['attack']}]: {r['error']}")
+    return "\n".join(out)
+
+
+def cmd_list(as_json: bool) -> int:
+    data = {
+        kind: {
+            name: {
+                "description": reg.entry(name).description,
+                "params": {
+                    p.name: {"default": p.default, "allowed": p.allowed(), "help": p.help}
+                    for p in reg.entry(name).params
+                },
+            }
+            for name in reg.names()
+        }
+        for kind, reg in registries().items()
+    }
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    for kind, entries in data.items():
+        print(f"{kind}s:")
+        width = max(len(n) for n in entries)
+        for name, info in entries.items():
+            params = " ".join(f"--{p.replace('_', '-')}" for p in info["params"])
+            print(
+                f"  {name.ljust(width)}  {info['description']}"
+                + (f"  [{params}]" if params else "")
+            )
+        print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "list":
+            return cmd_list(args.json)
+        from privbench import progress
+        from privbench.results import ResultStore
+        from privbench.runner import run
+
+        progress.set_enabled(not args.no_progress and not args.json)
+        config = config_from_args(args)
+        store = None if args.no_save else ResultStore(args.out)
+        rows = [r.to_dict() for r in run(config, store=store)]
+    except (UsageError, PrivbenchError) as err:
+        print(f"privbench: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(format_rows(rows))
+        if store is not None:
+            print(f"rows appended to {store.path}")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Typed run configuration. ``RunConfig.resolve()`` validates everything at once.
+
+Plugin parameters live in ``*_params`` dicts keyed by the plugin's own parameter
+names; ``resolve`` fills defaults and reports every problem in one
+:class:`~privbench.errors.ParameterError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from privbench.errors import PrivbenchError
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """Federated training: N clients, a fraction sampled per round, local SGD."""
+
+    algorithm: str = "fedavg"
+    algorithm_params: dict[str, Any] = field(default_factory=dict)
+    clients: int = 10
+    fraction: float = 1.0
+    rounds: int = 10
+    local_epochs: int = 2
+    batch_size: int = 10
+    lr: float = 0.5
+    local_test_fraction: float = 0.2
+    eval_every: int = 1
+
+    @property
+    def clients_per_round(self) -> int:
+        return max(1, int(round(self.fraction * self.clients)))
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """What is attacked: which attacks, by whom, in which round, against which clients.
+
+    At ``round`` the first ``victims`` clients are made to take part; each trains on
+    ``batch`` of its images for ``steps`` full-batch SGD steps. One step sends the
+    gradient (FedSGD); more send the weight update (FedAvg).
+    """
+
+    names: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    threat: str = "server"
+    threat_params: dict[str, Any] = field(default_factory=dict)
+    round: int = 0
+    victims: int = 1
+    batch: int = 1
+    steps: int = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One experiment: data, partition, model, method, defenses, training and attacks."""
+
+    method: str = "fedavg"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    partition: str = "dirichlet"
+    partition_params: dict[str, Any] = field(default_factory=dict)
+    model: str = "lenet-sigmoid"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    defenses: tuple[str, ...] = ()
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    fed: FedConfig = field(default_factory=FedConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    seed: int = 0
+    data_root: str | None = None
+    download: bool = False
+
+    def resolve(self) -> RunConfig:
+        """Validate every name and number; return the config with all defaults filled in."""
+        from privbench import registries
+
+        problems: list[str] = []
+
+        def check(cond: bool, name: str, allowed: str, got: Any) -> None:
+            if not cond:
+                problems.append(f"The '{name}' parameter must be {allowed}. Got {got!r} instead.")
+
+        def plugin(
+            kind: str, name: str, params: dict[str, Any], keep_only_known: bool = False
+        ) -> dict[str, Any]:
+            reg = registries()[kind]
+            try:
+                entry = reg.entry(name)
+                if keep_only_known:
+                    own = {p.name for p in entry.params}
+                    params = {k: v for k, v in params.items() if k in own}
+                return reg.resolve_params(name, params)
+            except PrivbenchError as err:
+                problems.append(str(err))
+                return dict(params)
+
+        fed, atk = self.fed, self.attack
+        check(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        check(fed.clients >= 1, "clients", ">= 1", fed.clients)
+        check(0 < fed.fraction <= 1, "fraction", "> 0 and <= 1", fed.fraction)
+        check(fed.rounds >= 1, "rounds", ">= 1", fed.rounds)
+        check(fed.local_epochs >= 1, "local_epochs", ">= 1", fed.local_epochs)
+        check(fed.batch_size >= 1, "batch_size", ">= 1", fed.batch_size)
+        check(fed.lr > 0, "lr", "> 0", fed.lr)
+        check(
+            0 <= fed.local_test_fraction < 1,
+            "local_test_fraction",
+            ">= 0 and < 1",
+            fed.local_test_fraction,
+        )
+        check(
+            fed.eval_every >= 0, "eval_every", ">= 0 (0: only after the last round)", fed.eval_every
+        )
+        check(
+            0 <= atk.round < max(fed.rounds, 1),
+            "attack_round",
+            f"a round index >= 0 and < rounds ({fed.rounds})",
+            atk.round,
+        )
+        check(
+            1 <= atk.victims <= max(fed.clients, 1),
+            "victims",
+            f">= 1 and <= clients ({fed.clients})",
+            atk.victims,
+        )
+        check(
+            atk.victims <= fed.clients_per_round or not atk.names,
+            "victims",
+            f"<= clients sampled per round ({fed.clients_per_round})",
+            atk.victims,
+        )
+        check(atk.batch >= 1, "attack_batch", ">= 1", atk.batch)
+        check(atk.steps >= 1, "victim_steps", ">= 1", atk.steps)
+
+        method_params = plugin("method", self.method, self.method_params)
+        dataset_params = plugin("dataset", self.dataset, self.dataset_params)
+        partition_params = plugin("partition", self.partition, self.partition_params)
+        model_params = plugin("model", self.model, self.model_params)
+        algorithm_params = plugin("algorithm", fed.algorithm, fed.algorithm_params)
+        threat_params = plugin("threat", atk.threat, atk.threat_params)
+        # Attack and defense params are shared by name across the chosen plugins of a kind.
+        attack_params = _resolve_shared(plugin, "attack", atk.names, atk.params, problems)
+        defense_params = _resolve_shared(
+            plugin, "defense", self.defenses, self.defense_params, problems
+        )
+        if problems:
+            raise (
+                PrivbenchError(" ".join(problems))
+                if len(problems) > 1
+                else PrivbenchError(problems[0])
+            )
+        return replace(
+            self,
+            method_params=method_params,
+            dataset_params=dataset_params,
+            partition_params=partition_params,
+            model_params=model_params,
+            defense_params=defense_params,
+            fed=replace(fed, algorithm_params=algorithm_params),
+            attack=replace(atk, params=attack_params, threat_params=threat_params),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["defenses"] = list(self.defenses)
+        d["attack"]["names"] = list(self.attack.names)
+        return d
+
+    def hash(self) -> str:
+        """Stable hash of what determines the result (not where data or results live)."""
+        d = self.to_dict()
+        d.pop("data_root", None)
+        d.pop("download", None)
+        blob = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _resolve_shared(plugin, kind, names, params, problems) -> dict[str, dict[str, Any]]:
+    """Per-plugin params for a list of plugins of one kind that share flat parameter names.
+
+    ``params`` may be flat (``{"iters": 10}``, given to every chosen plugin that has it) or
+    already per plugin (``{"dlg": {"iters": 10}}``). A flat name that no chosen plugin
+    accepts is an error.
+    """
+    from privbench import registries
+
+    reg = registries()[kind]
+    if params and all(isinstance(v, dict) for v in params.values()) and set(params) <= set(names):
+        per = {n: dict(params.get(n, {})) for n in names}
+        flat: dict[str, Any] = {}
+    else:
+        per, flat = {n: {} for n in names}, dict(params)
+    accepted: set[str] = set()
+    for n in names:
+        if n not in reg:
+            continue
+        own = {p.name for p in reg.entry(n).params}
+        accepted |= own & set(flat)
+        per[n].update({k: v for k, v in flat.items() if k in own})
+    for key in sorted(set(flat) - accepted):
+        chosen = ", ".join(f"'{n}'" for n in names) or "none chosen"
+        problems.append(f"'{key}' is not a parameter of the chosen {kind}s ({chosen}).")
+    return {n: plugin(kind, n, per[n]) for n in names}

@@ -1,0 +1,23 @@
+"""privbench's exceptions: one small hierarchy, all ``ValueError`` so callers can catch broadly."""
+
+from __future__ import annotations
+
+
+class PrivbenchError(ValueError):
+    """Base class of every error privbench raises on bad input or bad state."""
+
+
+class UnknownNameError(PrivbenchError):
+    """A plugin name (method, attack, dataset, ...) that is not registered."""
+
+
+class ParameterError(PrivbenchError):
+    """A parameter whose value, type or name is not allowed."""
+
+
+class DatasetNotFoundError(PrivbenchError):
+    """A torchvision dataset that is not on disk (and ``--download`` was not given)."""
+
+
+class IncompatibleError(PrivbenchError):
+    """A combination that cannot work (an attack whose observations the threat model never sees)."""

@@ -1,0 +1,205 @@
+"""Federated training: local SGD and server aggregation (FedAvg, FedProx, q-FFL).
+
+State dicts are plain ``{name: tensor}`` maps. Aggregation is weighted by local data
+size (McMahan et al. 2017). q-FFL follows q-FedAvg (Li et al. 2020, Algorithm 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from privbench.registry import Param, Registry
+
+State = dict[str, torch.Tensor]
+
+
+def clone_state(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> State:
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def state_delta(new: Mapping[str, torch.Tensor], old: Mapping[str, torch.Tensor]) -> State:
+    return {k: new[k] - old[k] for k in new}
+
+
+def weighted_average(
+    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> State:
+    """Weighted mean of floating tensors; integer buffers (BN step counts) take the max."""
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("aggregation weights must sum to a positive number")
+    out: State = {}
+    for key in states[0]:
+        first = states[0][key]
+        if first.dtype.is_floating_point:
+            acc = torch.zeros_like(first)
+            for s, w in zip(states, weights, strict=True):
+                acc += s[key] * (w / total)
+            out[key] = acc
+        else:
+            out[key] = torch.stack([s[key] for s in states]).max(dim=0).values
+    return out
+
+
+@dataclass
+class ClientResult:
+    """What the server receives from one client: its update and public statistics."""
+
+    client_id: int
+    delta: State  # new weights - global weights (params and buffers)
+    num_samples: int
+    loss_at_global: float  # F_k(w^t), needed by q-FFL
+
+
+class Algorithm:
+    """Server aggregation rule plus an optional local penalty."""
+
+    name = "algorithm"
+    needs_loss = False  # True: clients report their loss at the global weights (q-FFL)
+
+    def penalty(
+        self, params: Mapping[str, torch.Tensor], global_params: Mapping[str, torch.Tensor]
+    ):
+        """Extra local loss term on the current parameters (None: no term)."""
+        return None
+
+    def aggregate(self, global_state: State, results: Sequence[ClientResult], lr: float) -> State:
+        raise NotImplementedError
+
+
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+
+
+@ALGORITHMS.register("fedavg", description="FedAvg: data-size-weighted mean of client models")
+class FedAvg(Algorithm):
+    name = "fedavg"
+
+    def aggregate(self, global_state, results, lr):
+        mean_delta = weighted_average([r.delta for r in results], [r.num_samples for r in results])
+        # Integer buffers (BN step counts) average to the max delta, i.e. the max count.
+        return {k: global_state[k] + mean_delta[k] for k in global_state}
+
+
+@ALGORITHMS.register(
+    "fedprox",
+    params=(
+        Param("mu", float, 0.01, "proximal weight: local loss + mu/2 ||w - w_global||^2", low=0.0),
+    ),
+    description="FedProx: FedAvg with a proximal term on local training",
+)
+class FedProx(FedAvg):
+    name = "fedprox"
+
+    def __init__(self, mu: float = 0.01):
+        self.mu = mu
+
+    def penalty(self, params, global_params):
+        if self.mu == 0:
+            return None
+        sq = sum(((p - global_params[n]) ** 2).sum() for n, p in params.items())
+        return 0.5 * self.mu * sq
+
+
+@ALGORITHMS.register(
+    "qffl",
+    params=(Param("q", float, 1.0, "fairness exponent (q = 0 is FedAvg-like)", low=0.0),),
+    description="q-FFL (q-FedAvg): reweights clients by loss^q for fairer accuracy",
+)
+class QFFL(Algorithm):
+    name = "qffl"
+    needs_loss = True
+
+    def __init__(self, q: float = 1.0):
+        self.q = q
+
+    def aggregate(self, global_state, results, lr):
+        # q-FedAvg: L = 1/lr; Delta_k = L (w - w_k); deltas weighted by F_k^q and
+        # normalised by h_k = q F_k^(q-1) ||Delta_k||^2 + L F_k^q.
+        L = 1.0 / lr
+        float_keys = [k for k, v in global_state.items() if v.dtype.is_floating_point]
+        num = {k: torch.zeros_like(global_state[k]) for k in float_keys}
+        h_total = 0.0
+        for r in results:
+            f = max(r.loss_at_global, 1e-10)
+            grads = {k: -L * r.delta[k] for k in float_keys}  # L (w^t - w_k^{t+1})
+            sq = float(sum((g.double() ** 2).sum() for g in grads.values()))
+            for k in float_keys:
+                num[k] += (f**self.q) * grads[k]
+            h_total += self.q * f ** (self.q - 1) * sq + L * f**self.q
+        out = dict(global_state)
+        for k in float_keys:
+            out[k] = global_state[k] - num[k] / h_total
+        counts = weighted_average([r.delta for r in results], [1.0] * len(results))
+        for k, v in global_state.items():
+            if not v.dtype.is_floating_point:
+                out[k] = v + counts[k]
+        return out
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def local_train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss_fn: LossFn,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    algorithm: Algorithm | None = None,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> int:
+    """Train ``model`` in place with mini-batch SGD; return the number of steps taken."""
+    global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model.train()
+    steps = 0
+    n = len(y)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2 and _has_batchnorm(model) and n >= 2:
+                continue  # a BN layer cannot normalise a batch of one in train mode
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model, x[idx], y[idx])
+            if algorithm is not None:
+                extra = algorithm.penalty(dict(model.named_parameters()), global_params)
+                if extra is not None:
+                    loss = loss + extra
+            loss.backward()
+            opt.step()
+            steps += 1
+    return steps
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def mean_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, batch_size: int = 512
+) -> float:
+    model.eval()
+    total = 0.0
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        total += float(loss_fn(model, xb, yb)) * len(yb)
+    return total / max(len(y), 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    model.eval()
+    out = [model(x[s : s + batch_size]).argmax(dim=1) for s in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)

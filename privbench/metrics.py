@@ -1,0 +1,161 @@
+"""Leakage, utility and matching metrics.
+
+Leakage uses scikit-image's PSNR and SSIM on images in the dataset's value range,
+after matching each reconstruction to a ground-truth image by optimal assignment
+(scipy's ``linear_sum_assignment`` on pairwise MSE). PSNR is capped at
+``PSNR_CAP`` dB (MSE floored at 1e-10 for a [0, 1] range) so that an exact recovery
+is a finite, JSON-safe number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+PSNR_CAP = 100.0
+
+
+def _hwc(img: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W, C), or (H, W) for one channel."""
+    img = np.asarray(img, dtype=np.float64)
+    return img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
+
+
+def psnr(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> float:
+    """PSNR in dB of one (C, H, W) image pair, capped at ``PSNR_CAP``."""
+    gt, rec = np.asarray(gt, np.float64), np.asarray(rec, np.float64)
+    if float(np.mean((gt - rec) ** 2)) <= 1e-10 * data_range**2:
+        return PSNR_CAP
+    return min(float(peak_signal_noise_ratio(gt, rec, data_range=data_range)), PSNR_CAP)
+
+
+def ssim(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> float:
+    """SSIM of one (C, H, W) image pair (scikit-image, Gaussian-free 7x7 window or smaller)."""
+    a, b = _hwc(gt), _hwc(rec)
+    side = min(a.shape[0], a.shape[1])
+    win = min(7, side if side % 2 else side - 1)
+    if win < 3:
+        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {a.shape[:2]}")
+    channel_axis = -1 if a.ndim == 3 else None
+    return float(
+        structural_similarity(a, b, data_range=data_range, win_size=win, channel_axis=channel_axis)
+    )
+
+
+def match(gt: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """Optimal assignment of reconstructions to ground truth by MSE; returns rec index per gt."""
+    g = gt.reshape(len(gt), -1)
+    r = rec.reshape(len(rec), -1)
+    cost = ((g[:, None, :] - r[None, :, :]) ** 2).mean(axis=2)  # (B_gt, B_rec)
+    rows, cols = linear_sum_assignment(cost)
+    order = np.full(len(gt), -1, dtype=np.int64)
+    order[rows] = cols
+    return order
+
+
+@dataclass(frozen=True)
+class LeakageScore:
+    psnr: float
+    ssim: float
+    mse: float
+    label_acc: float | None
+    per_image_psnr: tuple[float, ...]
+    num_images: int
+
+
+def score_reconstruction(
+    gt_images: torch.Tensor,
+    rec_images: torch.Tensor,
+    gt_labels: torch.Tensor | None = None,
+    rec_labels: torch.Tensor | None = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
+) -> LeakageScore:
+    """Match and score a batch of reconstructions against the private images."""
+    lo, hi = value_range
+    data_range = hi - lo
+    gt = gt_images.detach().cpu().double().numpy()
+    rec = rec_images.detach().cpu().double().clamp(lo, hi).numpy()
+    order = match(gt, rec)
+    psnrs, ssims, mses, hits = [], [], [], []
+    for i, j in enumerate(order):
+        if j < 0:
+            continue
+        psnrs.append(psnr(gt[i], rec[j], data_range))
+        ssims.append(ssim(gt[i], rec[j], data_range))
+        mses.append(float(np.mean((gt[i] - rec[j]) ** 2)))
+        if gt_labels is not None and rec_labels is not None:
+            hits.append(int(gt_labels[i]) == int(rec_labels[j]))
+    return LeakageScore(
+        psnr=float(np.mean(psnrs)),
+        ssim=float(np.mean(ssims)),
+        mse=float(np.mean(mses)),
+        label_acc=float(np.mean(hits)) if hits else None,
+        per_image_psnr=tuple(psnrs),
+        num_images=len(psnrs),
+    )
+
+
+def combine_scores(scores: list[LeakageScore]) -> LeakageScore:
+    """Pool per-victim scores into one, weighting every image equally."""
+    n = sum(s.num_images for s in scores)
+    labelled = [s for s in scores if s.label_acc is not None]
+    return LeakageScore(
+        psnr=sum(s.psnr * s.num_images for s in scores) / n,
+        ssim=sum(s.ssim * s.num_images for s in scores) / n,
+        mse=sum(s.mse * s.num_images for s in scores) / n,
+        label_acc=(
+            sum(s.label_acc * s.num_images for s in labelled) / sum(s.num_images for s in labelled)
+        )
+        if labelled
+        else None,
+        per_image_psnr=tuple(p for s in scores for p in s.per_image_psnr),
+        num_images=n,
+    )
+
+
+@dataclass(frozen=True)
+class Utility:
+    accuracy: float
+    client_acc_mean: float
+    client_acc_var: float
+    class_acc_var: float
+    macro_f1: float
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean F1 over the classes present in ``y_true`` or ``y_pred``."""
+    f1s = []
+    for c in range(num_classes):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        if tp + fp + fn == 0:
+            continue  # class absent from both: sklearn's labels=None ignores it too
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    accs = [np.mean(y_pred[y_true == c] == c) for c in range(num_classes) if np.any(y_true == c)]
+    return np.array(accs, dtype=np.float64)
+
+
+def utility(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, client_accs: list[float]
+) -> Utility:
+    """Global accuracy, client fairness (mean/var of local test accuracy), class fairness
+    (variance of per-class accuracy) and macro-F1. Accuracies are fractions in [0, 1]."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    cls = per_class_accuracy(y_true, y_pred, num_classes)
+    ca = np.asarray(client_accs, dtype=np.float64)
+    return Utility(
+        accuracy=float(np.mean(y_true == y_pred)),
+        client_acc_mean=float(ca.mean()) if len(ca) else float("nan"),
+        client_acc_var=float(ca.var()) if len(ca) else float("nan"),
+        class_acc_var=float(cls.var()),
+        macro_f1=macro_f1(y_true, y_pred, num_classes),
+    )

@@ -1,0 +1,208 @@
+"""Model zoo. Every factory takes the input shape (C, H, W) and the class count.
+
+- ``lenet-sigmoid``: the LeNet of DLG (Zhu et al. 2019): three 5x5 convs with sigmoid,
+  one linear layer; weights U(-0.5, 0.5) by default as in the DLG code.
+- ``cnn-bn``: Fed-ZDA's CNNs with BatchNorm (two 5x5 convs 16/32 for grayscale, two 3x3
+  convs 16/16 + FC 80 + FC 60 for RGB). ZSDG needs the BN statistics.
+- ``cnn``: a small CNN without BN (FedAvP/FedMix style): three conv3x3 + pool, three FC.
+- ``resnet``: a small CIFAR-style ResNet (3 stages of BasicBlocks, widths 16/32/64).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from privbench.registry import Param, Registry
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+def _flat_dim(features: nn.Module, shape: tuple[int, int, int]) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, *shape)).numel())
+
+
+class LeNetSigmoid(nn.Module):
+    def __init__(self, shape, num_classes, width=12, uniform_init=True):
+        super().__init__()
+        c = shape[0]
+        self.features = nn.Sequential(
+            nn.Conv2d(c, width, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(width, width, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(width, width, 5, padding=2, stride=1),
+            nn.Sigmoid(),
+        )
+        self.classifier = nn.Linear(_flat_dim(self.features, shape), num_classes)
+        if uniform_init:  # DLG's weights_init: U(-0.5, 0.5) for weights and biases
+            for p in self.parameters():
+                nn.init.uniform_(p, -0.5, 0.5)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+def _pool_if(size: int) -> nn.Module:
+    return nn.MaxPool2d(2) if size >= 2 else nn.Identity()
+
+
+class CNNBN(nn.Module):
+    """Fed-ZDA's CNNs (section 4.1); paddings keep small inputs (8x8 digits) valid."""
+
+    def __init__(self, shape, num_classes):
+        super().__init__()
+        c, h, _ = shape
+        if c == 1:  # MNIST/FMNIST variant
+            self.features = nn.Sequential(
+                nn.Conv2d(c, 16, 5, padding=2),
+                nn.BatchNorm2d(16),
+                _pool_if(h),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 5, padding=2),
+                nn.BatchNorm2d(32),
+                _pool_if(h // 2),
+                nn.ReLU(),
+            )
+            self.classifier = nn.Linear(_flat_dim(self.features, shape), num_classes)
+        else:  # CIFAR-10 variant
+            self.features = nn.Sequential(
+                nn.Conv2d(c, 16, 3, padding=1),
+                nn.BatchNorm2d(16),
+                _pool_if(h),
+                nn.ReLU(),
+                nn.Conv2d(16, 16, 3, padding=1),
+                nn.BatchNorm2d(16),
+                _pool_if(h // 2),
+                nn.ReLU(),
+            )
+            self.classifier = nn.Sequential(
+                nn.Linear(_flat_dim(self.features, shape), 80),
+                nn.ReLU(),
+                nn.Linear(80, 60),
+                nn.ReLU(),
+                nn.Linear(60, num_classes),
+            )
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class CNN(nn.Module):
+    """Three conv3x3 + ReLU + max-pool blocks, then three linear layers; no BatchNorm."""
+
+    def __init__(self, shape, num_classes, width=32, hidden=128):
+        super().__init__()
+        c, h, _ = shape
+        layers, size = [], h
+        for i in range(3):
+            layers += [
+                nn.Conv2d(c if i == 0 else width, width, 3, padding=1),
+                nn.ReLU(),
+                _pool_if(size),
+            ]
+            size = size // 2 if size >= 2 else size
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(_flat_dim(self.features, shape), hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
+            nn.Linear(hidden // 2, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, shape, num_classes, blocks=1, width=16):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(shape[0], width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        layers, cin = [], width
+        for stage in range(3):
+            cout = width * 2**stage
+            for b in range(blocks):
+                layers.append(BasicBlock(cin, cout, 2 if (stage > 0 and b == 0) else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        out = self.layers(self.stem(x))
+        return self.classifier(out.mean(dim=(2, 3)))
+
+
+@MODELS.register(
+    "lenet-sigmoid",
+    params=(
+        Param("uniform_init", bool, True, "DLG's U(-0.5, 0.5) weight init"),
+        Param("width", int, 12, "channels of each conv", low=1),
+    ),
+    description="DLG's LeNet: 3 sigmoid convs + linear (weights U(-0.5, 0.5))",
+)
+def lenet_sigmoid(shape, num_classes, *, uniform_init=True, width=12):
+    return LeNetSigmoid(shape, num_classes, width=width, uniform_init=uniform_init)
+
+
+@MODELS.register(
+    "cnn-bn", description="Fed-ZDA's CNN with BatchNorm (MNIST or CIFAR variant by channel count)"
+)
+def cnn_bn(shape, num_classes):
+    return CNNBN(shape, num_classes)
+
+
+@MODELS.register(
+    "cnn",
+    params=(
+        Param("width", int, 32, "channels of each conv", low=1),
+        Param("hidden", int, 128, "width of the first linear layer", low=2),
+    ),
+    description="small CNN without BatchNorm (3 conv3x3 + pool, 3 FC)",
+)
+def cnn(shape, num_classes, *, width=32, hidden=128):
+    return CNN(shape, num_classes, width=width, hidden=hidden)
+
+
+@MODELS.register(
+    "resnet",
+    params=(
+        Param("blocks", int, 1, "BasicBlocks per stage (1 = ResNet-8)", low=1),
+        Param("width", int, 16, "channels of the first stage", low=1),
+    ),
+    description="small CIFAR-style ResNet with BatchNorm",
+)
+def resnet(shape, num_classes, *, blocks=1, width=16):
+    return ResNet(shape, num_classes, blocks=blocks, width=width)
+
+
+def classifier_weight_name(model: nn.Module, num_classes: int) -> str:
+    """Name of the last linear layer's weight whose rows are the classes (iDLG reads it)."""
+    name = None
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and mod.out_features == num_classes:
+            name = f"{mod_name}.weight" if mod_name else "weight"
+    if name is None:
+        raise ValueError("model has no linear layer with one output per class")
+    return name

@@ -1,0 +1,211 @@
+"""Plugin registries and their typed parameters.
+
+Every plugin kind (augmenters, attacks, defenses, datasets, partitions, models,
+algorithms, threat models) has one :class:`Registry`. A plugin declares its
+parameters as :class:`Param` specs; ``Registry.create`` validates them all at once
+and raises a :class:`~privbench.errors.ParameterError` naming the parameter, the
+value given and what is allowed. The CLI's flags, ``privbench list`` and every
+"valid values" message are built from these registries, never from hand-kept lists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from privbench.errors import ParameterError, UnknownNameError
+
+T = TypeVar("T")
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One typed, range-checked plugin parameter.
+
+    ``low``/``high`` bound numbers (``low_open``/``high_open`` make the bound strict);
+    ``choices`` restricts to a set; ``nullable`` allows ``None``; ``parse`` turns a
+    CLI string into the value (defaults to ``type``).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    parse: Callable[[str], Any] | None = None
+
+    def allowed(self) -> str:
+        """Human description of the allowed values, used in error messages."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+            self.type, self.type.__name__
+        )
+        text = kind + (" " + " and ".join(parts) if parts else "")
+        return text + (" (or none)" if self.nullable else "")
+
+    def check(self, value: Any, owner: str) -> Any:
+        """Coerce and validate ``value``; raise ParameterError otherwise."""
+
+        def fail() -> ParameterError:
+            return ParameterError(
+                f"The '{self.name}' parameter of {owner} must be {self.allowed()}. "
+                f"Got {value!r} instead."
+            )
+
+        if value is None:
+            if self.nullable:
+                return None
+            raise fail()
+        if isinstance(value, str) and self.type is not str:
+            try:
+                value = self.parse(value) if self.parse else _parse_scalar(self.type, value)
+            except (TypeError, ValueError):
+                raise fail() from None
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise fail()
+        elif self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise fail()
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise fail()
+            value = float(value)
+            if math.isnan(value):
+                raise fail()
+        elif not isinstance(value, self.type):
+            raise fail()
+        if self.choices is not None and value not in self.choices:
+            raise fail()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+                raise fail()
+            if self.high is not None and (
+                value > self.high or (self.high_open and value == self.high)
+            ):
+                raise fail()
+        return value
+
+
+def _parse_scalar(kind: type, text: str) -> Any:
+    if kind is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    raise TypeError(kind)
+
+
+def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"Unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(valid)}."
+
+
+@dataclass
+class Entry(Generic[T]):
+    name: str
+    factory: Callable[..., T]
+    params: tuple[Param, ...]
+    description: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class Registry(Generic[T]):
+    """Name -> plugin factory, with parameter validation and teaching errors.
+
+    >>> r = Registry("widget")
+    >>> @r.register("box", params=(Param("size", int, 1, "edge", low=1),))
+    ... def make_box(size): return ("box", size)
+    >>> r.create("box", size=3)
+    ('box', 3)
+    """
+
+    kind: str
+    entries: dict[str, Entry[T]] = field(default_factory=dict)
+
+    def register(
+        self,
+        name: str,
+        *,
+        params: Iterable[Param] = (),
+        description: str | None = None,
+        tags: Iterable[str] = (),
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self.entries:
+                raise ValueError(f"{self.kind} '{name}' is already registered")
+            declared = tuple(params) or tuple(getattr(factory, "PARAMS", ()))
+            doc = description or (factory.__doc__ or "").strip().splitlines()[0:1]
+            if isinstance(doc, list):
+                doc = doc[0] if doc else ""
+            self.entries[name] = Entry(name, factory, declared, doc, tuple(tags))
+            return factory
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries
+
+    def entry(self, name: str) -> Entry[T]:
+        if name not in self.entries:
+            raise UnknownNameError(unknown_name_message(self.kind, name, self.entries))
+        return self.entries[name]
+
+    def resolve_params(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Validate ``params`` for plugin ``name`` and fill in defaults.
+
+        Every problem is collected and reported in one error.
+        """
+        entry = self.entry(name)
+        params = dict(params or {})
+        owner = f"{self.kind} '{name}'"
+        specs = {p.name: p for p in entry.params}
+        problems: list[str] = []
+        for key in sorted(set(params) - set(specs)):
+            valid = ", ".join(sorted(specs)) or "none"
+            problems.append(f"{owner} has no parameter '{key}' (its parameters: {valid}).")
+        resolved: dict[str, Any] = {}
+        for spec in entry.params:
+            value = params.get(spec.name, spec.default)
+            try:
+                resolved[spec.name] = spec.check(value, owner)
+            except ParameterError as err:
+                problems.append(str(err))
+        if problems:
+            raise ParameterError(" ".join(problems))
+        return resolved
+
+    def create(self, name: str, **params: Any) -> T:
+        resolved = self.resolve_params(name, params)
+        return self.entries[name].factory(**resolved)

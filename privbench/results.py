@@ -1,0 +1,203 @@
+"""Result rows and the append-only JSONL store.
+
+One flat row per (run, attack). Rows are appended with a single ``write`` on a file
+opened with ``O_APPEND`` under an exclusive ``flock``, then fsynced: concurrent writers
+never interleave, and a killed process leaves at most an incomplete last line, which
+:meth:`ResultStore.read` skips. Reconstruction arrays are written to a temporary file
+and renamed into place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import platform
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+RESULT_FIELDS = (
+    "method",
+    "attack",
+    "defense",
+    "threat",
+    "dataset",
+    "partition",
+    "model",
+    "algorithm",
+    "seed",
+    "rounds",
+    "clients",
+    "clients_per_round",
+    "attack_round",
+    "victims",
+    "attack_batch",
+    "victim_steps",
+    "accuracy",
+    "client_acc_mean",
+    "client_acc_var",
+    "class_acc_var",
+    "macro_f1",
+    "psnr",
+    "ssim",
+    "mse",
+    "label_acc",
+    "n_images",
+    "bytes_up",
+    "bytes_down",
+    "bytes_by_kind",
+    "epsilon",
+    "delta",
+    "accountant",
+    "status",
+    "error",
+    "wall_s",
+    "train_s",
+    "attack_s",
+    "config_hash",
+    "versions",
+)
+
+
+@dataclass
+class Result:
+    """One row: utility, leakage, communication and privacy spend of one (run, attack)."""
+
+    method: str
+    attack: str
+    defense: str
+    threat: str
+    dataset: str
+    partition: str
+    model: str
+    algorithm: str
+    seed: int
+    rounds: int
+    clients: int
+    clients_per_round: int
+    attack_round: int
+    victims: int
+    attack_batch: int
+    victim_steps: int
+    accuracy: float | None = None
+    client_acc_mean: float | None = None
+    client_acc_var: float | None = None
+    class_acc_var: float | None = None
+    macro_f1: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    mse: float | None = None
+    label_acc: float | None = None
+    n_images: int | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+    bytes_by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
+    epsilon: float | None = None
+    delta: float | None = None
+    accountant: str | None = None
+    status: str = "ok"
+    error: str | None = None
+    wall_s: float | None = None
+    train_s: float | None = None
+    attack_s: float | None = None
+    config_hash: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    reconstruction_file: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("privbench", "torch", "torchvision", "numpy", "scipy", "scikit-image", "opacus"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class ResultStore:
+    """``DIR/results.jsonl`` plus ``DIR/reconstructions/*.npz``."""
+
+    def __init__(self, directory: str):
+        self.directory = os.path.abspath(directory)
+        self.path = os.path.join(self.directory, "results.jsonl")
+
+    def append(self, rows: list[Result] | list[dict[str, Any]]) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        text = "".join(
+            json.dumps(r.to_dict() if isinstance(r, Result) else _json_safe(r), sort_keys=False)
+            + "\n"
+            for r in rows
+        )
+        data = text.encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[dict[str, Any]]:
+        if not os.path.exists(self.path):
+            return []
+        rows = []
+        with open(self.path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    warnings.warn(
+                        f"{self.path}:{lineno}: skipping an incomplete row "
+                        "(a writer was killed mid-write)",
+                        stacklevel=2,
+                    )
+        return rows
+
+    def finished_hashes(self) -> set[str]:
+        return {r["config_hash"] for r in self.read() if r.get("status") == "ok"}
+
+    def save_arrays(self, name: str, **arrays: np.ndarray) -> str:
+        folder = os.path.join(self.directory, "reconstructions")
+        os.makedirs(folder, exist_ok=True)
+        final = os.path.join(folder, name + ".npz")
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+            os.replace(tmp, final)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return os.path.relpath(final, self.directory)

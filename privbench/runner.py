@@ -1,0 +1,427 @@
+"""The experiment loop: data -> federated run through the channel -> attacks -> rows.
+
+Plugins only supply hooks; this module owns the loop. The victims' private batches
+are kept here (``ground_truth``) and handed only to the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from privbench import registries
+from privbench.augmenters import ClientState
+from privbench.channel import SERVER, Channel, PublicContext
+from privbench.config import RunConfig
+from privbench.data import DataBundle, load_dataset
+from privbench.errors import IncompatibleError, ParameterError
+from privbench.federated import (
+    ClientResult,
+    clone_state,
+    local_train,
+    mean_loss,
+    predict,
+    state_delta,
+)
+from privbench.metrics import combine_scores, score_reconstruction, utility
+from privbench.partition import ClientSplit, partition, split_clients
+from privbench.progress import bar
+from privbench.results import Result, ResultStore, versions
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (SeedSequence: no collisions from simple sums)."""
+    return int(
+        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
+        >> np.uint64(1)
+    )
+
+
+def torch_generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+@dataclass
+class Victim:
+    """Ground truth of one attacked client. Never given to an attack."""
+
+    client_id: int
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class TrainingOutcome:
+    channel: Channel
+    victims: dict[int, Victim]
+    utility: object
+    history: list[dict[str, float]] = field(default_factory=list)
+    spend: tuple[float | None, float | None, str | None] = (None, None, None)
+    seconds: float = 0.0
+
+
+class Experiment:
+    """One resolved configuration, ready to train and attack."""
+
+    def __init__(self, config: RunConfig):
+        self.cfg = config.resolve()
+        regs = registries()
+        self.regs = regs
+        cfg = self.cfg
+        self.data: DataBundle = load_dataset(
+            cfg.dataset, cfg.dataset_params, root=cfg.data_root, download=cfg.download
+        )
+        parts = partition(
+            cfg.partition,
+            self.data.y_train.numpy(),
+            cfg.fed.clients,
+            seed=cfg.seed,
+            params=cfg.partition_params,
+        )
+        self.clients: list[ClientSplit] = split_clients(
+            parts, test_fraction=cfg.fed.local_test_fraction, seed=cfg.seed
+        )
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        smallest = min(len(c.train) for c in self.clients)
+        victims = self.clients[: self.cfg.attack.victims]
+        smallest_victim = min(len(c.train) for c in victims)
+        if self.cfg.fed.batch_size > smallest:
+            raise ParameterError(
+                f"The 'batch_size' parameter must be <= {smallest} (the smallest client's "
+                f"training set). Got {self.cfg.fed.batch_size} instead."
+            )
+        if self.cfg.attack.names and self.cfg.attack.batch > smallest_victim:
+            raise ParameterError(
+                f"The 'attack_batch' parameter must be <= {smallest_victim} (the smallest "
+                f"victim's training set). Got {self.cfg.attack.batch} instead."
+            )
+
+    def build_model(self) -> torch.nn.Module:
+        factory = self.regs["model"].entry(self.cfg.model).factory
+        return factory(self.data.shape, self.data.num_classes, **self.cfg.model_params)
+
+    # -- training -----------------------------------------------------------------------
+
+    def train(self) -> TrainingOutcome:
+        cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
+        t0 = time.perf_counter()
+        torch.manual_seed(derive_seed(cfg.seed, 0))
+        global_model = self.build_model()
+        algorithm = self.regs["algorithm"].create(fed.algorithm, **fed.algorithm_params)
+        augmenter = self.regs["method"].create(cfg.method, **cfg.method_params)
+        augmenter.setup(
+            num_classes=self.data.num_classes,
+            input_shape=self.data.shape,
+            num_clients=fed.clients,
+            seed=cfg.seed,
+        )
+        defenses = [
+            self.regs["defense"].create(n, **cfg.defense_params.get(n, {})) for n in cfg.defenses
+        ]
+        for d in defenses:
+            d.setup(
+                num_clients=fed.clients,
+                clients_per_round=fed.clients_per_round,
+                rounds=fed.rounds,
+                seed=cfg.seed,
+            )
+        threat = self.regs["threat"].create(atk.threat, **atk.threat_params)
+        if hasattr(threat, "bind"):
+            threat.bind(fed.clients)
+        channel = Channel(threat)
+        x_all, y_all = self.data.x_train, self.data.y_train
+        states = {
+            c.client_id: ClientState(c.client_id, x_all[c.train], y_all[c.train])
+            for c in self.clients
+        }
+        victim_ids = list(range(atk.victims)) if atk.names else []
+        victims: dict[int, Victim] = {}
+        rng = np.random.default_rng([cfg.seed, 3])
+        history: list[dict[str, float]] = []
+        m = fed.clients_per_round
+        with bar(fed.rounds, "rounds") as pbar:
+            for rnd in range(fed.rounds):
+                sampled = sorted(int(c) for c in rng.choice(fed.clients, m, replace=False))
+                if rnd == atk.round and victim_ids:
+                    others = [c for c in sampled if c not in victim_ids]
+                    sampled = sorted(victim_ids + others[: m - len(victim_ids)])
+                global_state = clone_state(global_model)
+                # 1. Shared artifacts (client -> server), before local training.
+                for cid in sampled:
+                    for kind, payload in augmenter.share(rnd, states[cid]).items():
+                        for d in defenses:
+                            payload = d.privatize_artifact(rnd, cid, kind, payload)
+                        got = channel.send(rnd, cid, SERVER, kind, payload)
+                        augmenter.server_receive(rnd, cid, kind, got)
+                # 2. Broadcasts (server -> client): the model, then the method's extras.
+                for cid in sampled:
+                    channel.send(rnd, SERVER, cid, "model", global_state)
+                    for kind, payload in augmenter.broadcast(rnd, cid).items():
+                        states[cid].received[kind] = channel.send(rnd, SERVER, cid, kind, payload)
+                # 3. Local training and uploads.
+                results = []
+                for cid in sampled:
+                    results.append(
+                        self._client_round(
+                            rnd,
+                            states[cid],
+                            global_state,
+                            algorithm,
+                            augmenter,
+                            defenses,
+                            channel,
+                            victims,
+                            is_victim=(rnd == atk.round and cid in victim_ids),
+                        )
+                    )
+                new_state = algorithm.aggregate(global_state, results, fed.lr)
+                global_model.load_state_dict(new_state)
+                augmenter.after_aggregate(rnd, global_model)
+                last = rnd == fed.rounds - 1
+                if last or (fed.eval_every and (rnd + 1) % fed.eval_every == 0):
+                    u = self.evaluate(global_model)
+                    history.append(
+                        {
+                            "round": rnd + 1,
+                            **u.__dict__,
+                            "bytes_up": channel.bytes_up,
+                            "bytes_down": channel.bytes_down,
+                        }
+                    )
+                pbar.update(1)
+        spends = [s for s in (d.privacy_spent() for d in defenses) if s is not None]
+        spend = (None, None, None)
+        if spends:
+            eps = [s.epsilon for s in spends]
+            dlt = [s.delta for s in spends]
+            spend = (
+                None if None in eps else float(sum(eps)),
+                None if None in dlt else float(sum(dlt)),
+                "+".join(s.accountant for s in spends),
+            )
+        final = self.evaluate(global_model)
+        self.global_model = global_model
+        return TrainingOutcome(channel, victims, final, history, spend, time.perf_counter() - t0)
+
+    def _client_round(
+        self,
+        rnd,
+        state,
+        global_state,
+        algorithm,
+        augmenter,
+        defenses,
+        channel,
+        victims,
+        *,
+        is_victim,
+    ) -> ClientResult:
+        cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
+        model = self.build_model()
+        model.load_state_dict(global_state)
+        gen = torch_generator(cfg.seed, 1, rnd, state.client_id)
+
+        def loss_fn(mdl, x, y):
+            return augmenter.local_loss(mdl, x, y, received=state.received)
+
+        loss_at_global = (
+            mean_loss(model, state.x, state.y, loss_fn)
+            if getattr(algorithm, "needs_loss", False)
+            else 0.0
+        )
+        if is_victim:
+            pick = torch.randperm(len(state.y), generator=gen)[: atk.batch]
+            x, y = state.x[pick], state.y[pick]
+            victims[state.client_id] = Victim(state.client_id, x.clone(), y.clone())
+            x, y = augmenter.training_data(rnd, state, x, y)
+            steps, batch = atk.steps, len(y)
+            kind = "gradient" if steps == 1 else "update"
+        else:
+            x, y = augmenter.training_data(rnd, state, state.x, state.y)
+            steps, batch = None, fed.batch_size
+            kind = "update"
+        if kind == "gradient":
+            # FedSGD: one full-batch gradient at the global weights; the server applies it.
+            model.train()
+            params = dict(model.named_parameters())
+            loss = loss_fn(model, x, y)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            payload = {n: g.detach() for n, g in zip(params, grads, strict=True)}
+        else:
+            taken = local_train(
+                model,
+                x,
+                y,
+                loss_fn=loss_fn,
+                epochs=steps if steps else fed.local_epochs,
+                batch_size=batch,
+                lr=fed.lr,
+                generator=gen,
+                algorithm=algorithm,
+            )
+            steps = steps or taken
+            payload = state_delta(clone_state(model), global_state)
+        for d in defenses:
+            payload = d.privatize_update(rnd, state.client_id, kind, payload)
+        context = PublicContext(
+            model_name=cfg.model,
+            build_model=self.build_model,
+            weights_before=global_state,
+            lr=fed.lr,
+            local_steps=steps,
+            batch_size=batch,
+            num_images=len(y),
+            num_classes=self.data.num_classes,
+            input_shape=self.data.shape,
+            value_range=self.data.value_range,
+            augmenter=augmenter,
+            augmenter_params=dict(cfg.method_params),
+            received=dict(state.received),
+            algorithm=algorithm,
+        )
+        got = channel.send(rnd, state.client_id, SERVER, kind, payload, context=context)
+        if kind == "gradient":
+            delta = {k: torch.zeros_like(v) for k, v in global_state.items()}
+            for n, g in got.items():
+                delta[n] = -fed.lr * g
+        else:
+            delta = dict(got)
+        return ClientResult(state.client_id, delta, len(y), loss_at_global)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module):
+        pred = predict(model, self.data.x_test).numpy()
+        local_accs = []
+        x, y = self.data.x_train, self.data.y_train
+        for c in self.clients:
+            if len(c.test):
+                local_accs.append(float((predict(model, x[c.test]) == y[c.test]).float().mean()))
+        return utility(self.data.y_test.numpy(), pred, self.data.num_classes, local_accs)
+
+    # -- attacks ------------------------------------------------------------------------
+
+    def attack(self, name: str, outcome: TrainingOutcome, store: ResultStore | None):
+        """Run attack ``name`` on every victim; return (score, reconstruction file)."""
+        cfg = self.cfg
+        attack = self.regs["attack"].create(name, **cfg.attack.params.get(name, {}))
+        scores, gts, recs = [], [], []
+        for vid, victim in sorted(outcome.victims.items()):
+            obs = [
+                o
+                for o in outcome.channel.observations
+                if o.sender == vid and o.round == cfg.attack.round and o.kind in attack.consumes
+            ]
+            if not obs:
+                raise IncompatibleError(
+                    f"attack '{name}' needs a {'/'.join(attack.consumes)} message from client "
+                    f"{vid}, which threat model '{cfg.attack.threat}' never sees; use "
+                    f"--threat server."
+                )
+            rec = attack.reconstruct(obs[0], generator=torch_generator(cfg.seed, 2, vid))
+            scores.append(
+                score_reconstruction(
+                    victim.images, rec.images, victim.labels, rec.labels, self.data.value_range
+                )
+            )
+            gts.append(victim.images.numpy())
+            recs.append(rec.images.detach().clamp(*self.data.value_range).numpy())
+        path = None
+        if store is not None:
+            path = store.save_arrays(
+                f"{cfg.hash()}-{name}", ground_truth=np.stack(gts), reconstruction=np.stack(recs)
+            )
+        return combine_scores(scores), path
+
+
+def _base_row(cfg: RunConfig, attack: str) -> Result:
+    return Result(
+        method=cfg.method,
+        attack=attack,
+        defense="+".join(cfg.defenses) or "none",
+        threat=cfg.attack.threat,
+        dataset=cfg.dataset,
+        partition=cfg.partition,
+        model=cfg.model,
+        algorithm=cfg.fed.algorithm,
+        seed=cfg.seed,
+        rounds=cfg.fed.rounds,
+        clients=cfg.fed.clients,
+        clients_per_round=cfg.fed.clients_per_round,
+        attack_round=cfg.attack.round,
+        victims=cfg.attack.victims,
+        attack_batch=cfg.attack.batch,
+        victim_steps=cfg.attack.steps,
+        config_hash=cfg.hash(),
+        versions=versions(),
+        config=cfg.to_dict(),
+    )
+
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def run(config: RunConfig, *, store: ResultStore | None = None) -> list[Result]:
+    """Train once, run every configured attack, return (and store) one row per attack.
+
+    Configuration errors raise before anything runs. A failure during training or an
+    attack becomes a row with ``status="error"`` and the message, never silence.
+    """
+    t0 = time.perf_counter()
+    exp = Experiment(config)  # raises PrivbenchError on bad input
+    cfg = exp.cfg
+    names = cfg.attack.names or ("none",)
+    rows = [_base_row(cfg, n) for n in names]
+    try:
+        outcome = exp.train()
+    except Exception as err:  # a failed trial is a row, not silence
+        for row in rows:
+            row.status, row.error = "error", _error_text(err)
+            row.wall_s = time.perf_counter() - t0
+        _log_traceback()
+        if store is not None:
+            store.append(rows)
+        return rows
+    u = outcome.utility
+    for row in rows:
+        row.accuracy, row.client_acc_mean, row.client_acc_var = (
+            u.accuracy,
+            u.client_acc_mean,
+            u.client_acc_var,
+        )
+        row.class_acc_var, row.macro_f1 = u.class_acc_var, u.macro_f1
+        row.bytes_up, row.bytes_down = outcome.channel.bytes_up, outcome.channel.bytes_down
+        row.bytes_by_kind = outcome.channel.bytes_by_kind()
+        row.epsilon, row.delta, row.accountant = outcome.spend
+        row.history = outcome.history
+        row.train_s = outcome.seconds
+        if row.attack == "none":
+            continue
+        ta = time.perf_counter()
+        try:
+            score, path = exp.attack(row.attack, outcome, store)
+            row.psnr, row.ssim, row.mse = score.psnr, score.ssim, score.mse
+            row.label_acc, row.n_images = score.label_acc, score.num_images
+            row.reconstruction_file = path
+        except Exception as err:  # record the failed attack as an error row
+            row.status, row.error = "error", _error_text(err)
+            _log_traceback()
+        row.attack_s = time.perf_counter() - ta
+    wall = time.perf_counter() - t0
+    for row in rows:
+        row.wall_s = wall
+    if store is not None:
+        store.append(rows)
+    return rows
+
+
+def _log_traceback() -> None:
+    import logging
+
+    logging.getLogger("privbench").debug("trial failed:\n%s", traceback.format_exc())
