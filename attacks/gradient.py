@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from privbench.attacks.base import ATTACKS, Attack, Reconstruction
 from torch.func import functional_call
 
+from privbench.attacks.base import ATTACKS, Attack, Reconstruction
 from privbench.channel import Observation, PublicContext
 from privbench.models import classifier_weight_name
 from privbench.progress import bar
@@ -290,11 +290,8 @@ class InvertingGradients(Attack):
                     with torch.no_grad():
                         x.clamp_(lo, hi)  # box constraint: stay a valid image
                     pbar.update(1)
-            final = float(
-                _cosine_distance(
-                    sim.message(observation.kind, x.detach(), labels, create_graph=False), target
-                )
-            )
+            candidate = sim.message(observation.kind, x.detach(), labels, create_graph=False)
+            final = float(_cosine_distance(candidate, target).detach())
             if best is None or final < best[0]:
                 best = (final, x.detach().clone())
         return Reconstruction(best[1], labels, {"loss": best[0]})

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from privbench.errors import ParameterError
 from privbench.registry import Param, Registry
 
 SERVER = "server"
@@ -123,6 +124,11 @@ class ClientThreat(ThreatModel):
         self.curious_client = curious_client
 
     def bind(self, num_clients: int) -> None:
+        if self.curious_client >= num_clients:
+            raise ParameterError(
+                f"The 'curious_client' parameter of threat model 'client' must be < clients "
+                f"({num_clients}). Got {self.curious_client} instead."
+            )
         if self.curious_client < 0:
             self.curious_client = num_clients - 1
 

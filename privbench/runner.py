@@ -86,6 +86,10 @@ class Experiment:
             parts, test_fraction=cfg.fed.local_test_fraction, seed=cfg.seed
         )
         self._check_sizes()
+        # Threat models are validated against the run (a curious client must exist).
+        self.threat = self.regs["threat"].create(cfg.attack.threat, **cfg.attack.threat_params)
+        if hasattr(self.threat, "bind"):
+            self.threat.bind(cfg.fed.clients)
 
     def _check_sizes(self) -> None:
         smallest = min(len(c.train) for c in self.clients)
@@ -131,10 +135,7 @@ class Experiment:
                 rounds=fed.rounds,
                 seed=cfg.seed,
             )
-        threat = self.regs["threat"].create(atk.threat, **atk.threat_params)
-        if hasattr(threat, "bind"):
-            threat.bind(fed.clients)
-        channel = Channel(threat)
+        channel = Channel(self.threat)
         x_all, y_all = self.data.x_train, self.data.y_train
         states = {
             c.client_id: ClientState(c.client_id, x_all[c.train], y_all[c.train])
