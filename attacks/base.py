@@ -6,7 +6,7 @@ An attack declares the message kinds it consumes. It gets an :class:`Observation
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,15 +24,26 @@ class Reconstruction:
 
 
 class Attack:
+    """``consumes``: message kinds it attacks. ``target``: what it is scored against —
+    ``"batch"`` (the victim's attacked batch, matched one-to-one) or ``"dataset"`` (the
+    victim's whole local training set; each reconstruction vs its nearest private image)."""
+
     name = "attack"
     consumes: tuple[str, ...] = ()
+    target = "batch"
 
     def __init__(self, **params: Any):
         self.params = dict(params)
 
     def reconstruct(
-        self, observation: Observation, *, generator: torch.Generator
+        self,
+        observation: Observation,
+        *,
+        generator: torch.Generator,
+        seen: Sequence[Observation] = (),
     ) -> Reconstruction:  # pragma: no cover
+        """Rebuild private data from ``observation``; ``seen`` is everything the same
+        adversary observed in the run (for priors and cross-client attacks)."""
         raise NotImplementedError
 
 

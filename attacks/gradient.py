@@ -22,6 +22,7 @@ from torch.func import functional_call
 
 from privbench.attacks.base import ATTACKS, Attack, Reconstruction
 from privbench.channel import Observation, PublicContext
+from privbench.errors import IncompatibleError
 from privbench.models import classifier_weight_name
 from privbench.progress import bar
 from privbench.registry import Param
@@ -61,7 +62,11 @@ class VictimSimulator:
         self, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         model = FunctionalModel(self.module, params, self.buffers)
-        loss = self.ctx.augmenter.local_loss(model, x, y, received=self.ctx.received)
+        # generator=None: the attacker does not know the victim's private randomness, so
+        # the method gives its expected loss (see Augmenter.local_loss).
+        loss = self.ctx.augmenter.local_loss(
+            model, x, y, received=self.ctx.received, generator=None
+        )
         if self.ctx.algorithm is not None:
             extra = self.ctx.algorithm.penalty(params, self.params0)
             if extra is not None:
@@ -137,6 +142,39 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+def shared_means(observation: Observation, seen) -> torch.Tensor:
+    """The victim's own averaged images that the same adversary saw (FedMix's x-bar)."""
+    means = [
+        o.payload["x"] for o in seen if o.kind == "averaged_data" and o.sender == observation.sender
+    ]
+    if not means:
+        raise IncompatibleError(
+            f"prior 'mean' needs client {observation.sender}'s averaged_data, which this "
+            "adversary never saw (use a method that shares means, e.g. fedmix, and "
+            "--threat server)"
+        )
+    return torch.cat(means)  # (M, C, H, W)
+
+
+def mean_image_prior(x: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """FedAvP slides' FedMix prior ||x' - x_mean||: each dummy image to its nearest mean."""
+    dist = ((x[:, None] - means[None]) ** 2).flatten(2).sum(-1).add(1e-12).sqrt()  # (B, M)
+    return dist.min(dim=1).values.mean()
+
+
+class Prior:
+    """Method-aware prior from the slides: loss = (1 - a) * matching + a * prior."""
+
+    def __init__(self, kind: str, weight: float, observation: Observation, seen):
+        self.kind, self.weight = kind, weight
+        self.means = shared_means(observation, seen) if kind == "mean" else None
+
+    def __call__(self, matching: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none" or self.weight == 0:
+            return matching
+        return (1 - self.weight) * matching + self.weight * mean_image_prior(x, self.means)
+
+
 def _dummy_images(ctx: PublicContext, init: str, generator: torch.Generator) -> torch.Tensor:
     shape = (ctx.num_images, *ctx.input_shape)
     lo, hi = ctx.value_range
@@ -148,6 +186,22 @@ def _dummy_images(ctx: PublicContext, init: str, generator: torch.Generator) -> 
 _ITERS = Param("iters", int, 300, "optimiser iterations", low=1)
 _RESTARTS = Param("restarts", int, 1, "independent restarts; the lowest final loss wins", low=1)
 _INIT = Param("init", str, "randn", "dummy image init", choices=("randn", "uniform"))
+_PRIOR = Param(
+    "prior",
+    str,
+    "none",
+    "method-aware prior: 'mean' pulls each dummy image toward the victim's shared FedMix mean",
+    choices=("none", "mean"),
+)
+_PRIOR_WEIGHT = Param(
+    "prior_weight",
+    float,
+    0.1,
+    "alpha: loss = (1 - alpha) * matching + alpha * prior",
+    low=0.0,
+    high=1.0,
+    high_open=True,
+)
 _TOL = Param("tol", float, 1e-12, "stop once the matching loss is below this", low=0.0)
 
 
@@ -157,20 +211,21 @@ class _LBFGSAttack(Attack):
     consumes = ("gradient", "update")
     joint_labels = True
 
-    def reconstruct(self, observation, *, generator):
+    def reconstruct(self, observation, *, generator, seen=()):
         sim = VictimSimulator(observation.context)
         target = sim.target(observation)
         fixed = None if self.joint_labels else infer_labels(observation, sim)
+        prior = Prior(self.params["prior"], self.params["prior_weight"], observation, seen)
         best = None
         for restart in range(self.params["restarts"]):
-            trial = self._restart(sim, observation.kind, target, fixed, generator, restart)
+            trial = self._restart(sim, observation.kind, target, fixed, generator, restart, prior)
             if trial is not None and (best is None or trial[0] < best[0]):
                 best = trial
         if best is None:
             raise RuntimeError(f"{self.name}: every restart diverged (non-finite loss)")
         return Reconstruction(best[1], best[2], {"loss": best[0]})
 
-    def _restart(self, sim, kind, target, fixed, generator, restart):
+    def _restart(self, sim, kind, target, fixed, generator, restart, prior):
         """One L-BFGS run from a fresh init: (final loss, images, labels), or None if it
         diverged (L-BFGS on sigmoid nets can blow up; other restarts may still succeed)."""
         ctx = sim.ctx
@@ -192,7 +247,7 @@ class _LBFGSAttack(Attack):
         def closure():
             opt.zero_grad()
             y = torch.softmax(logits, dim=1) if fixed is None else fixed
-            dist = _l2_distance(sim.message(kind, x, y), target)
+            dist = prior(_l2_distance(sim.message(kind, x, y), target), x)
             dist.backward()
             return dist
 
@@ -217,6 +272,8 @@ _LBFGS_PARAMS = (
     _RESTARTS,
     _INIT,
     _TOL,
+    _PRIOR,
+    _PRIOR_WEIGHT,
     Param("attack_lr", float, 1.0, "L-BFGS step size", low=0.0, low_open=True),
     Param("max_iter", int, 20, "L-BFGS inner iterations per step", low=1),
 )
@@ -253,6 +310,8 @@ class IDLG(_LBFGSAttack):
         Param("attack_lr", float, 0.1, "Adam step size", low=0.0, low_open=True),
         Param("tv", float, 1e-4, "weight of the total-variation prior", low=0.0),
         Param("signed", bool, True, "descend on the sign of the image gradient"),
+        _PRIOR,
+        _PRIOR_WEIGHT,
     ),
     description="Inverting Gradients: cosine distance + TV, Adam on signed gradients, box "
     "constraint, restarts; works on multi-step updates",
@@ -261,12 +320,13 @@ class InvertingGradients(Attack):
     name = "ig"
     consumes = ("gradient", "update")
 
-    def reconstruct(self, observation, *, generator):
+    def reconstruct(self, observation, *, generator, seen=()):
         sim = VictimSimulator(observation.context)
         target = sim.target(observation)
         ctx = sim.ctx
         lo, hi = ctx.value_range
         labels = infer_labels(observation, sim)
+        prior = Prior(self.params["prior"], self.params["prior_weight"], observation, seen)
         iters = self.params["iters"]
         best = None
         for restart in range(self.params["restarts"]):
@@ -279,7 +339,9 @@ class InvertingGradients(Attack):
             with bar(iters, f"ig restart {restart + 1}") as pbar:
                 for _ in range(iters):
                     opt.zero_grad()
-                    loss = _cosine_distance(sim.message(observation.kind, x, labels), target)
+                    loss = prior(
+                        _cosine_distance(sim.message(observation.kind, x, labels), target), x
+                    )
                     if self.params["tv"] > 0:
                         loss = loss + self.params["tv"] * total_variation(x)
                     loss.backward()

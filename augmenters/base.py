@@ -2,12 +2,17 @@
 
 An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
 
+- ``share_clients(round, sampled, everyone)``: which clients call ``share`` this round;
 - ``share(round, client)``: what a client uploads before training (e.g. averaged data);
 - ``server_receive(round, sender, kind, payload)``: the server collects those;
 - ``broadcast(round, receiver)``: what the server sends a client besides the model;
 - ``training_data(round, client, x, y)``: the data a client trains on this round;
-- ``local_loss(model, x, y, *, received)``: the client's training loss. Attacks call
-  this same function on dummy data, so a gradient attack on a method is method-aware;
+- ``local_loss(model, x, y, *, received, generator)``: the client's training loss.
+  ``generator`` is the client's private randomness (which shared entry to mix with, ...).
+  Attacks call the same function with ``generator=None``: the method must then return
+  what an outsider can compute, its loss in expectation over that private randomness
+  (exact where the loss is linear in it, as FedMix's is), so a gradient attack on a
+  method is method-aware;
 - ``after_aggregate(round, model)``: server-side work after aggregation.
 """
 
@@ -59,6 +64,9 @@ class Augmenter:
         self.num_clients = num_clients
         self.seed = seed
 
+    def share_clients(self, round: int, sampled: list[int], everyone: list[int]) -> list[int]:
+        return sampled
+
     def share(self, round: int, client: ClientState) -> dict[str, Payload]:
         return {}
 
@@ -74,7 +82,13 @@ class Augmenter:
         return x, y
 
     def local_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, received: Mapping[str, Payload]
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        received: Mapping[str, Payload],
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         return cross_entropy(model(x), y)
 

@@ -99,6 +99,62 @@ def score_reconstruction(
     )
 
 
+def _nearest(candidates: torch.Tensor, pool: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Index into ``pool`` of each candidate's nearest image by MSE (chunked cdist)."""
+    c = candidates.reshape(len(candidates), -1).double()
+    p = pool.reshape(len(pool), -1).double()
+    out = [torch.cdist(c[s : s + chunk], p).argmin(dim=1) for s in range(0, len(c), chunk)]
+    return torch.cat(out)
+
+
+def score_nearest(
+    gt_images: torch.Tensor,
+    rec_images: torch.Tensor,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    *,
+    owner: int | None = None,
+    population: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> LeakageScore:
+    """Score each reconstruction against its nearest private image (artifact attacks).
+
+    ``gt_images`` are the victim's private images. When the reconstructions are not
+    attributed to the victim (a curious client sees everyone's entries mixed), pass the
+    whole ``population`` (images, owner ids): only reconstructions whose nearest image
+    overall belongs to ``owner`` are scored; if none does, all are scored against the
+    victim's images (the adversary's best claim).
+    """
+    lo, hi = value_range
+    rec = rec_images.detach().double().clamp(lo, hi)
+    if population is not None:
+        images, owners = population
+        mine = owners[_nearest(rec, images)] == owner
+        if bool(mine.any()):
+            rec = rec[mine]
+    gt = gt_images.detach().double()
+    idx = _nearest(rec, gt)
+    g, r = gt[idx].numpy(), rec.numpy()
+    data_range = hi - lo
+    psnrs = [psnr(g[i], r[i], data_range) for i in range(len(r))]
+    ssims = [ssim(g[i], r[i], data_range) for i in range(len(r))]
+    mses = [float(np.mean((g[i] - r[i]) ** 2)) for i in range(len(r))]
+    return LeakageScore(
+        psnr=float(np.mean(psnrs)),
+        ssim=float(np.mean(ssims)),
+        mse=float(np.mean(mses)),
+        label_acc=None,
+        per_image_psnr=tuple(psnrs),
+        num_images=len(psnrs),
+    )
+
+
+def label_distribution_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
+    """Total-variation distance between two label histograms (normalised): 0 = exact."""
+    p = torch.as_tensor(estimate, dtype=torch.float64).clamp(min=0)
+    q = torch.as_tensor(truth, dtype=torch.float64)
+    p, q = p / p.sum(), q / q.sum()
+    return float(0.5 * (p - q).abs().sum())
+
+
 def combine_scores(scores: list[LeakageScore]) -> LeakageScore:
     """Pool per-victim scores into one, weighting every image equally."""
     n = sum(s.num_images for s in scores)

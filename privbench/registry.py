@@ -72,11 +72,13 @@ class Param:
             if self.nullable:
                 return None
             raise fail()
-        if isinstance(value, str) and self.type is not str:
+        if isinstance(value, str) and (self.type is not str or self.parse):
             try:
                 value = self.parse(value) if self.parse else _parse_scalar(self.type, value)
             except (TypeError, ValueError):
                 raise fail() from None
+            if value is None and self.nullable:
+                return None
         if self.type is bool:
             if not isinstance(value, bool):
                 raise fail()

@@ -94,6 +94,7 @@ class Result:
     ssim: float | None = None
     mse: float | None = None
     label_acc: float | None = None
+    label_dist_error: float | None = None
     n_images: int | None = None
     bytes_up: int | None = None
     bytes_down: int | None = None

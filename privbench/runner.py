@@ -27,7 +27,13 @@ from privbench.federated import (
     predict,
     state_delta,
 )
-from privbench.metrics import combine_scores, score_reconstruction, utility
+from privbench.metrics import (
+    combine_scores,
+    label_distribution_error,
+    score_nearest,
+    score_reconstruction,
+    utility,
+)
 from privbench.partition import ClientSplit, partition, split_clients
 from privbench.progress import bar
 from privbench.results import Result, ResultStore, versions
@@ -154,7 +160,7 @@ class Experiment:
                     sampled = sorted(victim_ids + others[: m - len(victim_ids)])
                 global_state = clone_state(global_model)
                 # 1. Shared artifacts (client -> server), before local training.
-                for cid in sampled:
+                for cid in augmenter.share_clients(rnd, sampled, list(range(fed.clients))):
                     for kind, payload in augmenter.share(rnd, states[cid]).items():
                         for d in defenses:
                             payload = d.privatize_artifact(rnd, cid, kind, payload)
@@ -227,9 +233,10 @@ class Experiment:
         model = self.build_model()
         model.load_state_dict(global_state)
         gen = torch_generator(cfg.seed, 1, rnd, state.client_id)
+        private = torch_generator(cfg.seed, 4, rnd, state.client_id)  # the method's randomness
 
         def loss_fn(mdl, x, y):
-            return augmenter.local_loss(mdl, x, y, received=state.received)
+            return augmenter.local_loss(mdl, x, y, received=state.received, generator=private)
 
         loss_at_global = (
             mean_loss(model, state.x, state.y, loss_fn)
@@ -307,37 +314,82 @@ class Experiment:
 
     # -- attacks ------------------------------------------------------------------------
 
+    def client_data(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        split = self.clients[cid].train
+        return self.data.x_train[split], self.data.y_train[split]
+
     def attack(self, name: str, outcome: TrainingOutcome, store: ResultStore | None):
-        """Run attack ``name`` on every victim; return (score, reconstruction file)."""
+        """Run attack ``name`` on every victim; return (score, label-distribution error,
+        reconstruction file)."""
         cfg = self.cfg
         attack = self.regs["attack"].create(name, **cfg.attack.params.get(name, {}))
-        scores, gts, recs = [], [], []
-        for vid, victim in sorted(outcome.victims.items()):
-            obs = [
-                o
-                for o in outcome.channel.observations
-                if o.sender == vid and o.round == cfg.attack.round and o.kind in attack.consumes
-            ]
+        seen = outcome.channel.observations
+        scores, label_errors, arrays = [], [], {}
+        for vid in range(cfg.attack.victims):
+            if attack.target == "batch":
+                # The victim's message of the attacked round.
+                obs = [
+                    o
+                    for o in seen
+                    if o.sender == vid and o.round == cfg.attack.round and o.kind in attack.consumes
+                ]
+            else:
+                # Any artifact of the victim; a curious client gets only the server's
+                # broadcasts (which mix everyone's entries, with no owner attached).
+                obs = [o for o in seen if o.sender == vid and o.kind in attack.consumes] or [
+                    o for o in seen if o.sender == SERVER and o.kind in attack.consumes
+                ]
             if not obs:
                 raise IncompatibleError(
                     f"attack '{name}' needs a {'/'.join(attack.consumes)} message from client "
-                    f"{vid}, which threat model '{cfg.attack.threat}' never sees; use "
-                    f"--threat server."
+                    f"{vid}, which threat model '{cfg.attack.threat}' never sees in this run "
+                    f"(method '{cfg.method}'); see `privbench list` for what each attack needs."
                 )
-            rec = attack.reconstruct(obs[0], generator=torch_generator(cfg.seed, 2, vid))
-            scores.append(
-                score_reconstruction(
-                    victim.images, rec.images, victim.labels, rec.labels, self.data.value_range
+            rec = attack.reconstruct(obs[0], generator=torch_generator(cfg.seed, 2, vid), seen=seen)
+            images = rec.images.detach().clamp(*self.data.value_range)
+            if attack.target == "batch":
+                victim = outcome.victims[vid]
+                gt = victim.images
+                scores.append(
+                    score_reconstruction(
+                        victim.images, images, victim.labels, rec.labels, self.data.value_range
+                    )
                 )
-            )
-            gts.append(victim.images.numpy())
-            recs.append(rec.images.detach().clamp(*self.data.value_range).numpy())
+            else:
+                gt, labels = self.client_data(vid)
+                population = None
+                if obs[0].sender != vid:  # unattributed entries: score those nearest to vid
+                    population = (self.data.x_train, self._owners())
+                scores.append(
+                    score_nearest(
+                        gt, images, self.data.value_range, owner=vid, population=population
+                    )
+                )
+                if "label_hist" in rec.meta and obs[0].sender == vid:
+                    truth = torch.bincount(labels, minlength=self.data.num_classes).double()
+                    label_errors.append(label_distribution_error(rec.meta["label_hist"], truth))
+            arrays[f"ground_truth_{vid}"] = gt.numpy()
+            arrays[f"reconstruction_{vid}"] = images.numpy()
         path = None
         if store is not None:
-            path = store.save_arrays(
-                f"{cfg.hash()}-{name}", ground_truth=np.stack(gts), reconstruction=np.stack(recs)
-            )
-        return combine_scores(scores), path
+            if attack.target == "batch":  # equal shapes: one (victims, B, C, H, W) array each
+                arrays = {
+                    "ground_truth": np.stack(
+                        [v for k, v in arrays.items() if k.startswith("ground")]
+                    ),
+                    "reconstruction": np.stack(
+                        [v for k, v in arrays.items() if k.startswith("recon")]
+                    ),
+                }
+            path = store.save_arrays(f"{cfg.hash()}-{name}", **arrays)
+        label_error = float(np.mean(label_errors)) if label_errors else None
+        return combine_scores(scores), label_error, path
+
+    def _owners(self) -> torch.Tensor:
+        owners = torch.full((len(self.data.y_train),), -1, dtype=torch.long)
+        for c in self.clients:
+            owners[torch.as_tensor(c.train)] = c.client_id
+        return owners
 
 
 def _base_row(cfg: RunConfig, attack: str) -> Result:
@@ -406,7 +458,7 @@ def run(config: RunConfig, *, store: ResultStore | None = None) -> list[Result]:
             continue
         ta = time.perf_counter()
         try:
-            score, path = exp.attack(row.attack, outcome, store)
+            score, row.label_dist_error, path = exp.attack(row.attack, outcome, store)
             row.psnr, row.ssim, row.mse = score.psnr, score.ssim, score.mse
             row.label_acc, row.n_images = score.label_acc, score.num_images
             row.reconstruction_file = path

@@ -71,7 +71,7 @@ def test_list_is_built_from_the_registries(capsys):
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["run", "fedmx"], "Unknown method 'fedmx'. Valid methods:"),
+        (["run", "fedmx"], "Unknown method 'fedmx'. Did you mean 'fedmix'? Valid methods:"),
         (["run", "fedavg", "--attack", "dgl"], "Did you mean 'dlg'?"),
         (
             ["run", "fedavg", "--alpha", "-1"],

@@ -45,7 +45,7 @@ class HookProbe(Augmenter):
         assert "label_counts" in client.received
         return x, y
 
-    def local_loss(self, model, x, y, *, received):
+    def local_loss(self, model, x, y, *, received, generator=None):
         self.calls["loss"] += 1
         prior = received["label_counts"]["h"].float()
         soft = (
@@ -135,7 +135,7 @@ def test_failed_attack_is_an_error_row_not_silence(tmp_path):
         name = "always-fails"
         consumes = ("gradient",)
 
-        def reconstruct(self, observation, *, generator):
+        def reconstruct(self, observation, *, generator, seen=()):
             raise RuntimeError("boom")
 
     try:
