@@ -196,7 +196,7 @@ _PRIOR = Param(
 _PRIOR_WEIGHT = Param(
     "prior_weight",
     float,
-    0.1,
+    1e-3,
     "alpha: loss = (1 - alpha) * matching + alpha * prior",
     low=0.0,
     high=1.0,
