@@ -30,11 +30,16 @@ from privbench.channel import Payload
 from privbench.registry import Registry
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy for hard labels (B,) or soft labels / probabilities (B, K)."""
+def per_sample_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) cross-entropy for hard labels (B,) or soft labels / probabilities (B, K)."""
     if y.dtype.is_floating_point and y.ndim == 2:
-        return -(y * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    return F.cross_entropy(logits, y)
+        return -(y * F.log_softmax(logits, dim=1)).sum(dim=1)
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy for hard labels (B,) or soft labels (B, K)."""
+    return per_sample_cross_entropy(logits, y).mean()
 
 
 @dataclass

@@ -28,7 +28,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from privbench.augmenters.base import AUGMENTERS, Augmenter, ClientState, cross_entropy
+from privbench.augmenters.base import (
+    AUGMENTERS,
+    Augmenter,
+    ClientState,
+    cross_entropy,
+    per_sample_cross_entropy,
+)
 from privbench.registry import Param
 
 
@@ -225,15 +231,11 @@ class FedMix(MeanAugmented):
         lam = self.lam
         xs = ((1 - lam) * x).requires_grad_(True)  # x' = (1 - lam) x_i, (B, C, H, W)
         logits = model(xs)
-        own = (
-            F.cross_entropy(logits, y, reduction="none")
-            if not y.dtype.is_floating_point
-            else -(y * F.log_softmax(logits, 1)).sum(1)
-        )  # (B,) CE(f(x'), y_i)
+        own = per_sample_cross_entropy(logits, y)  # CE(f(x'), y_i), (B,)
         # d CE(f(x'), y_i) / d x' per sample; create_graph so the term trains the model.
         (dx,) = torch.autograd.grad(own.sum(), xs, create_graph=True)
         taylor = (dx * xbar).flatten(1).sum(1)  # <dl/dx', x-bar_j>, (B,)
-        other = -(ybar * F.log_softmax(logits, 1)).sum(1)  # CE(f(x'), y-bar_j), (B,)
+        other = per_sample_cross_entropy(logits, ybar.expand(len(x), -1))  # CE(f(x'), y-bar_j)
         return ((1 - lam) * own + lam * other + lam * taylor).mean()  # paper eq. 5
 
 

@@ -250,6 +250,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         ("psnr", "PSNR dB"),
         ("ssim", "SSIM"),
         ("label_acc", "label acc"),
+        ("label_dist_error", "label-dist err"),
         ("bytes_up", "up MiB"),
         ("bytes_down", "down MiB"),
         ("epsilon", "epsilon"),
