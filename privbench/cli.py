@@ -283,18 +283,25 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _describe(entry) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "description": entry.description,
+        "params": {
+            p.name: {"default": p.default, "allowed": p.allowed(), "help": p.help}
+            for p in entry.params
+        },
+    }
+    # What crosses the channel for this plugin: what a method shares, what an attack needs.
+    for attr in ("shares", "consumes"):
+        kinds = getattr(entry.factory, attr, None)
+        if kinds:
+            info[attr] = list(kinds)
+    return info
+
+
 def cmd_list(as_json: bool) -> int:
     data = {
-        kind: {
-            name: {
-                "description": reg.entry(name).description,
-                "params": {
-                    p.name: {"default": p.default, "allowed": p.allowed(), "help": p.help}
-                    for p in reg.entry(name).params
-                },
-            }
-            for name in reg.names()
-        }
+        kind: {name: _describe(reg.entry(name)) for name in reg.names()}
         for kind, reg in registries().items()
     }
     if as_json:
@@ -305,8 +312,10 @@ def cmd_list(as_json: bool) -> int:
         width = max(len(n) for n in entries)
         for name, info in entries.items():
             params = " ".join(f"--{p.replace('_', '-')}" for p in info["params"])
+            needs = f" (needs {'/'.join(info['consumes'])})" if "consumes" in info else ""
+            shares = f" (shares {'/'.join(info['shares'])})" if "shares" in info else ""
             print(
-                f"  {name.ljust(width)}  {info['description']}"
+                f"  {name.ljust(width)}  {info['description']}{needs}{shares}"
                 + (f"  [{params}]" if params else "")
             )
         print()

@@ -148,11 +148,7 @@ class RunConfig:
             plugin, "defense", self.defenses, self.defense_params, problems
         )
         if problems:
-            raise (
-                PrivbenchError(" ".join(problems))
-                if len(problems) > 1
-                else PrivbenchError(problems[0])
-            )
+            raise PrivbenchError(" ".join(problems))
         return replace(
             self,
             method_params=method_params,

@@ -18,7 +18,7 @@ from privbench.augmenters import ClientState
 from privbench.channel import SERVER, Channel, PublicContext
 from privbench.config import RunConfig
 from privbench.data import DataBundle, load_dataset
-from privbench.errors import IncompatibleError, ParameterError
+from privbench.errors import IncompatibleError, ParameterError, PrivbenchError
 from privbench.federated import (
     ClientResult,
     clone_state,
@@ -437,7 +437,7 @@ def run(config: RunConfig, *, store: ResultStore | None = None) -> list[Result]:
         for row in rows:
             row.status, row.error = "error", _error_text(err)
             row.wall_s = time.perf_counter() - t0
-        _log_traceback()
+        _log_traceback(err)
         if store is not None:
             store.append(rows)
         return rows
@@ -464,7 +464,7 @@ def run(config: RunConfig, *, store: ResultStore | None = None) -> list[Result]:
             row.reconstruction_file = path
         except Exception as err:  # record the failed attack as an error row
             row.status, row.error = "error", _error_text(err)
-            _log_traceback()
+            _log_traceback(err)
         row.attack_s = time.perf_counter() - ta
     wall = time.perf_counter() - t0
     for row in rows:
@@ -474,7 +474,11 @@ def run(config: RunConfig, *, store: ResultStore | None = None) -> list[Result]:
     return rows
 
 
-def _log_traceback() -> None:
+def _log_traceback(err: BaseException) -> None:
     import logging
 
-    logging.getLogger("privbench").debug("trial failed:\n%s", traceback.format_exc())
+    if isinstance(err, PrivbenchError):
+        return  # a known, explained failure: the row's message says it all
+
+    # The row carries the message; the traceback goes to stderr for whoever debugs it.
+    logging.getLogger("privbench").warning("trial failed:\n%s", traceback.format_exc())
