@@ -1,5 +1,5 @@
 import sys
 
-from privbench.cli import main
+from privbench.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

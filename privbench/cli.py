@@ -234,8 +234,14 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _mib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.2f}"
+def _human(n: int | None) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (1 KiB = 1024 B)."""
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
@@ -251,8 +257,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         ("ssim", "SSIM"),
         ("label_acc", "label acc"),
         ("label_dist_error", "label-dist err"),
-        ("bytes_up", "up MiB"),
-        ("bytes_down", "down MiB"),
+        ("bytes_up", "bytes up"),
+        ("bytes_down", "bytes down"),
         ("epsilon", "epsilon"),
         ("wall_s", "wall s"),
         ("status", "status"),
@@ -263,7 +269,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         for key, _ in cols:
             v = r.get(key)
             if key.startswith("bytes_"):
-                line.append(_mib(v))
+                line.append(_human(v))
             elif key in ("psnr", "wall_s"):
                 line.append(_fmt(v, 2))
             else:
@@ -273,7 +279,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
     for r in rows:
         kinds = ", ".join(
-            f"{k} up {_mib(v['up'])} / down {_mib(v['down'])} MiB"
+            f"{k} up {_human(v['up'])} / down {_human(v['down'])}"
             for k, v in (r.get("bytes_by_kind") or {}).items()
         )
         if kinds:
@@ -347,5 +353,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
+def entry() -> int:
+    """Console entry: ``main`` plus quiet handling of a closed pipe (``| head``)."""
+    try:
+        code = main()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the interpreter's final
+        # flush does not raise again, and exit like a process killed by SIGPIPE would.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
