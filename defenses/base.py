@@ -1,14 +1,25 @@
 """The defense contract. Defenses wrap what a client sends; they do not flag it.
 
-Hooks (all optional): ``privatize_update`` changes a model update or gradient before
-it enters the channel, ``privatize_artifact`` does the same for shared artifacts, and
-``privacy_spent`` reports the formal guarantee, or ``None`` when there is none.
+Hooks (all optional), applied in the order the defenses were given
+(``--defense a --defense b``: a's hook, then b's):
+
+- ``privatize_update(round, client_id, kind, payload)``: a client's ``update``/``gradient``
+  before it enters the channel (clip, noise, prune);
+- ``privatize_artifact(round, client_id, kind, payload)``: a shared artifact likewise;
+- ``encoding(kind, payload)``: how the payload is put on the wire, if not dense:
+  ``(encoding name, bytes)``; the last defense that answers decides;
+- ``aggregation_weight(client_id, num_samples)``: the client's weight in the average;
+- ``privatize_aggregate(round, global_state, new_state, num_clients)``: the server's new
+  model after aggregation (central noise);
+- ``privacy_spent()``: the formal guarantee, or ``None`` when there is none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from privbench.channel import Payload
 from privbench.registry import Registry
@@ -27,11 +38,20 @@ class Defense:
     def __init__(self, **params: Any):
         self.params = dict(params)
 
-    def setup(self, *, num_clients: int, clients_per_round: int, rounds: int, seed: int) -> None:
+    def setup(
+        self, *, num_clients: int, clients_per_round: int, rounds: int, seed: int, lr: float
+    ) -> None:
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.rounds = rounds
         self.seed = seed
+        self.lr = lr
+
+    def generator(self, *parts: int) -> torch.Generator:
+        """A noise generator private to this defense, seeded from the run and ``parts``."""
+        from privbench.runner import torch_generator
+
+        return torch_generator(self.seed, 5, *parts)
 
     def privatize_update(self, round: int, client_id: int, kind: str, payload: Payload) -> Payload:
         return payload
@@ -40,6 +60,21 @@ class Defense:
         self, round: int, client_id: int, kind: str, payload: Payload
     ) -> Payload:
         return payload
+
+    def encoding(self, kind: str, payload: Payload) -> tuple[str, int] | None:
+        return None
+
+    def aggregation_weight(self, client_id: int, num_samples: int) -> float:
+        return float(num_samples)
+
+    def privatize_aggregate(
+        self,
+        round: int,
+        global_state: dict[str, torch.Tensor],
+        new_state: dict[str, torch.Tensor],
+        num_clients: int,
+    ) -> dict[str, torch.Tensor]:
+        return new_state
 
     def privacy_spent(self) -> PrivacySpend | None:
         return None

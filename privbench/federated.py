@@ -52,7 +52,7 @@ class ClientResult:
 
     client_id: int
     delta: State  # new weights - global weights (params and buffers)
-    num_samples: int
+    num_samples: float  # aggregation weight: local data size unless a defense overrides
     loss_at_global: float  # F_k(w^t), needed by q-FFL
 
 

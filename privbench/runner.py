@@ -140,6 +140,7 @@ class Experiment:
                 clients_per_round=fed.clients_per_round,
                 rounds=fed.rounds,
                 seed=cfg.seed,
+                lr=fed.lr,
             )
         channel = Channel(self.threat)
         x_all, y_all = self.data.x_train, self.data.y_train
@@ -188,6 +189,8 @@ class Experiment:
                         )
                     )
                 new_state = algorithm.aggregate(global_state, results, fed.lr)
+                for d in defenses:
+                    new_state = d.privatize_aggregate(rnd, global_state, new_state, len(results))
                 global_model.load_state_dict(new_state)
                 augmenter.after_aggregate(rnd, global_model)
                 last = rnd == fed.rounds - 1
@@ -293,14 +296,31 @@ class Experiment:
             received=dict(state.received),
             algorithm=algorithm,
         )
-        got = channel.send(rnd, state.client_id, SERVER, kind, payload, context=context)
+        encoding, nbytes = "dense", None
+        for d in defenses:  # the last defense that re-encodes the payload decides
+            encoded = d.encoding(kind, payload)
+            if encoded is not None:
+                encoding, nbytes = encoded
+        got = channel.send(
+            rnd,
+            state.client_id,
+            SERVER,
+            kind,
+            payload,
+            context=context,
+            encoding=encoding,
+            nbytes=nbytes,
+        )
         if kind == "gradient":
             delta = {k: torch.zeros_like(v) for k, v in global_state.items()}
             for n, g in got.items():
                 delta[n] = -fed.lr * g
         else:
             delta = dict(got)
-        return ClientResult(state.client_id, delta, len(y), loss_at_global)
+        weight = float(len(y))
+        for d in defenses:
+            weight = d.aggregation_weight(state.client_id, weight)
+        return ClientResult(state.client_id, delta, weight, loss_at_global)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module):

@@ -1,0 +1,206 @@
+"""Defenses: accounting against an independent RDP computation, noise scales, clipping,
+pruning, composition order, and that attacks see exactly what the defended channel carries."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import gammaln, logsumexp
+
+import privbench
+from privbench import registries
+from privbench.defenses import DEFENSES, Defense
+from privbench.defenses.dp import ClientDP, rdp_epsilon
+from privbench.defenses.noise import Prune, sparse_bytes
+from privbench.runner import Experiment
+from tests.conftest import tiny_config
+
+
+def _independent_epsilon(sigma, q, steps, delta, orders=range(2, 129)):
+    """Sampled Gaussian RDP at integer orders by the binomial expansion (Mironov et al.
+    2019), composed over steps and converted to (eps, delta) with Balle et al. (2020)'s
+    bound — written from the formulas, not from Opacus."""
+    best = math.inf
+    for a in orders:
+        k = np.arange(a + 1)
+        log_terms = (
+            gammaln(a + 1)
+            - gammaln(k + 1)
+            - gammaln(a - k + 1)
+            + k * np.log(q)
+            + (a - k) * np.log1p(-q)
+            + (k * k - k) / (2 * sigma**2)
+        )
+        rdp = steps * logsumexp(log_terms) / (a - 1)
+        eps = rdp + math.log((a - 1) / a) - (math.log(delta) + math.log(a)) / (a - 1)
+        best = min(best, eps)
+    return best
+
+
+@pytest.mark.parametrize(
+    "sigma, q, steps", [(1.5, 0.04, 2250), (1.0, 0.1, 100), (4.0, 0.01, 10_000)]
+)
+def test_opacus_rdp_matches_independent_computation(sigma, q, steps):
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    orders = list(range(2, 129))
+    rdp = opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
+    eps, _ = opacus_rdp.get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
+    assert eps == pytest.approx(_independent_epsilon(sigma, q, steps, 1e-5), abs=1e-6)
+    # privbench's accountant (Opacus' default orders include fractional ones: never worse).
+    assert rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5) <= eps + 1e-9
+
+
+def test_row_epsilon_is_the_accountant_for_the_runs_own_q_and_rounds():
+    from opacus.accountants import RDPAccountant
+
+    cfg = tiny_config(
+        defenses=("client-dp",),
+        defense_params={"noise_multiplier": 1.3},
+        fed=dict(clients=8, fraction=0.5, rounds=3),
+    )
+    (row,) = privbench.run(cfg)
+    acc = RDPAccountant()
+    acc.history = [(1.3, 4 / 8, 3)]
+    assert row.status == "ok"
+    assert row.epsilon == pytest.approx(acc.get_epsilon(1e-5), abs=1e-6)
+    assert row.delta == 1e-5 and "q=0.5" in row.accountant
+
+
+def _dp(**kw):
+    d = ClientDP(**{"clip": 1.0, "noise_multiplier": 1.0, **kw})
+    d.setup(num_clients=10, clients_per_round=5, rounds=3, seed=0, lr=0.5)
+    return d
+
+
+def test_clipped_update_norms_never_exceed_c():
+    d = _dp(clip=0.7)
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.01, 1.0, 100.0):
+        upd = {
+            "w": torch.randn(50, generator=g) * scale,
+            "b": torch.randn(5, generator=g) * scale,
+            "n": torch.tensor(3),
+        }
+        out = d.privatize_update(0, 1, "update", upd)
+        norm = math.sqrt(sum(float((v**2).sum()) for k, v in out.items() if k != "n"))
+        assert norm <= 0.7 * (1 + 1e-6)
+        if scale == 0.01:  # already inside the ball: untouched
+            torch.testing.assert_close(out["w"], upd["w"])
+        assert int(out["n"]) == 3
+    # A FedSGD gradient is clipped in update units: ||lr * g|| <= C.
+    grad = d.privatize_update(0, 1, "gradient", {"w": torch.full((10,), 100.0)})
+    assert float((0.5 * grad["w"]).norm()) == pytest.approx(0.7, rel=1e-6)
+
+
+def test_central_noise_std_is_z_c_over_m():
+    d = _dp(clip=2.0, noise_multiplier=1.5)
+    zeros = {"w": torch.zeros(20_000)}
+    out = d.privatize_aggregate(0, zeros, zeros, num_clients=5)
+    assert float(out["w"].std()) == pytest.approx(1.5 * 2.0 / 5, rel=0.02)
+    assert abs(float(out["w"].mean())) < 0.01
+
+
+def test_local_noise_std_is_z_c_per_update():
+    d = _dp(clip=1.0, noise_multiplier=2.0, local=True)
+    out = d.privatize_update(0, 0, "update", {"w": torch.zeros(20_000)})
+    assert float(out["w"].std()) == pytest.approx(2.0, rel=0.02)
+    same = d.privatize_aggregate(0, {"w": torch.zeros(3)}, {"w": torch.zeros(3)}, 5)
+    assert float(same["w"].abs().sum()) == 0.0  # local mode adds nothing at the server
+
+
+def test_prune_keeps_the_largest_entries_and_counts_sparse_bytes():
+    p = Prune(prune=0.75)
+    p.setup(num_clients=1, clients_per_round=1, rounds=1, seed=0, lr=0.1)
+    w = torch.arange(1.0, 101.0) * torch.tensor([1.0, -1.0]).repeat(50)
+    out = p.privatize_update(0, 0, "update", {"w": w, "n": torch.tensor(7)})
+    kept = out["w"] != 0
+    assert int(kept.sum()) == 25 and bool((out["w"][kept].abs() > 75).all())
+    enc = p.encoding("update", out)
+    assert enc == ("sparse-coo-int32", 25 * 8 + 8 + 4)  # 25 floats + the nonzero int64
+    assert sparse_bytes({"w": w}) == 100 * 8
+    dense = Prune(prune=0.0)
+    assert dense.encoding("update", {"w": w}) is None  # dense is smaller: stays dense
+
+
+def test_pruned_run_sends_sparse_bytes_and_attack_sees_the_pruned_update():
+    cfg = tiny_config(
+        defenses=("prune",), defense_params={"prune": 0.9}, attack=dict(names=("dlg",))
+    )
+    exp = Experiment(cfg)
+    out = exp.train()
+    (obs,) = [o for o in out.channel.observations if o.kind == "gradient"]
+    zero_share = sum(int((v == 0).sum()) for v in obs.payload.values()) / sum(
+        v.numel() for v in obs.payload.values()
+    )
+    assert zero_share >= 0.89  # 90% of each tensor, rounded down per tensor
+    dense_model = sum(v.numel() * 4 for v in obs.payload.values())
+    assert out.channel.bytes_by_kind()["gradient"]["up"] < 0.25 * dense_model
+
+
+def test_artifact_noise_has_no_guarantee_and_blurs_what_the_attack_sees():
+    base = dict(
+        method="fedmix",
+        method_params={"mean_size": 1},
+        partition="shards",
+        attack=dict(names=("averaged-data",)),
+    )
+    (clean,) = privbench.run(tiny_config(**base))
+    (noisy,) = privbench.run(
+        tiny_config(**base, defenses=("artifact-noise",), defense_params={"sigma": 0.1})
+    )
+    assert clean.psnr == 100.0
+    # N(0, 0.1^2) noise: MSE ~ 0.01 before clamping to [0, 1] -> PSNR ~ 20 dB or a bit more.
+    assert 19.0 < noisy.psnr < 24.0
+    assert noisy.epsilon is None and noisy.accountant is None
+
+
+def test_composed_defenses_apply_in_the_given_order():
+    calls = []
+
+    def make(tag):
+        class Recorder(Defense):
+            name = tag
+
+            def privatize_update(self, round, client_id, kind, payload):
+                calls.append(tag)
+                return payload
+
+        return Recorder
+
+    DEFENSES.register("rec-a", description="test")(make("rec-a"))
+    DEFENSES.register("rec-b", description="test")(make("rec-b"))
+    try:
+        privbench.run(tiny_config(defenses=("rec-b", "rec-a"), fed=dict(rounds=1, clients=2)))
+    finally:
+        del DEFENSES.entries["rec-a"], DEFENSES.entries["rec-b"]
+    assert calls == ["rec-b", "rec-a", "rec-b", "rec-a"]
+
+
+def test_noise_lowers_leakage():
+    # IG's cosine loss ignores the clipping's rescaling, so only the noise can stop it.
+    psnrs = []
+    for z in (0.0, 1.0):
+        cfg = tiny_config(
+            defenses=("client-dp",),
+            fed=dict(rounds=1),
+            defense_params={"noise_multiplier": z, "local": True, "clip": 0.05},
+            attack=dict(names=("ig",), params={"iters": 400}),
+        )
+        (row,) = privbench.run(cfg)
+        psnrs.append(row.psnr)
+    assert psnrs[0] > 25.0 and psnrs[1] < psnrs[0] - 10, psnrs
+
+
+def test_defense_parameters_are_validated():
+    reg = registries()["defense"]
+    for name, params, frag in [
+        ("artifact-noise", {"sigma": -1}, "'sigma'"),
+        ("prune", {"prune": 1.0}, "'prune'"),
+        ("prune", {"prune": -0.1}, "'prune'"),
+        ("client-dp", {"clip": 0}, "'clip'"),
+        ("client-dp", {"delta": 0}, "'delta'"),
+    ]:
+        with pytest.raises(privbench.PrivbenchError, match=frag):
+            reg.resolve_params(name, params)
