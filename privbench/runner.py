@@ -195,7 +195,7 @@ class Experiment:
                 augmenter.after_aggregate(rnd, global_model)
                 last = rnd == fed.rounds - 1
                 if last or (fed.eval_every and (rnd + 1) % fed.eval_every == 0):
-                    u = self.evaluate(global_model)
+                    u = self.evaluate(global_model)  # the last round always: the row's utility
                     history.append(
                         {
                             "round": rnd + 1,
@@ -215,9 +215,8 @@ class Experiment:
                 None if None in dlt else float(sum(dlt)),
                 "+".join(s.accountant for s in spends),
             )
-        final = self.evaluate(global_model)
         self.global_model = global_model
-        return TrainingOutcome(channel, victims, final, history, spend, time.perf_counter() - t0)
+        return TrainingOutcome(channel, victims, u, history, spend, time.perf_counter() - t0)
 
     def _client_round(
         self,
