@@ -180,7 +180,7 @@ class MeanAugmented(Augmenter):
 
     # -- local loss ---------------------------------------------------------------------
 
-    def pick(self, received, batch: int, generator: torch.Generator | None):
+    def pick(self, received, generator: torch.Generator | None):
         """One X_g entry per batch (Algorithm 2); ``generator=None`` (the attacker, who does
         not know the pick) gets the mean entry instead."""
         xg, yg = received["averaged_data"]["x"], received["averaged_data"]["y"]
@@ -192,7 +192,7 @@ class MeanAugmented(Augmenter):
     def local_loss(self, model, x, y, *, received, generator=None):
         if "averaged_data" not in received:  # nothing received yet (cut off, or alone)
             return cross_entropy(model(x), y)
-        xbar, ybar = self.pick(received, len(x), generator)
+        xbar, ybar = self.pick(received, generator)
         return self.mixed_loss(model, x, y, xbar, ybar)
 
     def mixed_loss(self, model, x, y, xbar, ybar):  # pragma: no cover - abstract
