@@ -80,15 +80,21 @@ def score_reconstruction(
     gt = gt_images.detach().cpu().double().numpy()
     rec = rec_images.detach().cpu().double().clamp(lo, hi).numpy()
     order = match(gt, rec)
-    psnrs, ssims, mses, hits = [], [], [], []
-    for i, j in enumerate(order):
-        if j < 0:
-            continue
-        psnrs.append(psnr(gt[i], rec[j], data_range))
-        ssims.append(ssim(gt[i], rec[j], data_range))
-        mses.append(float(np.mean((gt[i] - rec[j]) ** 2)))
-        if gt_labels is not None and rec_labels is not None:
-            hits.append(int(gt_labels[i]) == int(rec_labels[j]))
+    pairs = [(i, int(j)) for i, j in enumerate(order) if j >= 0]
+    hits = None
+    if gt_labels is not None and rec_labels is not None:
+        hits = [int(gt_labels[i]) == int(rec_labels[j]) for i, j in pairs]
+    gi, rj = [i for i, _ in pairs], [j for _, j in pairs]
+    return _score_pairs(gt[gi], rec[rj], data_range, hits)
+
+
+def _score_pairs(
+    gt: np.ndarray, rec: np.ndarray, data_range: float, hits: list[bool] | None = None
+) -> LeakageScore:
+    """Mean PSNR/SSIM/MSE of already paired images gt[i] <-> rec[i], (N, C, H, W) each."""
+    psnrs = [psnr(g, r, data_range) for g, r in zip(gt, rec, strict=True)]
+    ssims = [ssim(g, r, data_range) for g, r in zip(gt, rec, strict=True)]
+    mses = [float(np.mean((g - r) ** 2)) for g, r in zip(gt, rec, strict=True)]
     return LeakageScore(
         psnr=float(np.mean(psnrs)),
         ssim=float(np.mean(ssims)),
@@ -132,19 +138,7 @@ def score_nearest(
             rec = rec[mine]
     gt = gt_images.detach().double()
     idx = _nearest(rec, gt)
-    g, r = gt[idx].numpy(), rec.numpy()
-    data_range = hi - lo
-    psnrs = [psnr(g[i], r[i], data_range) for i in range(len(r))]
-    ssims = [ssim(g[i], r[i], data_range) for i in range(len(r))]
-    mses = [float(np.mean((g[i] - r[i]) ** 2)) for i in range(len(r))]
-    return LeakageScore(
-        psnr=float(np.mean(psnrs)),
-        ssim=float(np.mean(ssims)),
-        mse=float(np.mean(mses)),
-        label_acc=None,
-        per_image_psnr=tuple(psnrs),
-        num_images=len(psnrs),
-    )
+    return _score_pairs(gt[idx].numpy(), rec.numpy(), hi - lo)
 
 
 def label_distribution_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
