@@ -143,9 +143,8 @@ class Experiment:
                 lr=fed.lr,
             )
         channel = Channel(self.threat)
-        x_all, y_all = self.data.x_train, self.data.y_train
         states = {
-            c.client_id: ClientState(c.client_id, x_all[c.train], y_all[c.train])
+            c.client_id: ClientState(c.client_id, *self.client_data(c.client_id))
             for c in self.clients
         }
         victim_ids = list(range(atk.victims)) if atk.names else []
