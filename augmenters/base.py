@@ -57,6 +57,11 @@ class Augmenter:
 
     name = "augmenter"
     shares: tuple[str, ...] = ()  # message kinds this method puts on the channel
+    # How DP-SGD gets one gradient per record: "hooks" (Opacus' GradSampleModule; the
+    # loss is a mean of per-record terms of first-order ops), "microbatch" (one backward
+    # per record; losses that differentiate through their inputs) or None (the loss
+    # couples records of a batch: no per-record gradient exists).
+    per_sample_grads: str | None = "hooks"
 
     def __init__(self, **params: Any):
         self.params: dict[str, Any] = dict(params)

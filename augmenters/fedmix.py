@@ -226,6 +226,7 @@ class NaiveMix(MeanAugmented):
 )
 class FedMix(MeanAugmented):
     name = "fedmix"
+    per_sample_grads = "microbatch"  # eq. 5 differentiates through the inputs
 
     def mixed_loss(self, model, x, y, xbar, ybar):
         lam = self.lam
@@ -257,6 +258,7 @@ class GlobalMix(NaiveMix):
 )
 class LocalMix(Augmenter):
     name = "localmix"
+    per_sample_grads = None  # mixup partners are records of the same batch
 
     def __init__(self, *, lam=0.05):
         super().__init__(lam=lam)

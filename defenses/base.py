@@ -12,6 +12,11 @@ Hooks (all optional), applied in the order the defenses were given
 - ``privatize_aggregate(round, global_state, new_state, num_clients)``: the server's new
   model after aggregation (central noise);
 - ``privacy_spent()``: the formal guarantee, or ``None`` when there is none.
+
+A defense that changes how a client trains (DP-SGD) sets ``trains_locally`` and
+implements ``local_train`` / ``local_gradient``; at most one such defense per run.
+``prepare_model(model)`` may replace layers in every copy of the model (global, client,
+attacker's), and ``check(algorithm=, augmenter=)`` refuses combinations it cannot serve.
 """
 
 from __future__ import annotations
@@ -34,18 +39,38 @@ class PrivacySpend:
 
 class Defense:
     name = "defense"
+    trains_locally = False  # True: local_train/local_gradient replace the client's SGD
 
     def __init__(self, **params: Any):
         self.params = dict(params)
 
     def setup(
-        self, *, num_clients: int, clients_per_round: int, rounds: int, seed: int, lr: float
+        self,
+        *,
+        num_clients: int,
+        clients_per_round: int,
+        rounds: int,
+        seed: int,
+        lr: float,
+        batch_size: int = 10,
+        local_epochs: int = 1,
     ) -> None:
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.rounds = rounds
         self.seed = seed
         self.lr = lr
+        self.batch_size = batch_size
+        self.local_epochs = local_epochs
+
+    @staticmethod
+    def prepare_model(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+        """The model every party builds under this defense, and whether it was changed."""
+        return model, False
+
+    def check(self, *, algorithm: Any, augmenter: Any) -> None:
+        """Raise ``IncompatibleError`` for a trainer or method this defense cannot serve."""
+        return None
 
     def generator(self, *parts: int) -> torch.Generator:
         """A noise generator private to this defense, seeded from the run and ``parts``."""

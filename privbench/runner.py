@@ -6,6 +6,7 @@ are kept here (``ground_truth``) and handed only to the metrics.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from privbench.metrics import (
 from privbench.partition import ClientSplit, partition, split_clients
 from privbench.progress import bar
 from privbench.results import Result, ResultStore, versions
+
+log = logging.getLogger("privbench")
 
 
 def derive_seed(*parts: int) -> int:
@@ -96,6 +99,35 @@ class Experiment:
         self.threat = self.regs["threat"].create(cfg.attack.threat, **cfg.attack.threat_params)
         if hasattr(self.threat, "bind"):
             self.threat.bind(cfg.fed.clients)
+        self._check_defenses()
+
+    def _check_defenses(self) -> None:
+        """At most one defense may take over local training, and it must accept the run's
+        trainer and method; model-changing defenses announce the change once."""
+        classes = [self.regs["defense"].entry(n).factory for n in self.cfg.defenses]
+        trainers = [n for n, c in zip(self.cfg.defenses, classes, strict=True) if c.trains_locally]
+        if len(trainers) > 1:
+            raise IncompatibleError(
+                f"defenses {', '.join(repr(n) for n in trainers)} each replace local "
+                "training; choose one."
+            )
+        self._model_fixers = [c.prepare_model for c in classes]
+        for name, fix in zip(self.cfg.defenses, self._model_fixers, strict=True):
+            if fix(self._raw_model())[1]:
+                log.warning(
+                    "%s: model '%s' has layers that mix records (BatchNorm); every party, "
+                    "the attacker included, uses Opacus' ModuleValidator.fix of it "
+                    "(GroupNorm) instead.",
+                    name,
+                    self.cfg.model,
+                )
+        for n in self.cfg.defenses:
+            self.regs["defense"].create(n, **self.cfg.defense_params.get(n, {})).check(
+                algorithm=self.regs["algorithm"].create(
+                    self.cfg.fed.algorithm, **self.cfg.fed.algorithm_params
+                ),
+                augmenter=self.regs["method"].create(self.cfg.method, **self.cfg.method_params),
+            )
 
     def _check_sizes(self) -> None:
         smallest = min(len(c.train) for c in self.clients)
@@ -112,9 +144,16 @@ class Experiment:
                 f"victim's training set). Got {self.cfg.attack.batch} instead."
             )
 
-    def build_model(self) -> torch.nn.Module:
+    def _raw_model(self) -> torch.nn.Module:
         factory = self.regs["model"].entry(self.cfg.model).factory
         return factory(self.data.shape, self.data.num_classes, **self.cfg.model_params)
+
+    def build_model(self) -> torch.nn.Module:
+        """The model as every party builds it (after any defense's layer replacement)."""
+        model = self._raw_model()
+        for fix in self._model_fixers:
+            model = fix(model)[0]
+        return model
 
     # -- training -----------------------------------------------------------------------
 
@@ -141,6 +180,8 @@ class Experiment:
                 rounds=fed.rounds,
                 seed=cfg.seed,
                 lr=fed.lr,
+                batch_size=fed.batch_size,
+                local_epochs=fed.local_epochs,
             )
         channel = Channel(self.threat)
         states = {
@@ -255,13 +296,43 @@ class Experiment:
             x, y = augmenter.training_data(rnd, state, state.x, state.y)
             steps, batch = None, fed.batch_size
             kind = "update"
-        if kind == "gradient":
+        trainer = next((d for d in defenses if d.trains_locally), None)
+        if kind == "gradient" and trainer is not None:
+            payload = trainer.local_gradient(
+                rnd,
+                state.client_id,
+                model,
+                x,
+                y,
+                loss_fn=loss_fn,
+                num_records=len(state.y),
+                per_sample=augmenter.per_sample_grads,
+            )
+        elif kind == "gradient":
             # FedSGD: one full-batch gradient at the global weights; the server applies it.
             model.train()
             params = dict(model.named_parameters())
             loss = loss_fn(model, x, y)
             grads = torch.autograd.grad(loss, list(params.values()))
             payload = {n: g.detach() for n, g in zip(params, grads, strict=True)}
+        elif trainer is not None:
+            steps = trainer.local_train(
+                rnd,
+                state.client_id,
+                model,
+                x,
+                y,
+                loss_fn=loss_fn,
+                epochs=steps if steps else fed.local_epochs,
+                batch_size=batch,
+                lr=fed.lr,
+                generator=gen,
+                algorithm=algorithm,
+                per_sample=augmenter.per_sample_grads,
+                num_records=len(state.y),
+                fixed_batch=is_victim,
+            )
+            payload = state_delta(clone_state(model), global_state)
         else:
             taken = local_train(
                 model,
@@ -493,10 +564,8 @@ def run(config: RunConfig, *, store: ResultStore | None = None) -> list[Result]:
 
 
 def _log_traceback(err: BaseException) -> None:
-    import logging
-
     if isinstance(err, PrivbenchError):
         return  # a known, explained failure: the row's message says it all
 
     # The row carries the message; the traceback goes to stderr for whoever debugs it.
-    logging.getLogger("privbench").warning("trial failed:\n%s", traceback.format_exc())
+    log.warning("trial failed:\n%s", traceback.format_exc())

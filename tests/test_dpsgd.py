@@ -1,0 +1,221 @@
+"""DP-SGD: per-record gradients (hooks vs one backward per record), clipping and noise
+against hand computations, the run's epsilon against Opacus' accountant for the run's own
+sampling rates and steps, target epsilon, BatchNorm replacement, refused combinations."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import privbench
+from privbench import registries
+from privbench.defenses.dpsgd import DPSGD, DPTrainer, per_sample_grads_microbatch
+from privbench.errors import IncompatibleError
+from privbench.runner import Experiment
+from tests.conftest import tiny_config
+
+
+def _ce(model, x, y):
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return registries()["model"].entry("lenet-sigmoid").factory((1, 8, 8), 3)
+
+
+def _batch(b=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 1, 8, 8, generator=g), torch.randint(0, 3, (b,), generator=g)
+
+
+def _trainer(model, **kw):
+    args = dict(
+        loss_fn=_ce,
+        lr=0.1,
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        expected_batch_size=5,
+        noise_generator=torch.Generator().manual_seed(0),
+    )
+    args.update(kw)
+    return DPTrainer(model, **args)
+
+
+def _per_sample_hooks(model, x, y):
+    t = _trainer(model)
+    t.loss_fn(t.gsm, x, y).backward()
+    out = [p.grad_sample.clone() for p in t.params]
+    t.close()
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_opacus_hooks_equal_one_backward_per_record():
+    x, y = _batch()
+    model = _tiny_model()
+    slow = per_sample_grads_microbatch(model, x, y, _ce)
+    fast = _per_sample_hooks(model, x, y)
+    for a, b in zip(slow, fast, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_sample", ["hooks", "microbatch"])
+def test_without_clipping_or_noise_the_step_is_the_mean_gradient(per_sample):
+    x, y = _batch()
+    model = _tiny_model()
+    expected = torch.autograd.grad(_ce(model, x, y), list(model.parameters()))
+    got = _trainer(model, per_sample=per_sample).noisy_gradient(x, y)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_clipping_bounds_each_record_then_averages():
+    x, y = _batch()
+    model = _tiny_model()
+    c = 1e-3
+    per = per_sample_grads_microbatch(model, x, y, _ce)
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in per], 1).norm(dim=1)
+    assert (norms > c).all()  # every record is clipped here
+    factor = c / (norms + 1e-6)
+    want = [torch.einsum("i,i...->...", factor, g) / len(y) for g in per]
+    got = _trainer(model, max_grad_norm=c).noisy_gradient(x, y)
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+    total = math.sqrt(sum(float((g**2).sum()) for g in got))
+    assert total <= c + 1e-9  # a mean of records clipped to C has norm <= C
+
+
+def test_noise_std_is_sigma_c_over_expected_batch():
+    model = _tiny_model()
+    z, c, expected = 2.0, 0.5, 4.0
+    t = _trainer(model, noise_multiplier=z, max_grad_norm=c, expected_batch_size=expected)
+    empty = torch.empty(0, 1, 8, 8), torch.empty(0, dtype=torch.long)
+    draws = torch.cat(
+        [torch.cat([g.flatten() for g in t.noisy_gradient(*empty)]) for _ in range(20)]
+    )
+    assert draws.mean().abs() < 0.01
+    assert float(draws.std()) == pytest.approx(z * c / expected, rel=0.02)
+
+
+def test_fedprox_penalty_is_added_after_the_noise():
+    x, y = _batch()
+    model = _tiny_model()
+    anchor = {n: p.detach().clone() + 0.1 for n, p in model.named_parameters()}
+    mu, lr = 0.5, 0.1
+
+    def penalty():
+        return 0.5 * mu * sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
+
+    before = [p.detach().clone() for p in model.parameters()]
+    mean = torch.autograd.grad(_ce(model, x, y), list(model.parameters()))
+    t = _trainer(model, lr=lr, penalty=penalty)
+    t.step(x, y)
+    t.close()
+    for (n, p), b, g in zip(model.named_parameters(), before, mean, strict=True):
+        want = b - lr * (g + mu * (b - anchor[n]))
+        torch.testing.assert_close(p.detach(), want, rtol=1e-4, atol=1e-6)
+
+
+def _expected_run_epsilon(cfg, sigma):
+    """Opacus' accountant for each client's own q = 1/ceil(n/B) and its steps in every
+    round (fraction 1: all clients train every round); the largest over clients."""
+    from opacus.accountants import RDPAccountant
+
+    exp = Experiment(cfg)
+    eps = []
+    for c in exp.clients:
+        per_epoch = math.ceil(len(c.train) / cfg.fed.batch_size)
+        acc = RDPAccountant()
+        acc.history = [(sigma, 1 / per_epoch, cfg.fed.rounds * cfg.fed.local_epochs * per_epoch)]
+        eps.append(acc.get_epsilon(1e-5))
+    return max(eps)
+
+
+def test_row_epsilon_is_opacus_accountant_for_the_runs_own_rates_and_steps():
+    cfg = tiny_config(
+        defenses=("dp-sgd",),
+        defense_params={"noise_multiplier": 1.1, "max_grad_norm": 1.0},
+        fed=dict(rounds=2, local_epochs=2, batch_size=32),
+    )
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    assert row.epsilon == pytest.approx(_expected_run_epsilon(cfg, 1.1), abs=1e-6)
+    assert row.delta == 1e-5 and "dp-sgd" in row.accountant and "1.1" in row.accountant
+
+
+def test_target_epsilon_is_reached_by_the_client_that_trains_every_round():
+    cfg = tiny_config(
+        defenses=("dp-sgd",),
+        defense_params={"target_epsilon": 3.0},
+        fed=dict(rounds=2, batch_size=32),
+    )
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    assert 3.0 - 0.05 <= row.epsilon <= 3.0 + 0.011  # Opacus' search tolerance is 0.01
+
+
+def test_attacked_round_is_accounted_and_attack_sees_the_noisy_gradient():
+    cfg = tiny_config(
+        defenses=("dp-sgd",),
+        defense_params={"noise_multiplier": 1.0, "max_grad_norm": 1.0},
+        attack=dict(names=("dlg",), params={"iters": 3}),
+    )
+    exp = Experiment(cfg)
+    out = exp.train()
+    (obs,) = [o for o in out.channel.observations if o.kind == "gradient"]
+    model = exp.build_model()
+    model.load_state_dict(obs.context.weights_before)
+    v = out.victims[0]
+    clean = torch.autograd.grad(_ce(model, v.images, v.labels), list(model.parameters()))
+    sent = list(obs.payload.values())
+    err = sum(float(((a - b) ** 2).sum()) for a, b in zip(sent, clean, strict=True))
+    assert err > 1e-2  # noise of std 1/B per entry on thousands of entries
+    assert out.spend[0] is not None and out.spend[0] > 0
+
+
+def test_batchnorm_model_is_fixed_for_every_party():
+    cfg = tiny_config(model="cnn-bn", defenses=("dp-sgd",), fed=dict(rounds=1))
+    exp = Experiment(cfg)
+    mods = list(exp.build_model().modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods)
+    assert any(isinstance(m, nn.GroupNorm) for m in mods)
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error and row.epsilon > 0
+
+
+def test_fedmix_trains_with_one_backward_per_record():
+    cfg = tiny_config(method="fedmix", defenses=("dp-sgd",), fed=dict(rounds=1, batch_size=32))
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(fed=dict(algorithm="qffl")), "loss on all its data"),
+        (dict(method="localmix"), "mixes records"),
+    ],
+)
+def test_refused_combinations_say_why(overrides, match):
+    with pytest.raises(IncompatibleError, match=match):
+        Experiment(tiny_config(defenses=("dp-sgd",), **overrides))
+
+
+def test_two_defenses_that_train_are_refused(monkeypatch):
+    monkeypatch.setattr(registries()["defense"].entry("prune").factory, "trains_locally", True)
+    with pytest.raises(IncompatibleError, match="choose one"):
+        Experiment(tiny_config(defenses=("dp-sgd", "prune")))
+
+
+def test_sigma_for_target_epsilon_is_opacus_choice():
+    from opacus.accountants.utils import get_noise_multiplier
+
+    d = DPSGD(target_epsilon=2.0)
+    d.setup(num_clients=4, clients_per_round=4, rounds=5, seed=0, lr=0.1, batch_size=10)
+    want = get_noise_multiplier(
+        target_epsilon=2.0, target_delta=1e-5, sample_rate=1 / 10, steps=5 * 10
+    )
+    assert d.sigma(95) == pytest.approx(want)
