@@ -59,7 +59,12 @@ class VictimSimulator:
         self.buffers = {n: b.detach().clone() for n, b in self.module.named_buffers()}
 
     def loss(
-        self, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        self,
+        params: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        penalty: bool = True,
     ) -> torch.Tensor:
         model = FunctionalModel(self.module, params, self.buffers)
         # generator=None: the attacker does not know the victim's private randomness, so
@@ -67,11 +72,41 @@ class VictimSimulator:
         loss = self.ctx.augmenter.local_loss(
             model, x, y, received=self.ctx.received, generator=None
         )
-        if self.ctx.algorithm is not None:
+        if penalty and self.ctx.algorithm is not None:
             extra = self.ctx.algorithm.penalty(params, self.params0)
             if extra is not None:
                 loss = loss + extra
         return loss
+
+    def step_gradient(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, create_graph: bool
+    ) -> list[torch.Tensor]:
+        """The gradient the victim steps with. Under DP-SGD (public ``record_clip`` C):
+        the mean of per-record gradients each clipped to C, then the data-free penalty;
+        the noise, unknown and zero-mean, is left out."""
+        values = list(params.values())
+        clip = self.ctx.record_clip
+        if clip is None:
+            return list(
+                torch.autograd.grad(self.loss(params, x, y), values, create_graph=create_graph)
+            )
+        total = [torch.zeros_like(v) for v in values]
+        for i in range(len(y)):
+            g = torch.autograd.grad(
+                self.loss(params, x[i : i + 1], y[i : i + 1], penalty=False),
+                values,
+                create_graph=create_graph,
+            )
+            norm = torch.sqrt(sum((t**2).sum() for t in g))
+            factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
+            total = [a + factor * t for a, t in zip(total, g, strict=True)]
+        grads = [t / len(y) for t in total]
+        if self.ctx.algorithm is not None:
+            extra = self.ctx.algorithm.penalty(params, self.params0)
+            if extra is not None:
+                pen = torch.autograd.grad(extra, values, create_graph=create_graph)
+                grads = [a + b for a, b in zip(grads, pen, strict=True)]
+        return grads
 
     def message(
         self, kind: str, x: torch.Tensor, y: torch.Tensor, create_graph: bool = True
@@ -80,22 +115,26 @@ class VictimSimulator:
 
         ``gradient``: the loss gradient. ``update``: ``local_steps`` of full-batch SGD,
         reported (like the observation) as new weights minus old, divided by -lr so its
-        scale is that of a gradient.
+        scale is that of a gradient. Public clipping of the defenses is applied alike.
         """
         params = {n: p.clone().requires_grad_(True) for n, p in self.params0.items()}
-        if kind == "gradient":
-            grads = torch.autograd.grad(
-                self.loss(params, x, y), list(params.values()), create_graph=create_graph
-            )
-            return dict(zip(self.param_names, grads, strict=True))
         lr = self.ctx.lr
-        current = params
-        for _ in range(self.ctx.local_steps):
-            grads = torch.autograd.grad(
-                self.loss(current, x, y), list(current.values()), create_graph=create_graph
-            )
-            current = {n: current[n] - lr * g for n, g in zip(self.param_names, grads, strict=True)}
-        return {n: (current[n] - self.params0[n]) / -lr for n in self.param_names}
+        if kind == "gradient":
+            grads = self.step_gradient(params, x, y, create_graph)
+            out = dict(zip(self.param_names, grads, strict=True))
+        else:
+            current = params
+            for _ in range(self.ctx.local_steps):
+                grads = self.step_gradient(current, x, y, create_graph)
+                current = {
+                    n: current[n] - lr * g for n, g in zip(self.param_names, grads, strict=True)
+                }
+            out = {n: (current[n] - self.params0[n]) / -lr for n in self.param_names}
+        if self.ctx.update_clip is not None:  # DP-FedAvg: ||lr * message|| <= C
+            norm = lr * torch.sqrt(sum((t**2).sum() for t in out.values()))
+            factor = torch.clamp(self.ctx.update_clip / (norm + 1e-12), max=1.0)
+            out = {n: t * factor for n, t in out.items()}
+        return out
 
     def target(self, observation: Observation) -> dict[str, torch.Tensor]:
         """The observed message on the same scale as :meth:`message`."""

@@ -19,6 +19,7 @@ import numpy as np
 
 import privbench
 from privbench import AttackConfig, FedConfig, RunConfig
+from privbench.report import mean_std as ms
 
 METHODS = ("fedavg", "localmix", "naivemix", "fedmix", "globalmix")
 MAFL = ("naivemix", "fedmix", "globalmix")
@@ -35,13 +36,6 @@ def config(method, seed, attacks, attack_params=None, method_params=None, **fed)
         fed=FedConfig(**{"clients": 10, "rounds": 10, "eval_every": 0, **fed}),
         attack=AttackConfig(names=attacks, params=attack_params or {}),
     )
-
-
-def ms(values):
-    arr = np.array([v for v in values if v is not None], dtype=float)
-    if not len(arr):
-        return "-"
-    return f"{arr.mean():.2f} ± {arr.std():.2f}" if len(arr) > 1 else f"{arr[0]:.2f}"
 
 
 def table_methods(seeds: int, lam: float) -> tuple[str, list[dict]]:

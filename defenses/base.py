@@ -40,6 +40,10 @@ class PrivacySpend:
 class Defense:
     name = "defense"
     trains_locally = False  # True: local_train/local_gradient replace the client's SGD
+    # Public knobs an attacker knows and simulates: per-record gradient clip (DP-SGD) and
+    # whole-update clip (DP-FedAvg), in update units (lr * gradient for FedSGD).
+    record_clip: float | None = None
+    update_clip: float | None = None
 
     def __init__(self, **params: Any):
         self.params = dict(params)

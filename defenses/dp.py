@@ -77,6 +77,7 @@ class ClientDP(Defense):
     def __init__(self, *, clip=1.0, noise_multiplier=1.0, local=False, delta=1e-5):
         super().__init__(clip=clip, noise_multiplier=noise_multiplier, local=local, delta=delta)
         self.clip, self.z, self.local, self.delta = clip, noise_multiplier, local, delta
+        self.update_clip = clip
         self.participation: dict[int, set[int]] = {}
         self.server_rounds: set[int] = set()
 

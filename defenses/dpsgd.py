@@ -191,6 +191,7 @@ class DPSGD(Defense):
             target_epsilon=target_epsilon,
             delta=delta,
         )
+        self.record_clip = max_grad_norm
         self.z, self.clip, self.target, self.delta = (
             noise_multiplier,
             max_grad_norm,

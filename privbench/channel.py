@@ -63,6 +63,10 @@ class PublicContext:
     augmenter_params: Mapping[str, Any]
     received: Mapping[str, Payload] = field(default_factory=dict)  # broadcasts it was sent
     algorithm: Any = None  # the public trainer (FedProx's penalty is part of the local loss)
+    # Public parameters of the defenses: DP-SGD's per-record clip norm; an L2 bound on the
+    # whole update (client-dp). A defense-aware attacker clips its dummy message alike.
+    record_clip: float | None = None
+    update_clip: float | None = None
 
 
 @dataclass(frozen=True)

@@ -364,6 +364,8 @@ class Experiment:
             augmenter_params=dict(cfg.method_params),
             received=dict(state.received),
             algorithm=algorithm,
+            record_clip=trainer.record_clip if trainer is not None else None,
+            update_clip=min((d.update_clip for d in defenses if d.update_clip), default=None),
         )
         encoding, nbytes = "dense", None
         for d in defenses:  # the last defense that re-encodes the payload decides

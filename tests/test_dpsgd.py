@@ -219,3 +219,41 @@ def test_sigma_for_target_epsilon_is_opacus_choice():
         target_epsilon=2.0, target_delta=1e-5, sample_rate=1 / 10, steps=5 * 10
     )
     assert d.sigma(95) == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    "defense, params, attack",
+    [
+        ("dp-sgd", {"noise_multiplier": 0.0, "max_grad_norm": 0.05}, {}),
+        ("dp-sgd", {"noise_multiplier": 0.0, "max_grad_norm": 0.05}, {"batch": 3}),
+        ("dp-sgd", {"noise_multiplier": 0.0, "max_grad_norm": 0.05}, {"batch": 2, "steps": 3}),
+        ("client-dp", {"noise_multiplier": 0.0, "clip": 0.01}, {"batch": 2}),
+        ("client-dp", {"noise_multiplier": 0.0, "clip": 0.01}, {"batch": 2, "steps": 2}),
+    ],
+)
+def test_defense_aware_simulator_reproduces_the_clipped_message(defense, params, attack):
+    """Without noise, the attacker's simulation of the victim at the true data equals the
+    observed, clipped message: the attacker models the defense's public clipping."""
+    from privbench.attacks.gradient import VictimSimulator
+
+    cfg = tiny_config(
+        defenses=(defense,),
+        defense_params=params,
+        fed=dict(rounds=1),
+        attack=dict(names=("dlg",), **attack),
+    )
+    out = Experiment(cfg).train()
+    (obs,) = [o for o in out.channel.observations if o.sender == 0 and o.kind != "model"]
+    sim = VictimSimulator(obs.context)
+    v = out.victims[0]
+    want = sim.target(obs)
+    got = sim.message(obs.kind, v.images, v.labels, create_graph=False)
+    norm = math.sqrt(sum(float((t**2).sum()) for t in want.values()))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-3, atol=1e-5 * norm)
+    # and clipping did bind: an attacker unaware of it simulates a different message
+    from dataclasses import replace
+
+    naive = VictimSimulator(replace(obs.context, record_clip=None, update_clip=None))
+    raw = naive.message(obs.kind, v.images, v.labels, create_graph=False)
+    assert any(not torch.allclose(raw[k], want[k], rtol=0.05) for k in want)

@@ -1,0 +1,171 @@
+"""Defenses' privacy-utility curve: leakage and accuracy as the noise or pruning grows,
+with the formal epsilon of every point, >= 3 seeds.
+
+Setups: `photos` with `lenet-sigmoid` (DLG) and `digits` with `cnn` (DLG and IG); 10
+clients, Dirichlet 0.5, 10 rounds, the server attacks one victim's FedSGD gradient of a
+single image in round 0; the attacker knows the defenses' public clip norms and clips its
+dummy gradient alike. Points: no defense; `dp-sgd` as sigma grows (C = 1); `client-dp`
+central and local as z grows (C = 1); `prune` as the fraction grows; and on FedMix,
+`artifact-noise` on the shared means as sigma grows (attacked by `averaged-data`).
+
+Rows go to a result store (``--out``), so an interrupted run resumes where it stopped
+and the two setups can run as two processes:
+
+    python benchmarks/defense_curve.py --seeds 3 --setup photos &
+    python benchmarks/defense_curve.py --seeds 3 --setup digits
+    python benchmarks/defense_curve.py --seeds 3 --table-only
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+import privbench
+from privbench import AttackConfig, FedConfig, ResultStore, RunConfig
+from privbench.report import mean_std as ms
+
+SETUPS = {
+    "photos": dict(model="lenet-sigmoid", lr=0.1, local_epochs=2, attacks=("dlg",)),
+    "digits": dict(model="cnn", lr=0.1, local_epochs=5, attacks=("dlg", "ig")),
+}
+
+# (label, method, defenses, defense params, attacks override)
+POINTS = [
+    ("none", "fedavg", (), {}, None),
+    *[
+        ("dp-sgd", "fedavg", ("dp-sgd",), {"noise_multiplier": s}, None)
+        for s in (0.001, 0.01, 0.1, 1.0)
+    ],
+    ("client-dp", "fedavg", ("client-dp",), {"noise_multiplier": 1.0}, None),
+    *[
+        ("client-dp local", "fedavg", ("client-dp",), {"noise_multiplier": z, "local": True}, None)
+        for z in (0.01, 0.1)
+    ],
+    *[("prune", "fedavg", ("prune",), {"prune": p}, None) for p in (0.5, 0.9, 0.99)],
+    ("none", "fedmix", (), {}, ("averaged-data",)),
+    *[
+        ("artifact-noise", "fedmix", ("artifact-noise",), {"sigma": s}, ("averaged-data",))
+        for s in (0.1, 0.5)
+    ],
+]
+
+
+def config(setup: str, point, seed: int) -> RunConfig:
+    s = SETUPS[setup]
+    _, method, defenses, dparams, attacks = point
+    return RunConfig(
+        method=method,
+        dataset=setup,
+        partition="dirichlet",
+        model=s["model"],
+        defenses=defenses,
+        defense_params=dparams,
+        seed=seed,
+        fed=FedConfig(
+            clients=10, rounds=10, lr=s["lr"], local_epochs=s["local_epochs"], eval_every=0
+        ),
+        attack=AttackConfig(names=attacks or s["attacks"]),
+    )
+
+
+def knob(point) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point[3].items()) or "-"
+
+
+def measure(setup: str, seeds: int, store: ResultStore) -> None:
+    done = store.finished_hashes()
+    for point in POINTS:
+        for seed in range(seeds):
+            cfg = config(setup, point, seed)
+            if cfg.resolve().hash() in done:
+                continue
+            rows = privbench.run(cfg, out=store.directory)
+            shown = " ".join(
+                f"{r.attack} {r.psnr if r.psnr is None else round(r.psnr, 1)}" for r in rows
+            )
+            print(
+                f"  {setup} {point[1]} {point[0]} {knob(point)} seed {seed}: "
+                f"acc {rows[0].accuracy} eps {rows[0].epsilon} {shown}",
+                flush=True,
+            )
+
+
+def table(seeds: int, store: ResultStore) -> str:
+    rows = store.read()
+    by_hash: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_hash.setdefault(r["config_hash"], {})[r["attack"]] = r
+    lines = [
+        "| data / model | method | defense | knob | ε (δ = 1e-5) | accuracy | DLG PSNR dB "
+        "| DLG SSIM | IG PSNR dB | IG SSIM | averaged-data PSNR dB | up MiB | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for setup in SETUPS:
+        for point in POINTS:
+            runs = [
+                by_hash.get(config(setup, point, seed).resolve().hash(), {})
+                for seed in range(seeds)
+            ]
+            runs = [r for r in runs if r]
+            if not runs:
+                continue
+
+            def col(attack, field, runs=runs):
+                return ms(
+                    r[attack][field] for r in runs if attack in r and r[attack][field] is not None
+                )
+
+            first = [next(iter(r.values())) for r in runs]
+            eps = [f["epsilon"] for f in first]
+            eps_text = (
+                "none"
+                if all(e is None for e in eps)
+                else ms(e if e is not None else np.inf for e in eps)
+            )
+            errors = sum(x["status"] != "ok" for r in runs for x in r.values())
+            any_attack = next(iter(runs[0]))
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        f"{setup} / {SETUPS[setup]['model']}",
+                        point[1],
+                        point[0],
+                        knob(point),
+                        eps_text,
+                        ms(f["accuracy"] for f in first),
+                        col("dlg", "psnr"),
+                        col("dlg", "ssim"),
+                        col("ig", "psnr"),
+                        col("ig", "ssim"),
+                        col("averaged-data", "psnr"),
+                        f"{np.mean([r[any_attack]['bytes_up'] for r in runs]) / 2**20:.2f}",
+                        f"{errors} / {len(runs)} seeds" if errors else "0",
+                    ]
+                )
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--setup", choices=sorted(SETUPS), action="append")
+    ap.add_argument("--out", default="benchmarks/results/defense_curve")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    store = ResultStore(args.out)
+    if not args.table_only:
+        for setup in args.setup or sorted(SETUPS):
+            measure(setup, args.seeds, store)
+    print(table(args.seeds, store))
+
+
+if __name__ == "__main__":
+    main()
