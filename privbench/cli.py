@@ -1,4 +1,4 @@
-"""Command line: ``privbench run``, ``privbench list``.
+"""Command line: ``privbench run|list|sweep|table|plot|baseline|check``.
 
 Plugin parameters become flags automatically (``--alpha`` for the Dirichlet partition,
 ``--iters`` for the attacks, ...), built from the registries, so the CLI never lists
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -140,10 +141,120 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list every registered plugin with a description")
     ls.add_argument("--json", action="store_true")
+
+    sw = sub.add_parser("sweep", help="run a TOML grid of `run` options, resumably")
+    sw.add_argument("grid", help="TOML file with [sweep] (shared options) and [grid] (lists)")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local")
+    sw.add_argument("--workers", type=int, default=1, help="points run at once")
+    sw.add_argument("--address", default=None, help="Ray cluster address (ray backend)")
+    sw.add_argument("--out", default="privbench-results", help="result folder")
+    sw.add_argument("--dry-run", action="store_true", help="validate and list the points only")
+
+    from privbench.report import DEFAULT_BY, DEFAULT_METRICS, METRICS
+
+    tb = sub.add_parser("table", help="mean ± std over seeds of result rows")
+    tb.add_argument("results", help="result folder or results.jsonl")
+    tb.add_argument("--by", default=",".join(DEFAULT_BY), help="grouping columns")
+    tb.add_argument(
+        "--metrics",
+        default=",".join(DEFAULT_METRICS),
+        help="comma-separated; any of " + ", ".join(METRICS),
+    )
+    tb.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+
+    bl = sub.add_parser("baseline", help="write per-experiment means as a regression baseline")
+    bl.add_argument("results")
+    bl.add_argument("-o", "--output", required=True, help="baseline JSON file to write")
+
+    pl = sub.add_parser("plot", help="frontier, reconstruction grid or learning curves (PNG)")
+    pl.add_argument("results")
+    pl.add_argument("--kind", choices=("frontier", "reconstructions", "curves"), required=True)
+    pl.add_argument("--out", required=True, help="PNG file to write")
+
+    ck = sub.add_parser("check", help="exit 1 when leakage rose or accuracy fell vs a baseline")
+    ck.add_argument("results")
+    ck.add_argument("--baseline", required=True)
+    ck.add_argument("--psnr-tol", type=float, default=1.0, help="dB PSNR may rise")
+    ck.add_argument("--ssim-tol", type=float, default=0.02, help="SSIM may rise")
+    ck.add_argument("--acc-tol", type=float, default=0.02, help="accuracy may fall")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from privbench import sweep
+
+    grid = sweep.load_grid(args.grid)
+    if args.dry_run:
+        points, problems = sweep.expand(grid)
+        if problems:
+            raise PrivbenchError(
+                f"invalid grid ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
+            )
+        todo = {p.index for p in sweep.pending(points, args.out)}
+        for p in points:
+            state = "todo" if p.index in todo else "done"
+            print(f"{p.index:4d} {state} {p.config_hash} privbench {' '.join(p.argv)}")
+        return 0
+    summary = sweep.run_sweep(
+        grid, out=args.out, backend=args.backend, workers=args.workers, address=args.address
+    )
+    print(
+        f"{summary.points} points: {summary.skipped} already done, {summary.ran} run, "
+        f"{summary.failed} with error rows; results in {os.path.join(args.out, 'results.jsonl')}"
+    )
+    return 0 if summary.failed == 0 else 1
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from privbench.report import format_table, load_rows, summarize
+
+    metrics = _split(args.metrics)
+    summary = summarize(load_rows(args.results), by=_split(args.by), metrics=metrics)
+    print(format_table(summary, metrics, args.format))
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from privbench.report import load_rows, make_baseline
+    from privbench.results import write_json_atomic
+
+    base = make_baseline(load_rows(args.results))
+    write_json_atomic(args.output, base)
+    print(f"baseline of {len(base['groups'])} experiment(s) written to {args.output}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from privbench.plots import plot
+    from privbench.report import load_rows
+
+    folder = args.results if os.path.isdir(args.results) else os.path.dirname(args.results)
+    path = plot(args.kind, load_rows(args.results), args.out, results_dir=folder or ".")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from privbench.report import check, load_rows
+
+    report = check(
+        load_rows(args.results),
+        args.baseline,
+        psnr_tol=args.psnr_tol,
+        ssim_tol=args.ssim_tol,
+        acc_tol=args.acc_tol,
+    )
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None) -> RunConfig:
+    """The run's configuration. A plugin flag that no chosen plugin declares is an error,
+    or, when ``unused`` is a set (sweeps crossing plugins), dropped and added to it."""
     slots: dict[str, dict[str, Any]] = {v: {} for v in KIND_FIELDS.values()}
     chosen = {
         "method": [args.method],
@@ -169,6 +280,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 n in regs[k] and any(q.name == dest for q in regs[k].entry(n).params) for n in names
             )
         ]
+        if not kinds and unused is not None:
+            unused.add(dest)
+            continue
         if not kinds:
             owners = sorted(
                 {
@@ -333,6 +447,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "list":
             return cmd_list(args.json)
+        commands = {
+            "sweep": cmd_sweep,
+            "table": cmd_table,
+            "baseline": cmd_baseline,
+            "check": cmd_check,
+            "plot": cmd_plot,
+        }
+        if args.command in commands:
+            return commands[args.command](args)
         from privbench import progress
         from privbench.results import ResultStore
         from privbench.runner import run

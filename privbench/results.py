@@ -139,6 +139,21 @@ def versions() -> dict[str, str]:
     return out
 
 
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_json_safe(data), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 class ResultStore:
     """``DIR/results.jsonl`` plus ``DIR/reconstructions/*.npz``."""
 

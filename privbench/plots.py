@@ -1,0 +1,188 @@
+"""Figures from result rows (matplotlib, the ``plots`` extra): the privacy-utility
+frontier, reconstruction grids and learning curves."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from privbench.errors import ParameterError, PrivbenchError
+from privbench.report import latest, summarize
+
+KINDS = ("frontier", "reconstructions", "curves")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise PrivbenchError(
+            "plots need matplotlib: pip install 'privbench[plots]' (or pip install matplotlib)"
+        ) from err
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (leakage, accuracy) points no other point beats on both: lower
+    leakage and higher accuracy. Sorted by leakage."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psnr") -> str:
+    plt = _pyplot()
+    attacked = [r for r in latest(rows) if r.get("attack") not in (None, "none")]
+    if not attacked:
+        raise ParameterError("The frontier needs rows with an attack (leakage on the x axis).")
+    s = summarize(
+        attacked, by=("method", "defense", "attack"), metrics=("accuracy", leakage, "epsilon")
+    )
+    s = s[s[f"{leakage}_mean"].notna() & s["accuracy_mean"].notna()].reset_index(drop=True)
+    if s.empty:
+        raise ParameterError("No ok rows with both accuracy and leakage to plot.")
+    fig, ax = plt.subplots(figsize=(7, 5))
+    markers = "osD^v<>pP*X"
+    methods = list(dict.fromkeys(s["method"]))
+    defenses = list(dict.fromkeys(s["defense"]))
+    for _, r in s.iterrows():
+        color = f"C{methods.index(r['method']) % 10}"
+        marker = markers[defenses.index(r["defense"]) % len(markers)]
+        ax.errorbar(
+            r[f"{leakage}_mean"],
+            r["accuracy_mean"],
+            xerr=r[f"{leakage}_std"],
+            yerr=r["accuracy_std"],
+            fmt=marker,
+            color=color,
+            capsize=2,
+            label=f"{r['method']} / {r['defense']} ({r['attack']})",
+        )
+        if not math.isnan(r["epsilon_mean"]):
+            ax.annotate(
+                f"ε={r['epsilon_mean']:.3g}",
+                (r[f"{leakage}_mean"], r["accuracy_mean"]),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=8,
+            )
+    pts = list(zip(s[f"{leakage}_mean"], s["accuracy_mean"], strict=True))
+    front = pareto_front(pts)
+    ax.step(
+        [pts[i][0] for i in front],
+        [pts[i][1] for i in front],
+        where="post",
+        color="0.5",
+        linestyle="--",
+        marker="o",
+        markersize=14,
+        markerfacecolor="none",
+        label="Pareto front",
+    )
+    unit = " (dB)" if leakage == "psnr" else ""
+    ax.set_xlabel(f"leakage: reconstruction {leakage.upper()}{unit}  (lower is more private)")
+    ax.set_ylabel("test accuracy  (higher is more useful)")
+    ax.set_title("Privacy-utility frontier (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, plt, out)
+
+
+def reconstructions(
+    rows: Sequence[Mapping[str, Any]], out: str, *, results_dir: str, limit: int = 8
+) -> str:
+    plt = _pyplot()
+    shown = [r for r in latest(rows) if r.get("reconstruction_file")][:limit]
+    if not shown:
+        raise ParameterError(
+            "No rows with saved reconstructions (run attacks with a result folder, not --no-save)."
+        )
+    pairs = []
+    for r in shown:
+        path = os.path.join(results_dir, r["reconstruction_file"])
+        with np.load(path) as data:
+            gt, rec = _first_image(data, "ground_truth"), _first_image(data, "reconstruction")
+        pairs.append((r, gt, rec))
+    fig, axes = plt.subplots(2, len(pairs), figsize=(1.8 * len(pairs) + 0.6, 4.2), squeeze=False)
+    for j, (r, gt, rec) in enumerate(pairs):
+        for i, img in enumerate((gt, rec)):
+            ax = axes[i][j]
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0][j].set_title(f"{r['method']}\n{r['attack']}/{r['defense']}", fontsize=8)
+        psnr = r.get("psnr")
+        axes[1][j].set_xlabel("-" if psnr is None else f"{psnr:.1f} dB", fontsize=9)
+    axes[0][0].set_ylabel("private")
+    axes[1][0].set_ylabel("reconstructed")
+    fig.suptitle("Ground truth (top) and the attack's reconstruction (bottom), PSNR below")
+    return _save(fig, plt, out)
+
+
+def _first_image(data, key: str) -> np.ndarray:
+    # Batch attacks save one array; dataset attacks one per victim (ground_truth_0, ...).
+    name = key if key in data else sorted(k for k in data.files if k.startswith(key))[0]
+    arr = data[name]
+    while arr.ndim > 3:
+        arr = arr[0]
+    img = np.moveaxis(arr, 0, -1)  # C, H, W -> H, W, C
+    return np.clip(img[..., 0] if img.shape[-1] == 1 else img, 0, 1)
+
+
+def curves(rows: Sequence[Mapping[str, Any]], out: str, *, metric: str = "accuracy") -> str:
+    plt = _pyplot()
+    groups: dict[str, dict[int, list[float]]] = {}
+    for r in latest(rows):
+        if r.get("status") != "ok" or not r.get("history"):
+            continue
+        label = f"{r['method']} / {r['defense']}"
+        for h in r["history"]:
+            if h.get(metric) is not None:
+                groups.setdefault(label, {}).setdefault(int(h["round"]), []).append(h[metric])
+    if not groups:
+        raise ParameterError(f"No per-round '{metric}' history in these rows (--eval-every > 0).")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, by_round in groups.items():
+        rounds = sorted(by_round)
+        mean = np.array([np.mean(by_round[t]) for t in rounds])
+        std = np.array([np.std(by_round[t]) for t in rounds])
+        ax.plot(rounds, mean, marker="o", ms=3, label=label)
+        ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"global test {metric}")
+    ax.set_title("Learning curves (mean ± std over seeds, deduplicated runs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, out)
+
+
+def _save(fig, plt, out: str) -> str:
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    tmp = out + ".tmp.png"
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def plot(kind: str, rows: Sequence[Mapping[str, Any]], out: str, *, results_dir: str = ".") -> str:
+    if kind == "frontier":
+        return frontier(rows, out)
+    if kind == "reconstructions":
+        return reconstructions(rows, out, results_dir=results_dir)
+    if kind == "curves":
+        return curves(rows, out)
+    raise ParameterError(f"The 'kind' parameter must be one of {', '.join(KINDS)}. Got {kind!r}.")

@@ -1,0 +1,282 @@
+"""Sweeps: a TOML grid of ``privbench run`` options, every point its own process, one
+result store, resumable.
+
+    [sweep]                     # options every point shares (``privbench run`` flags)
+    dataset = "digits"
+    rounds = 3
+
+    [grid]                      # lists are crossed, in this order
+    method = ["fedavg", "fedmix"]
+    attack = ["dlg", ["dlg", "ig"]]     # a list inside the list: several attacks, one run
+    defense = ["none", "dp-sgd"]
+    noise_multiplier = [0.5, 1.0]       # plugin flags reach only points whose plugins have them
+    seed = [0, 1, 2]
+
+Every point is validated before anything runs (all problems listed at once). Rows are
+appended to ``OUT/results.jsonl`` by each point when it finishes (one locked write), so
+killing a sweep, even with ``kill -9``, loses only the points in flight; a rerun skips
+points whose attacks all have an ``ok`` row for the same configuration hash.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from privbench.errors import ParameterError, PrivbenchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the standard library's parser, backported
+    import tomli as tomllib
+
+REPEATABLE = ("attack", "defense")
+
+
+@dataclass
+class Point:
+    index: int
+    options: dict[str, Any]
+    argv: list[str]
+    config: Any  # RunConfig, resolved
+    config_hash: str
+    attacks: tuple[str, ...]
+
+
+def load_grid(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as err:
+        raise ParameterError(f"Cannot read grid '{path}': {err.strerror}.") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ParameterError(f"Grid '{path}' is not valid TOML: {err}.") from err
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _argv(options: Mapping[str, Any], no_value_flags: set[str]) -> list[str]:
+    argv = ["run", str(options["method"])]
+    for key, value in options.items():
+        if key == "method":
+            continue
+        if key in REPEATABLE:
+            for v in [value] if isinstance(value, str) else value:
+                argv += [_flag(key), str(v)]
+        elif key.replace("-", "_") in no_value_flags:
+            if value:
+                argv.append(_flag(key))
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            argv += [_flag(key), text]
+    return argv
+
+
+def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
+    """Every point of the grid, resolved; and the problems found (empty when valid)."""
+    from privbench.cli import UsageError, build_parser, config_from_args
+
+    problems: list[str] = []
+    unknown_sections = set(grid) - {"sweep", "grid"}
+    if unknown_sections:
+        problems.append(
+            f"unknown section(s) {', '.join(sorted(unknown_sections))}; use [sweep] and [grid]."
+        )
+    fixed = dict(grid.get("sweep", {}))
+    axes = dict(grid.get("grid", {}))
+    for key, values in axes.items():
+        if not isinstance(values, list):
+            problems.append(f"grid '{key}' must be a list of values, got {values!r}.")
+        elif not values:
+            problems.append(f"grid '{key}' is an empty list: the sweep would have no points.")
+    if "method" not in fixed and "method" not in axes:
+        problems.append("no 'method' given (in [sweep] or [grid]).")
+    if problems:
+        return [], problems
+    parser = build_parser()
+    run_parser = parser._subparsers._group_actions[0].choices["run"]
+    known = {a.dest for a in run_parser._actions} | {"method"}
+    no_value = {a.dest for a in run_parser._actions if a.nargs == 0}
+    for key in list(fixed) + list(axes):
+        if key.replace("-", "_") not in known or key in ("help", "json", "no_save", "out"):
+            problems.append(f"'{key}' is not an option of `privbench run`.")
+    if problems:
+        return [], problems
+    keys = list(axes)
+    points: list[Point] = []
+    used: dict[str, bool] = {}
+    plugin_keys = {k.replace("-", "_") for k in list(fixed) + keys}
+    for i, combo in enumerate(itertools.product(*(axes[k] for k in keys))):
+        options = {**fixed, **dict(zip(keys, combo, strict=True))}
+        argv = _argv(options, no_value) + ["--no-save"]
+        unused: set[str] = set()
+        try:
+            raw = config_from_args(parser.parse_args(argv), unused=unused)
+            for k in plugin_keys:
+                used[k] = used.get(k, False) or k not in unused
+            cfg = raw.resolve()
+        except (UsageError, PrivbenchError) as err:
+            shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            problems.append(f"point {i} ({shown}): {err}")
+            continue
+        # The point's own command line, without flags none of its plugins take.
+        argv = _argv(
+            {k: v for k, v in options.items() if k.replace("-", "_") not in unused}, no_value
+        )
+        points.append(Point(i, options, argv, cfg, cfg.hash(), cfg.attack.names or ("none",)))
+    for k, ok in used.items():
+        if not ok:
+            problems.append(f"'{k}' applies to no point of the grid (no chosen plugin has it).")
+    return points, problems
+
+
+def _run_point(argv: list[str], out: str, threads: int) -> list[str]:
+    """Worker: one point, its rows appended to ``out``; returns the rows' statuses."""
+    import torch
+
+    from privbench import progress
+    from privbench.cli import build_parser, config_from_args
+    from privbench.results import ResultStore
+    from privbench.runner import run
+
+    torch.set_num_threads(threads)
+    progress.set_enabled(False)
+    cfg = config_from_args(build_parser().parse_args(argv), unused=set())
+    return [r.status for r in run(cfg, store=ResultStore(out))]
+
+
+def _record_crash(point: Point, out: str, err: BaseException) -> None:
+    """A point whose process died (killed, out of memory) still leaves error rows."""
+    from privbench.results import ResultStore
+    from privbench.runner import _base_row
+
+    rows = []
+    for name in point.attacks:
+        row = _base_row(point.config, name)
+        row.status, row.error = "error", f"worker failed: {type(err).__name__}: {err}"
+        rows.append(row)
+    ResultStore(out).append(rows)
+
+
+@dataclass
+class SweepSummary:
+    points: int
+    skipped: int
+    ran: int
+    failed: int
+
+
+def pending(points: list[Point], out: str) -> list[Point]:
+    from privbench.results import ResultStore
+
+    ok: dict[str, set[str]] = {}
+    for r in ResultStore(out).read():
+        if r.get("status") == "ok":
+            ok.setdefault(r["config_hash"], set()).add(r["attack"])
+    return [p for p in points if not set(p.attacks) <= ok.get(p.config_hash, set())]
+
+
+def run_sweep(
+    grid: Mapping[str, Any],
+    *,
+    out: str,
+    backend: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    on_done: Callable[[Point, list[str]], None] | None = None,
+) -> SweepSummary:
+    if backend not in ("local", "ray"):
+        raise ParameterError(f"The 'backend' parameter must be local or ray. Got {backend!r}.")
+    if workers < 1:
+        raise ParameterError(f"The 'workers' parameter must be >= 1. Got {workers} instead.")
+    points, problems = expand(grid)
+    if problems:
+        raise PrivbenchError(
+            f"invalid grid ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
+        )
+    todo = pending(points, out)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    runner = _run_local if backend == "local" else _run_ray
+    failed = runner(
+        todo, out=out, workers=workers, threads=threads, address=address, on_done=on_done
+    )
+    return SweepSummary(len(points), len(points) - len(todo), len(todo), failed)
+
+
+def _run_local(todo, *, out, workers, threads, address, on_done) -> int:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from privbench.progress import bar
+
+    failed = 0
+    ctx = mp.get_context("spawn")  # a fresh interpreter per point: no shared torch state
+    with (
+        bar(len(todo), "points", leave=True) as pbar,
+        ProcessPoolExecutor(workers, mp_context=ctx, **_one_task_per_child()) as pool,
+    ):
+        futures = {pool.submit(_run_point, p.argv, out, threads): p for p in todo}
+        for fut in as_completed(futures):
+            point = futures[fut]
+            try:
+                statuses = fut.result()
+            except Exception as err:  # the worker died: record it, keep the sweep going
+                _record_crash(point, out, err)
+                statuses = ["error"]
+            failed += any(s != "ok" for s in statuses)
+            pbar.update(1)
+            if on_done:
+                on_done(point, statuses)
+    return failed
+
+
+def _one_task_per_child() -> dict[str, int]:
+    # Python >= 3.11: every point in a fresh process; 3.10 reuses pool workers.
+    return {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+
+
+def _run_ray(todo, *, out, workers, threads, address, on_done) -> int:
+    try:
+        import ray
+    except ImportError as err:
+        raise PrivbenchError(
+            "the ray backend needs Ray: pip install 'privbench[ray]' (or pip install ray)"
+        ) from err
+    from privbench.progress import bar
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address,
+            num_cpus=None if address else workers,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    remote = ray.remote(num_cpus=1, max_calls=1)(_run_point)
+    failed = 0
+    try:
+        refs = {remote.remote(p.argv, os.path.abspath(out), threads): p for p in todo}
+        with bar(len(todo), "points", leave=True) as pbar:
+            waiting = list(refs)
+            while waiting:
+                done, waiting = ray.wait(waiting, num_returns=1)
+                point = refs[done[0]]
+                try:
+                    statuses = ray.get(done[0])
+                except Exception as err:  # a task that died still leaves error rows
+                    _record_crash(point, out, err)
+                    statuses = ["error"]
+                failed += any(s != "ok" for s in statuses)
+                pbar.update(1)
+                if on_done:
+                    on_done(point, statuses)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return failed

@@ -1,0 +1,136 @@
+"""Tables over seeds, baselines and regression checks: hand-worked rows, the three output
+formats, exit codes, and the pytest helper on a real deterministic run."""
+
+import json
+
+import pytest
+
+import privbench
+from privbench.cli import main
+from privbench.errors import ParameterError
+from privbench.report import check, format_table, make_baseline, summarize
+from privbench.results import ResultStore
+from privbench.testing import assert_no_leakage_regression
+from tests.conftest import tiny_config
+
+
+def _row(seed, psnr, acc, *, status="ok", method="fedavg", defense="none", sigma=None):
+    config = {"method": method, "defenses": [defense], "seed": seed, "sigma": sigma}
+    return {
+        "method": method,
+        "attack": "dlg",
+        "defense": defense,
+        "threat": "server",
+        "dataset": "digits",
+        "partition": "iid",
+        "model": "lenet-sigmoid",
+        "algorithm": "fedavg",
+        "rounds": 2,
+        "clients": 4,
+        "attack_batch": 1,
+        "victim_steps": 1,
+        "seed": seed,
+        "status": status,
+        "accuracy": acc if status == "ok" else None,
+        "psnr": psnr if status == "ok" else None,
+        "ssim": 0.5 if status == "ok" else None,
+        "bytes_up": 2**20,
+        "epsilon": None,
+        "config_hash": f"{method}-{defense}-{sigma}-{seed}",
+        "config": config,
+    }
+
+
+ROWS = [
+    _row(0, 30.0, 0.8),
+    _row(1, 40.0, 0.6),
+    _row(2, None, None, status="error"),
+    _row(0, 10.0, 0.7, defense="prune"),
+]
+CLEAN = [r for r in ROWS if r["status"] == "ok"]
+
+
+def test_summary_is_mean_and_population_std_with_errors_counted():
+    s = summarize(ROWS, by=("method", "defense"), metrics=("psnr", "accuracy", "bytes_up"))
+    first = s.iloc[0]
+    assert (first["method"], first["defense"], first["runs"], first["errors"]) == (
+        "fedavg",
+        "none",
+        2,
+        1,
+    )
+    assert first["psnr_mean"] == pytest.approx(35.0) and first["psnr_std"] == pytest.approx(5.0)
+    assert first["accuracy_mean"] == pytest.approx(0.7)
+    assert list(s["defense"]) == ["none", "prune"]  # first-seen order
+
+
+def test_a_rerun_replaces_the_error_row_of_the_same_config():
+    fixed = [*ROWS, _row(2, 50.0, 0.7)]
+    s = summarize(fixed, by=("defense",), metrics=("psnr",))
+    assert s.iloc[0]["runs"] == 3 and s.iloc[0]["errors"] == 0
+    assert s.iloc[0]["psnr_mean"] == pytest.approx(40.0)
+
+
+def test_formats_carry_units_and_values():
+    s = summarize(ROWS, by=("defense",), metrics=("psnr", "bytes_up"))
+    md = format_table(s, ("psnr", "bytes_up"), "md").splitlines()
+    assert md[0] == "| defense | runs | errors | PSNR (dB) | up (MiB) |"
+    assert md[2] == "| none | 2 | 1 | 35.00 ± 5.00 | 1.000 ± 0.000 |"
+    assert md[3] == "| prune | 1 | 0 | 10.00 | 1.000 |"
+    csv = format_table(s, ("psnr", "bytes_up"), "csv").splitlines()
+    assert csv[0] == "defense,runs,errors,PSNR (dB) mean,PSNR (dB) std,up (MiB) mean,up (MiB) std"
+    assert csv[1] == "none,2,1,35.0,5.0,1.0,0.0"
+    tex = format_table(s, ("psnr",), "latex")
+    assert r"\begin{tabular}{lrrr}" in tex and r"35.00 $\pm$ 5.00 \\" in tex
+
+
+def test_unknown_metric_and_column_list_the_valid_ones():
+    with pytest.raises(ParameterError, match="Unknown metric 'psnrr'.*psnr"):
+        summarize(ROWS, metrics=("psnrr",))
+    with pytest.raises(ParameterError, match="Unknown grouping column 'meth'"):
+        summarize(ROWS, by=("meth",))
+
+
+def test_check_flags_leakage_rise_accuracy_fall_missing_and_errors():
+    base = make_baseline(CLEAN)
+    assert len(base["groups"]) == 2  # sigma/defense differ: separate experiments
+    assert check(CLEAN, base).ok
+    leakier = [dict(r, psnr=r["psnr"] + 2 if r["psnr"] else None) for r in CLEAN]
+    report = check(leakier, base, psnr_tol=1.0)
+    assert not report.ok and "psnr rose 35.000 -> 37.000" in report.text()
+    assert check(leakier, base, psnr_tol=2.5).ok
+    worse = [dict(r, accuracy=r["accuracy"] - 0.05 if r["accuracy"] else None) for r in CLEAN]
+    assert "accuracy fell" in check(worse, base).text()
+    missing = check(CLEAN[:2], base)
+    assert "in the baseline but not in the results" in missing.text()
+    failing = check([*CLEAN, _row(3, 0.0, 0.0, status="error")], base)
+    assert "error row" in failing.text()
+    extra = check([*CLEAN, _row(0, 1.0, 0.1, method="fedmix")], base)
+    assert extra.ok and "new experiment" in extra.text()
+
+
+def test_cli_table_baseline_check_exit_codes(tmp_path, capsys):
+    store = ResultStore(str(tmp_path / "r"))
+    store.append(CLEAN)
+    assert main(["table", store.directory, "--by", "defense", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("defense,runs,errors,accuracy mean")
+    base = tmp_path / "base.json"
+    assert main(["baseline", store.directory, "-o", str(base)]) == 0
+    assert json.loads(base.read_text())["privbench_baseline"] == 1
+    assert main(["check", store.directory, "--baseline", str(base)]) == 0
+    bad = ResultStore(str(tmp_path / "bad"))
+    bad.append([dict(r, psnr=r["psnr"] + 5) for r in CLEAN])
+    capsys.readouterr()
+    assert main(["check", bad.directory, "--baseline", str(base)]) == 1
+    assert "REGRESSION" in capsys.readouterr().out
+    assert main(["table", str(tmp_path / "nowhere")]) == 2
+
+
+def test_pytest_helper_on_a_real_deterministic_run():
+    cfg = tiny_config(attack=dict(names=("dlg",), params={"iters": 3}))
+    base = make_baseline(privbench.run(cfg))
+    assert_no_leakage_regression(privbench.run(cfg), base)  # deterministic: same numbers
+    # Had yesterday's code leaked 5 dB less, today's run is a regression.
+    stricter = dict(base, groups=[dict(g, psnr=g["psnr"] - 5.0) for g in base["groups"]])
+    with pytest.raises(AssertionError, match="psnr rose"):
+        assert_no_leakage_regression(privbench.run(cfg), stricter)
