@@ -12,6 +12,10 @@ result store, resumable.
     noise_multiplier = [0.5, 1.0]       # plugin flags reach only points whose plugins have them
     seed = [0, 1, 2]
 
+    [[exclude]]                 # skip points matching every key given (repeatable)
+    method = "localmix"
+    defense = "dp-sgd"
+
 Every point is validated before anything runs (all problems listed at once). Rows are
 appended to ``OUT/results.jsonl`` by each point when it finishes (one locked write), so
 killing a sweep, even with ``kill -9``, loses only the points in flight; a rerun skips
@@ -83,11 +87,16 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
     from privbench.cli import UsageError, build_parser, config_from_args
 
     problems: list[str] = []
-    unknown_sections = set(grid) - {"sweep", "grid"}
+    unknown_sections = set(grid) - {"sweep", "grid", "exclude"}
     if unknown_sections:
         problems.append(
-            f"unknown section(s) {', '.join(sorted(unknown_sections))}; use [sweep] and [grid]."
+            f"unknown section(s) {', '.join(sorted(unknown_sections))}; "
+            "use [sweep], [grid] and [[exclude]]."
         )
+    excludes = grid.get("exclude", [])
+    if not isinstance(excludes, list) or not all(isinstance(e, dict) and e for e in excludes):
+        problems.append("[[exclude]] entries must be non-empty tables of option = value.")
+        excludes = []
     fixed = dict(grid.get("sweep", {}))
     axes = dict(grid.get("grid", {}))
     for key, values in axes.items():
@@ -112,8 +121,12 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
     points: list[Point] = []
     used: dict[str, bool] = {}
     plugin_keys = {k.replace("-", "_") for k in list(fixed) + keys}
+    for key in {k for e in excludes for k in e} - set(keys) - set(fixed):
+        problems.append(f"[[exclude]] names '{key}', which neither [sweep] nor [grid] sets.")
     for i, combo in enumerate(itertools.product(*(axes[k] for k in keys))):
         options = {**fixed, **dict(zip(keys, combo, strict=True))}
+        if any(all(options.get(k) == v for k, v in e.items()) for e in excludes):
+            continue
         argv = _argv(options, no_value) + ["--no-save"]
         unused: set[str] = set()
         try:

@@ -126,3 +126,37 @@ def test_ray_backend_runs_the_grid_on_a_local_instance(tmp_path):
     assert (summary.ran, summary.failed) == (8, 0)
     rows = _statuses(ResultStore(out))
     assert len(rows) == 8 and len(set(rows)) == 8
+
+
+def test_exclude_skips_matching_points_and_names_unknown_keys():
+    grid = {**GRID, "exclude": [{"method": "naivemix", "defense": "prune"}]}
+    points, problems = expand(grid)
+    assert problems == [] and len(points) == 6
+    assert not any(
+        p.options["method"] == "naivemix" and p.options["defense"] == "prune" for p in points
+    )
+    _, problems = expand({**GRID, "exclude": [{"model": "cnn"}]})
+    assert problems == ["[[exclude]] names 'model', which neither [sweep] nor [grid] sets."]
+
+
+def test_headline_grid_is_valid():
+    from privbench.sweep import load_grid
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    points, problems = expand(load_grid(os.path.join(root, "benchmarks", "headline.toml")))
+    assert problems == [] and len(points) == 42
+
+
+def test_cli_rejects_bad_grids_before_running(tmp_path, capsys):
+    from privbench.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[grid]\nmethod = ["fedavgg"]\nseed = []\n')
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "invalid grid" in err and "'seed' is an empty list" in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[grid\n")
+    assert main(["sweep", str(broken)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing ran, nothing written
