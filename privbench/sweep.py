@@ -264,6 +264,7 @@ def _run_ray(todo, *, out, workers, threads, address, on_done) -> int:
     from privbench.progress import bar
 
     started_here = not ray.is_initialized()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry calls home
     if started_here:
         ray.init(
             address=address,
