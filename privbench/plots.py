@@ -52,7 +52,7 @@ def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psn
     s = s[s[f"{leakage}_mean"].notna() & s["accuracy_mean"].notna()].reset_index(drop=True)
     if s.empty:
         raise ParameterError("No ok rows with both accuracy and leakage to plot.")
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     markers = "osD^v<>pP*X"
     methods = list(dict.fromkeys(s["method"]))
     defenses = list(dict.fromkeys(s["defense"]))
@@ -93,9 +93,11 @@ def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psn
     unit = " (dB)" if leakage == "psnr" else ""
     ax.set_xlabel(f"leakage: reconstruction {leakage.upper()}{unit}  (lower is more private)")
     ax.set_ylabel("test accuracy  (higher is more useful)")
-    ax.set_title("Privacy-utility frontier (mean ± std over seeds)")
+    ax.set_title(
+        "Privacy-utility frontier (mean ± std over seeds; color = method, marker = defense)"
+    )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, plt, out)
 
 
