@@ -143,6 +143,8 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
             {k: v for k, v in options.items() if k.replace("-", "_") not in unused}, no_value
         )
         points.append(Point(i, options, argv, cfg, cfg.hash(), cfg.attack.names or ("none",)))
+    if not points and not problems:
+        problems.append("[[exclude]] removes every point of the grid: nothing would run.")
     for k, ok in used.items():
         if not ok:
             problems.append(f"'{k}' applies to no point of the grid (no chosen plugin has it).")

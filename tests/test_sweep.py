@@ -135,6 +135,8 @@ def test_exclude_skips_matching_points_and_names_unknown_keys():
     assert not any(
         p.options["method"] == "naivemix" and p.options["defense"] == "prune" for p in points
     )
+    _, problems = expand({**GRID, "exclude": [{"attack": "dlg"}]})
+    assert problems == ["[[exclude]] removes every point of the grid: nothing would run."]
     _, problems = expand({**GRID, "exclude": [{"model": "cnn"}]})
     assert problems == ["[[exclude]] names 'model', which neither [sweep] nor [grid] sets."]
 
