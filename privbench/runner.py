@@ -315,29 +315,8 @@ class Experiment:
             loss = loss_fn(model, x, y)
             grads = torch.autograd.grad(loss, list(params.values()))
             payload = {n: g.detach() for n, g in zip(params, grads, strict=True)}
-        elif trainer is not None:
-            steps = trainer.local_train(
-                rnd,
-                state.client_id,
-                model,
-                x,
-                y,
-                loss_fn=loss_fn,
-                epochs=steps if steps else fed.local_epochs,
-                batch_size=batch,
-                lr=fed.lr,
-                generator=gen,
-                algorithm=algorithm,
-                per_sample=augmenter.per_sample_grads,
-                num_records=len(state.y),
-                fixed_batch=is_victim,
-            )
-            payload = state_delta(clone_state(model), global_state)
         else:
-            taken = local_train(
-                model,
-                x,
-                y,
+            common = dict(
                 loss_fn=loss_fn,
                 epochs=steps if steps else fed.local_epochs,
                 batch_size=batch,
@@ -345,6 +324,20 @@ class Experiment:
                 generator=gen,
                 algorithm=algorithm,
             )
+            if trainer is not None:  # e.g. DP-SGD replaces plain local SGD
+                taken = trainer.local_train(
+                    rnd,
+                    state.client_id,
+                    model,
+                    x,
+                    y,
+                    **common,
+                    per_sample=augmenter.per_sample_grads,
+                    num_records=len(state.y),
+                    fixed_batch=is_victim,
+                )
+            else:
+                taken = local_train(model, x, y, **common)
             steps = steps or taken
             payload = state_delta(clone_state(model), global_state)
         for d in defenses:

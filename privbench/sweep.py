@@ -238,17 +238,22 @@ def _run_local(todo, *, out, workers, threads, address, on_done) -> int:
     ):
         futures = {pool.submit(_run_point, p.argv, out, threads): p for p in todo}
         for fut in as_completed(futures):
-            point = futures[fut]
-            try:
-                statuses = fut.result()
-            except Exception as err:  # the worker died: record it, keep the sweep going
-                _record_crash(point, out, err)
-                statuses = ["error"]
-            failed += any(s != "ok" for s in statuses)
-            pbar.update(1)
-            if on_done:
-                on_done(point, statuses)
+            failed += _collect(futures[fut], fut.result, out, pbar, on_done)
     return failed
+
+
+def _collect(point: Point, fetch, out: str, pbar, on_done) -> bool:
+    """One finished point: its statuses, or error rows when its worker died; True when
+    any row failed."""
+    try:
+        statuses = fetch()
+    except Exception as err:  # the worker or task died: record it, keep the sweep going
+        _record_crash(point, out, err)
+        statuses = ["error"]
+    pbar.update(1)
+    if on_done:
+        on_done(point, statuses)
+    return any(s != "ok" for s in statuses)
 
 
 def _one_task_per_child() -> dict[str, int]:
@@ -282,16 +287,8 @@ def _run_ray(todo, *, out, workers, threads, address, on_done) -> int:
             waiting = list(refs)
             while waiting:
                 done, waiting = ray.wait(waiting, num_returns=1)
-                point = refs[done[0]]
-                try:
-                    statuses = ray.get(done[0])
-                except Exception as err:  # a task that died still leaves error rows
-                    _record_crash(point, out, err)
-                    statuses = ["error"]
-                failed += any(s != "ok" for s in statuses)
-                pbar.update(1)
-                if on_done:
-                    on_done(point, statuses)
+                ref = done[0]
+                failed += _collect(refs[ref], lambda ref=ref: ray.get(ref), out, pbar, on_done)
     finally:
         if started_here:
             ray.shutdown()
