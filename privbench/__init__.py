@@ -5,6 +5,12 @@ Public face (everything else is reachable but not advertised)::
     import privbench
     rows = privbench.run(privbench.RunConfig(attack=privbench.AttackConfig(names=("dlg",))))
     print(rows[0].psnr, rows[0].accuracy, rows[0].bytes_up)
+    rows.to_frame()  # a pandas DataFrame
+
+Bring your own model (``model=``: a factory ``(shape, num_classes) -> nn.Module`` or a
+module) and data (``data=``: tensors, arrays, a ``Dataset``; see :func:`as_bundle`),
+attack one captured update (:func:`attack_update`), add plugins
+(:func:`register_attack` and friends, or the ``privbench.plugins`` entry points).
 """
 
 from __future__ import annotations
@@ -12,12 +18,23 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from privbench.config import AttackConfig, FedConfig, RunConfig
+from privbench.data import DataBundle, as_bundle
 from privbench.errors import PrivbenchError
-from privbench.results import Result, ResultStore
+from privbench.plugins import (
+    register_attack,
+    register_augmenter,
+    register_dataset,
+    register_defense,
+    register_model,
+    register_partition,
+)
+from privbench.registry import Param
+from privbench.results import Result, Results, ResultStore
 
 
 def registries() -> dict:
-    """Every plugin registry by kind (importing the plugin packages registers them)."""
+    """Every plugin registry by kind (importing the plugin packages registers them;
+    installed ``privbench.plugins`` entry points load on the first call)."""
     from privbench.attacks import ATTACKS
     from privbench.augmenters import AUGMENTERS
     from privbench.channel import THREATS
@@ -26,8 +43,9 @@ def registries() -> dict:
     from privbench.federated import ALGORITHMS
     from privbench.models import MODELS
     from privbench.partition import PARTITIONS
+    from privbench.plugins import load_entry_points
 
-    return {
+    regs = {
         "method": AUGMENTERS,
         "attack": ATTACKS,
         "defense": DEFENSES,
@@ -37,22 +55,52 @@ def registries() -> dict:
         "algorithm": ALGORITHMS,
         "threat": THREATS,
     }
+    load_entry_points()
+    return regs
 
 
-def run(config: RunConfig, *, out: str | None = None) -> list[Result]:
-    """Run one experiment; return one :class:`Result` per attack (appended to ``out``)."""
+def run(
+    config: RunConfig | None = None, *, model=None, data=None, out: str | None = None
+) -> Results:
+    """Run one experiment; return one :class:`Result` per attack (appended to ``out``).
+
+    ``model``: your own model factory ``(shape, num_classes) -> nn.Module``, an
+    ``nn.Module`` class or instance, instead of ``config.model`` (which then only labels
+    the rows). ``data``: your own data, anything :func:`as_bundle` takes, instead of
+    ``config.dataset``. The CLI runs exactly this function.
+    """
     from privbench.runner import run as _run
 
-    return _run(config, store=ResultStore(out) if out else None)
+    return _run(
+        config or RunConfig(), store=ResultStore(out) if out else None, model=model, data=data
+    )
+
+
+def attack_update(*args, **kwargs):
+    """Attack one captured gradient or weight update; see :func:`privbench.api.attack_update`."""
+    from privbench.api import attack_update as _attack_update
+
+    return _attack_update(*args, **kwargs)
 
 
 __all__ = [
     "AttackConfig",
+    "DataBundle",
     "FedConfig",
+    "Param",
     "PrivbenchError",
     "Result",
     "ResultStore",
+    "Results",
     "RunConfig",
+    "as_bundle",
+    "attack_update",
+    "register_attack",
+    "register_augmenter",
+    "register_dataset",
+    "register_defense",
+    "register_model",
+    "register_partition",
     "registries",
     "run",
     "__version__",

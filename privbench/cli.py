@@ -70,9 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="defense (repeatable): " + ", ".join(regs["defense"].names()),
     )
-    g.add_argument("--dataset", default=d.dataset, help=", ".join(regs["dataset"].names()))
+    g.add_argument(
+        "--dataset",
+        default=d.dataset,
+        help=", ".join(regs["dataset"].names())
+        + ", or an import string pkg.mod:load (returns tensors, a Dataset or a DataBundle)",
+    )
     g.add_argument("--partition", default=d.partition, help=", ".join(regs["partition"].names()))
-    g.add_argument("--model", default=d.model, help=", ".join(regs["model"].names()))
+    g.add_argument(
+        "--model",
+        default=d.model,
+        help=", ".join(regs["model"].names())
+        + ", or an import string pkg.mod:make_net (called as make_net(shape, num_classes))",
+    )
     g.add_argument(
         "--algorithm", default=d.fed.algorithm, help=", ".join(regs["algorithm"].names())
     )
@@ -406,6 +416,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 def _describe(entry) -> dict[str, Any]:
     info: dict[str, Any] = {
         "description": entry.description,
+        "origin": entry.origin,
         "params": {
             p.name: {"default": p.default, "allowed": p.allowed(), "help": p.help}
             for p in entry.params
@@ -420,11 +431,14 @@ def _describe(entry) -> dict[str, Any]:
 
 
 def cmd_list(as_json: bool) -> int:
-    data = {
+    from privbench.plugins import FAILED
+
+    data: dict[str, Any] = {
         kind: {name: _describe(reg.entry(name)) for name in reg.names()}
         for kind, reg in registries().items()
     }
     if as_json:
+        data["failed_plugins"] = [f.__dict__ for f in FAILED]
         print(json.dumps(data, indent=2, default=str))
         return 0
     for kind, entries in data.items():
@@ -434,11 +448,14 @@ def cmd_list(as_json: bool) -> int:
             params = " ".join(f"--{p.replace('_', '-')}" for p in info["params"])
             needs = f" (needs {'/'.join(info['consumes'])})" if "consumes" in info else ""
             shares = f" (shares {'/'.join(info['shares'])})" if "shares" in info else ""
+            origin = f" (plugin from {info['origin']})" if info["origin"] != "privbench" else ""
             print(
-                f"  {name.ljust(width)}  {info['description']}{needs}{shares}"
+                f"  {name.ljust(width)}  {info['description']}{needs}{shares}{origin}"
                 + (f"  [{params}]" if params else "")
             )
         print()
+    for f in FAILED:
+        print(f"plugin '{f.name}' ({f.value}, from {f.distribution}) failed to load: {f.error}")
     return 0
 
 
@@ -456,14 +473,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.command in commands:
             return commands[args.command](args)
+        import privbench
         from privbench import progress
         from privbench.results import ResultStore
-        from privbench.runner import run
 
         progress.set_enabled(not args.no_progress and not args.json)
         config = config_from_args(args)
         store = None if args.no_save else ResultStore(args.out)
-        rows = [r.to_dict() for r in run(config, store=store)]
+        # The CLI is a thin layer over the Python API: the same function, the same rows.
+        out = None if args.no_save else args.out
+        rows = [r.to_dict() for r in privbench.run(config, out=out)]
     except (UsageError, PrivbenchError) as err:
         print(f"privbench: error: {err}", file=sys.stderr)
         return 2

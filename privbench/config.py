@@ -74,8 +74,12 @@ class RunConfig:
     data_root: str | None = None
     download: bool = False
 
-    def resolve(self) -> RunConfig:
-        """Validate every name and number; return the config with all defaults filled in."""
+    def resolve(self, *, provided: frozenset[str] = frozenset()) -> RunConfig:
+        """Validate every name and number; return the config with all defaults filled in.
+
+        ``provided``: kinds ("model", "dataset") the caller supplies as objects; their
+        names are labels then, not registry names.
+        """
         from privbench import registries
 
         problems: list[str] = []
@@ -87,6 +91,8 @@ class RunConfig:
         def plugin(
             kind: str, name: str, params: dict[str, Any], keep_only_known: bool = False
         ) -> dict[str, Any]:
+            if kind in provided:
+                return dict(params)
             reg = registries()[kind]
             try:
                 entry = reg.entry(name)

@@ -10,12 +10,80 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
-from privbench.registry import Param, Registry
+from privbench.errors import IncompatibleError, UnknownNameError
+from privbench.registry import Entry, Param, Registry
 
-MODELS: Registry[nn.Module] = Registry("model")
+
+def model_factory(obj: Any, label: str) -> Callable[..., nn.Module]:
+    """A ``(shape, num_classes, **params) -> nn.Module`` factory from what a user gives.
+
+    Accepted: a factory taking ``(shape, num_classes)`` (plus keyword parameters), an
+    ``nn.Module`` subclass with that constructor, a zero-argument factory, or an
+    ``nn.Module`` instance (every party starts from a copy of its weights).
+    """
+    if isinstance(obj, nn.Module):
+        return lambda shape, num_classes: copy.deepcopy(obj)
+    if not callable(obj):
+        raise UnknownNameError(
+            f"model '{label}' is a {type(obj).__name__}, not a model factory: give a "
+            "callable (shape, num_classes) -> torch.nn.Module, an nn.Module class or instance."
+        )
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):  # builtins without a signature: assume the contract
+        return obj
+    try:
+        sig.bind((1, 8, 8), 10)
+        return obj
+    except TypeError:
+        pass
+    try:
+        sig.bind()
+    except TypeError:
+        raise UnknownNameError(
+            f"model '{label}' takes {sig}; privbench calls a model factory as "
+            "factory(shape, num_classes) with shape = (C, H, W), or with no arguments."
+        ) from None
+    return lambda shape, num_classes, **params: obj(**params)
+
+
+def _import_model(name: str, obj: Any) -> Entry[nn.Module]:
+    params = tuple(getattr(obj, "PARAMS", ()))
+    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return Entry(name, model_factory(obj, name), params, doc[0] if doc else f"imported {name}")
+
+
+def check_model_output(model: nn.Module, x: torch.Tensor, num_classes: int, label: str) -> None:
+    """A clear error unless ``model`` maps a batch of ``x`` to (batch, num_classes) logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as err:
+        raise IncompatibleError(
+            f"model '{label}' fails on a batch shaped {tuple(x.shape)} (the dataset's "
+            f"images): {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise IncompatibleError(
+            f"model '{label}' maps a batch shaped {tuple(x.shape)} to {got}; privbench needs "
+            f"logits shaped ({len(x)}, {num_classes}) (batch, classes of the dataset)."
+        )
+
+
+MODELS: Registry[nn.Module] = Registry("model", importer=_import_model)
 
 
 def _flat_dim(features: nn.Module, shape: tuple[int, int, int]) -> int:

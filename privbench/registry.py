@@ -11,7 +11,10 @@ value given and what is allowed. The CLI's flags, ``privbench list`` and every
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
+import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -138,6 +141,43 @@ class Entry(Generic[T]):
     description: str
     tags: tuple[str, ...] = ()
 
+    @property
+    def origin(self) -> str:
+        """Top-level package that registered it ('privbench' for built-ins)."""
+        return (getattr(self.factory, "__module__", None) or "?").split(".")[0]
+
+
+def import_object(spec: str, kind: str) -> Any:
+    """The object an import string ``package.module:attribute`` names.
+
+    The working directory is importable, as with ``python -m``: a ``nets.py`` next to
+    the user's shell is found by ``--model nets:make_net``.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UnknownNameError(
+            f"'{spec}' is not an import string for a {kind}: write 'package.module:callable'."
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UnknownNameError(
+            f"Cannot import {kind} '{spec}': {err}. The module must be importable from the "
+            "working directory or PYTHONPATH."
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n in dir(obj) if not n.startswith("_"))
+            raise UnknownNameError(
+                f"Cannot import {kind} '{spec}': '{module_name}' has no attribute '{attr}' "
+                f"(it has: {', '.join(public[:20]) or 'nothing public'})."
+            )
+        obj = getattr(obj, part)
+    return obj
+
 
 @dataclass
 class Registry(Generic[T]):
@@ -152,6 +192,10 @@ class Registry(Generic[T]):
 
     kind: str
     entries: dict[str, Entry[T]] = field(default_factory=dict)
+    # Turns the object an import string names ("pkg.mod:make") into an Entry; None: this
+    # kind only takes registered names.
+    importer: Callable[[str, Any], Entry[T]] | None = None
+    _imported: dict[str, Entry[T]] = field(default_factory=dict, repr=False)
 
     def register(
         self,
@@ -176,13 +220,25 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self.entries)
 
+    def is_import_string(self, name: object) -> bool:
+        return self.importer is not None and isinstance(name, str) and ":" in name
+
     def __contains__(self, name: object) -> bool:
-        return name in self.entries
+        return name in self.entries or self.is_import_string(name)
 
     def entry(self, name: str) -> Entry[T]:
-        if name not in self.entries:
-            raise UnknownNameError(unknown_name_message(self.kind, name, self.entries))
-        return self.entries[name]
+        if name in self.entries:
+            return self.entries[name]
+        if self.is_import_string(name):
+            if name not in self._imported:
+                self._imported[name] = self.importer(name, import_object(name, self.kind))
+            return self._imported[name]
+        message = unknown_name_message(self.kind, name, self.entries)
+        if self.importer is not None:
+            message += (
+                f" Or give an import string 'package.module:callable' for your own {self.kind}."
+            )
+        raise UnknownNameError(message)
 
     def resolve_params(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Validate ``params`` for plugin ``name`` and fill in defaults.
@@ -210,4 +266,4 @@ class Registry(Generic[T]):
 
     def create(self, name: str, **params: Any) -> T:
         resolved = self.resolve_params(name, params)
-        return self.entries[name].factory(**resolved)
+        return self.entry(name).factory(**resolved)

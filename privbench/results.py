@@ -117,6 +117,18 @@ class Result:
         return _json_safe(asdict(self))
 
 
+class Results(list):
+    """The rows of a run: a plain list of :class:`Result` with a pandas view."""
+
+    def to_frame(self):
+        """One DataFrame row per result, columns in :data:`RESULT_FIELDS` order first."""
+        import pandas as pd
+
+        frame = pd.DataFrame([r.to_dict() for r in self])
+        first = [c for c in RESULT_FIELDS if c in frame.columns]
+        return frame[first + [c for c in frame.columns if c not in first]]
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

@@ -18,7 +18,7 @@ from privbench import registries
 from privbench.augmenters import ClientState
 from privbench.channel import SERVER, Channel, PublicContext
 from privbench.config import RunConfig
-from privbench.data import DataBundle, load_dataset
+from privbench.data import DataBundle, as_bundle, load_dataset
 from privbench.errors import IncompatibleError, ParameterError, PrivbenchError
 from privbench.federated import (
     ClientResult,
@@ -35,9 +35,10 @@ from privbench.metrics import (
     score_reconstruction,
     utility,
 )
+from privbench.models import check_model_output, model_factory
 from privbench.partition import ClientSplit, partition, split_clients
 from privbench.progress import bar
-from privbench.results import Result, ResultStore, versions
+from privbench.results import Result, Results, ResultStore, versions
 
 log = logging.getLogger("privbench")
 
@@ -76,13 +77,30 @@ class TrainingOutcome:
 class Experiment:
     """One resolved configuration, ready to train and attack."""
 
-    def __init__(self, config: RunConfig):
-        self.cfg = config.resolve()
+    def __init__(self, config: RunConfig, *, model=None, data=None):
+        """``model``/``data``: a user's own model factory (or module) and data (anything
+        :func:`~privbench.data.as_bundle` takes) instead of registered names; the
+        config's ``model``/``dataset`` fields are then only their labels in the rows."""
+        provided = frozenset(k for k, v in (("model", model), ("dataset", data)) if v is not None)
+        self.cfg = config.resolve(provided=provided)
         regs = registries()
         self.regs = regs
         cfg = self.cfg
-        self.data: DataBundle = load_dataset(
-            cfg.dataset, cfg.dataset_params, root=cfg.data_root, download=cfg.download
+        if data is not None:
+            self.data: DataBundle = as_bundle(data, name=cfg.dataset)
+        else:
+            self.data = load_dataset(
+                cfg.dataset, cfg.dataset_params, root=cfg.data_root, download=cfg.download
+            )
+        if model is not None:
+            self._factory = model_factory(model, cfg.model)
+        else:
+            self._factory = regs["model"].entry(cfg.model).factory
+        check_model_output(
+            self._factory(self.data.shape, self.data.num_classes, **cfg.model_params),
+            self.data.x_train[:2],
+            self.data.num_classes,
+            cfg.model,
         )
         parts = partition(
             cfg.partition,
@@ -145,8 +163,7 @@ class Experiment:
             )
 
     def _raw_model(self) -> torch.nn.Module:
-        factory = self.regs["model"].entry(self.cfg.model).factory
-        return factory(self.data.shape, self.data.num_classes, **self.cfg.model_params)
+        return self._factory(self.data.shape, self.data.num_classes, **self.cfg.model_params)
 
     def build_model(self) -> torch.nn.Module:
         """The model as every party builds it (after any defense's layer replacement)."""
@@ -504,17 +521,17 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def run(config: RunConfig, *, store: ResultStore | None = None) -> list[Result]:
+def run(config: RunConfig, *, store: ResultStore | None = None, model=None, data=None) -> Results:
     """Train once, run every configured attack, return (and store) one row per attack.
 
     Configuration errors raise before anything runs. A failure during training or an
     attack becomes a row with ``status="error"`` and the message, never silence.
     """
     t0 = time.perf_counter()
-    exp = Experiment(config)  # raises PrivbenchError on bad input
+    exp = Experiment(config, model=model, data=data)  # raises PrivbenchError on bad input
     cfg = exp.cfg
     names = cfg.attack.names or ("none",)
-    rows = [_base_row(cfg, n) for n in names]
+    rows = Results(_base_row(cfg, n) for n in names)
     try:
         outcome = exp.train()
     except Exception as err:  # a failed trial is a row, not silence

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import replace
 
 import pytest
 import torch
 
-from privbench import AttackConfig, FedConfig, RunConfig
+from privbench.testing import tiny_config
 
 torch.set_num_threads(2)
 
@@ -22,26 +21,6 @@ def _no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guard)
     monkeypatch.setattr(socket, "create_connection", guard)
-
-
-def tiny_config(**overrides) -> RunConfig:
-    """A run that trains in well under a second: digits, 4 clients, 2 rounds."""
-    fed = overrides.pop("fed", {})
-    attack = overrides.pop("attack", {})
-    base = RunConfig(
-        dataset="digits",
-        partition="iid",
-        model="lenet-sigmoid",
-        fed=FedConfig(clients=4, rounds=2, local_epochs=1, batch_size=16, lr=0.5, eval_every=0),
-        attack=AttackConfig(),
-        seed=0,
-    )
-    return replace(
-        base,
-        fed=replace(base.fed, **fed),
-        attack=replace(base.attack, **attack),
-        **overrides,
-    )
 
 
 @pytest.fixture
