@@ -65,6 +65,19 @@ class Victim:
 
 
 @dataclass
+class LocalUpdate:
+    """A client's message before defenses, with the public recipe that produced it."""
+
+    kind: str  # "gradient" (one FedSGD step) or "update" (new weights - global weights)
+    payload: dict[str, torch.Tensor]
+    steps: int
+    batch: int
+    num_images: int
+    victim: Victim | None
+    loss_at_global: float
+
+
+@dataclass
 class TrainingOutcome:
     channel: Channel
     victims: dict[int, Victim]
@@ -275,19 +288,21 @@ class Experiment:
         self.global_model = global_model
         return TrainingOutcome(channel, victims, u, history, spend, time.perf_counter() - t0)
 
-    def _client_round(
-        self,
-        rnd,
-        state,
-        global_state,
-        algorithm,
-        augmenter,
-        defenses,
-        channel,
-        victims,
-        *,
-        is_victim,
-    ) -> ClientResult:
+    def victim_batch(
+        self, rnd: int, state: ClientState, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch a victim trains on in the attacked round: the first draw of the
+        client's round generator, so the metrics and an outside runtime (Flower's)
+        agree on it. Pass the client's generator to advance it."""
+        gen = generator or torch_generator(self.cfg.seed, 1, rnd, state.client_id)
+        pick = torch.randperm(len(state.y), generator=gen)[: self.cfg.attack.batch]
+        return state.x[pick], state.y[pick]
+
+    def local_update(
+        self, rnd, state, global_state, algorithm, augmenter, defenses, *, is_victim
+    ) -> LocalUpdate:
+        """One client's local computation from the global weights: what it would send
+        (before any defense touches the message) and its public recipe."""
         cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
         model = self.build_model()
         model.load_state_dict(global_state)
@@ -302,10 +317,10 @@ class Experiment:
             if getattr(algorithm, "needs_loss", False)
             else 0.0
         )
+        victim = None
         if is_victim:
-            pick = torch.randperm(len(state.y), generator=gen)[: atk.batch]
-            x, y = state.x[pick], state.y[pick]
-            victims[state.client_id] = Victim(state.client_id, x.clone(), y.clone())
+            x, y = self.victim_batch(rnd, state, gen)
+            victim = Victim(state.client_id, x.clone(), y.clone())
             x, y = augmenter.training_data(rnd, state, x, y)
             steps, batch = atk.steps, len(y)
             kind = "gradient" if steps == 1 else "update"
@@ -357,25 +372,63 @@ class Experiment:
                 taken = local_train(model, x, y, **common)
             steps = steps or taken
             payload = state_delta(clone_state(model), global_state)
-        for d in defenses:
-            payload = d.privatize_update(rnd, state.client_id, kind, payload)
-        context = PublicContext(
-            model_name=cfg.model,
+        return LocalUpdate(kind, payload, steps, batch, len(y), victim, loss_at_global)
+
+    def public_context(
+        self, global_state, *, steps, batch, num_images, augmenter, algorithm, received, defenses
+    ) -> PublicContext:
+        """The public recipe behind a client's message: what an attacker knows."""
+        trainer = next((d for d in defenses if d.trains_locally), None)
+        return PublicContext(
+            model_name=self.cfg.model,
             build_model=self.build_model,
             weights_before=global_state,
-            lr=fed.lr,
+            lr=self.cfg.fed.lr,
             local_steps=steps,
             batch_size=batch,
-            num_images=len(y),
+            num_images=num_images,
             num_classes=self.data.num_classes,
             input_shape=self.data.shape,
             value_range=self.data.value_range,
             augmenter=augmenter,
-            augmenter_params=dict(cfg.method_params),
-            received=dict(state.received),
+            augmenter_params=dict(self.cfg.method_params),
+            received=dict(received),
             algorithm=algorithm,
             record_clip=trainer.record_clip if trainer is not None else None,
             update_clip=min((d.update_clip for d in defenses if d.update_clip), default=None),
+        )
+
+    def _client_round(
+        self,
+        rnd,
+        state,
+        global_state,
+        algorithm,
+        augmenter,
+        defenses,
+        channel,
+        victims,
+        *,
+        is_victim,
+    ) -> ClientResult:
+        fed = self.cfg.fed
+        local = self.local_update(
+            rnd, state, global_state, algorithm, augmenter, defenses, is_victim=is_victim
+        )
+        if local.victim is not None:
+            victims[state.client_id] = local.victim
+        kind, payload = local.kind, local.payload
+        for d in defenses:
+            payload = d.privatize_update(rnd, state.client_id, kind, payload)
+        context = self.public_context(
+            global_state,
+            steps=local.steps,
+            batch=local.batch,
+            num_images=local.num_images,
+            augmenter=augmenter,
+            algorithm=algorithm,
+            received=state.received,
+            defenses=defenses,
         )
         encoding, nbytes = "dense", None
         for d in defenses:  # the last defense that re-encodes the payload decides
@@ -398,10 +451,10 @@ class Experiment:
                 delta[n] = -fed.lr * g
         else:
             delta = dict(got)
-        weight = float(len(y))
+        weight = float(local.num_images)
         for d in defenses:
             weight = d.aggregation_weight(state.client_id, weight)
-        return ClientResult(state.client_id, delta, weight, loss_at_global)
+        return ClientResult(state.client_id, delta, weight, local.loss_at_global)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module):
@@ -542,6 +595,17 @@ def run(config: RunConfig, *, store: ResultStore | None = None, model=None, data
         if store is not None:
             store.append(rows)
         return rows
+    return finish_rows(exp, outcome, rows, store, t0)
+
+
+def finish_rows(
+    exp: Experiment,
+    outcome: TrainingOutcome,
+    rows: Results,
+    store: ResultStore | None,
+    t0: float,
+) -> Results:
+    """Fill the rows from a finished training run, run each attack, store the rows."""
     u = outcome.utility
     for row in rows:
         row.accuracy, row.client_acc_mean, row.client_acc_var = (

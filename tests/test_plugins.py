@@ -24,7 +24,7 @@ PLUGIN_SOURCE = '''
 import torch
 
 import privbench
-from privbench.augmenters import Augmenter
+from privbench.augmenters import Augmenter, cross_entropy
 
 
 @privbench.register_augmenter(
