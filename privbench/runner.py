@@ -588,14 +588,19 @@ def run(config: RunConfig, *, store: ResultStore | None = None, model=None, data
     try:
         outcome = exp.train()
     except Exception as err:  # a failed trial is a row, not silence
-        for row in rows:
-            row.status, row.error = "error", _error_text(err)
-            row.wall_s = time.perf_counter() - t0
-        _log_traceback(err)
-        if store is not None:
-            store.append(rows)
-        return rows
+        return fail_rows(rows, err, store, t0)
     return finish_rows(exp, outcome, rows, store, t0)
+
+
+def fail_rows(rows: Results, err: Exception, store: ResultStore | None, t0: float) -> Results:
+    """Training failed: every row becomes an error row with the message (and is stored)."""
+    for row in rows:
+        row.status, row.error = "error", _error_text(err)
+        row.wall_s = time.perf_counter() - t0
+    _log_traceback(err)
+    if store is not None:
+        store.append(rows)
+    return rows
 
 
 def finish_rows(
