@@ -17,6 +17,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from privbench.api import UpdateAttack, attack_update
 from privbench.config import AttackConfig, FedConfig, RunConfig
 from privbench.data import DataBundle, as_bundle
 from privbench.errors import PrivbenchError
@@ -76,13 +77,6 @@ def run(
     )
 
 
-def attack_update(*args, **kwargs):
-    """Attack one captured gradient or weight update; see :func:`privbench.api.attack_update`."""
-    from privbench.api import attack_update as _attack_update
-
-    return _attack_update(*args, **kwargs)
-
-
 __all__ = [
     "AttackConfig",
     "DataBundle",
@@ -93,6 +87,7 @@ __all__ = [
     "ResultStore",
     "Results",
     "RunConfig",
+    "UpdateAttack",
     "as_bundle",
     "attack_update",
     "register_attack",
