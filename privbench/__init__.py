@@ -61,9 +61,10 @@ def registries() -> dict:
 
 
 def run(
-    config: RunConfig | None = None, *, model=None, data=None, out: str | None = None
+    config: RunConfig | None = None, *, model=None, data=None, out: str | ResultStore | None = None
 ) -> Results:
-    """Run one experiment; return one :class:`Result` per attack (appended to ``out``).
+    """Run one experiment; return one :class:`Result` per attack (appended to ``out``, a
+    result folder or a :class:`ResultStore`).
 
     ``model``: your own model factory ``(shape, num_classes) -> nn.Module``, an
     ``nn.Module`` class or instance, instead of ``config.model`` (which then only labels
@@ -72,9 +73,8 @@ def run(
     """
     from privbench.runner import run as _run
 
-    return _run(
-        config or RunConfig(), store=ResultStore(out) if out else None, model=model, data=data
-    )
+    store = out if isinstance(out, ResultStore) else (ResultStore(out) if out else None)
+    return _run(config or RunConfig(), store=store, model=model, data=data)
 
 
 __all__ = [

@@ -481,8 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         store = None if args.no_save else ResultStore(args.out)
         # The CLI is a thin layer over the Python API: the same function, the same rows.
-        out = None if args.no_save else args.out
-        rows = [r.to_dict() for r in privbench.run(config, out=out)]
+        rows = [r.to_dict() for r in privbench.run(config, out=store)]
     except (UsageError, PrivbenchError) as err:
         print(f"privbench: error: {err}", file=sys.stderr)
         return 2

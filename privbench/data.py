@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from privbench.errors import DatasetNotFoundError, ParameterError
-from privbench.registry import Entry, Param, Registry
+from privbench.registry import Entry, Param, Registry, first_doc_line
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,7 @@ def _import_dataset(name: str, obj: Any) -> Entry[DataBundle]:
     def load(*, root=None, download=False, **params):
         return as_bundle(obj(**params), name=name)
 
-    doc = (obj.__doc__ or "").strip().splitlines()
-    return Entry(name, load, tuple(getattr(obj, "PARAMS", ())), doc[0] if doc else name)
+    return Entry(name, load, tuple(getattr(obj, "PARAMS", ())), first_doc_line(obj) or name)
 
 
 DATASETS: Registry[DataBundle] = Registry("dataset", importer=_import_dataset)

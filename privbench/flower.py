@@ -89,18 +89,7 @@ def _client_app(config: RunConfig, model: Any, data: Any) -> ClientApp:
     def experiment() -> Experiment:
         if "exp" not in cache:  # once per Flower worker process
             exp = Experiment(config, model=model, data=data)
-            cache["exp"] = exp
-            cache["algorithm"] = exp.regs["algorithm"].create(
-                exp.cfg.fed.algorithm, **exp.cfg.fed.algorithm_params
-            )
-            augmenter = exp.regs["method"].create(exp.cfg.method, **exp.cfg.method_params)
-            augmenter.setup(
-                num_classes=exp.data.num_classes,
-                input_shape=exp.data.shape,
-                num_clients=exp.cfg.fed.clients,
-                seed=exp.cfg.seed,
-            )
-            cache["augmenter"] = augmenter
+            cache.update(exp=exp, algorithm=exp.make_algorithm(), augmenter=exp.make_augmenter())
         return cache["exp"]
 
     @app.train()
@@ -235,16 +224,8 @@ class FlowerBench:
         self.history: list[dict[str, float]] = []
         self.errors: list[str] = []
         self.final_state: dict[str, torch.Tensor] | None = None
-        self.algorithm = self.exp.regs["algorithm"].create(
-            self.cfg.fed.algorithm, **self.cfg.fed.algorithm_params
-        )
-        self.augmenter = self.exp.regs["method"].create(self.cfg.method, **self.cfg.method_params)
-        self.augmenter.setup(
-            num_classes=self.exp.data.num_classes,
-            input_shape=self.exp.data.shape,
-            num_clients=self.cfg.fed.clients,
-            seed=self.cfg.seed,
-        )
+        self.algorithm = self.exp.make_algorithm()
+        self.augmenter = self.exp.make_augmenter()
         self.strategy_name = "FedAvg"
 
     def client_app(self) -> ClientApp:
@@ -264,25 +245,15 @@ class FlowerBench:
         return PrivbenchStrategy(self, inner)
 
     def _evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        fed = self.cfg.fed
         if server_round == 0:
             return None
         model = self.exp.build_model()
         model.load_state_dict(arrays.to_torch_state_dict())
         self.final_state = clone_state(model)
-        last = server_round == fed.rounds
-        if not (last or (fed.eval_every and server_round % fed.eval_every == 0)):
+        if not self.exp.evaluates_after(server_round):
             return None
-        u = self.exp.evaluate(model)
-        self.utility = u
-        self.history.append(
-            {
-                "round": server_round,
-                **u.__dict__,
-                "bytes_up": self.channel.bytes_up,
-                "bytes_down": self.channel.bytes_down,
-            }
-        )
+        u = self.utility = self.exp.evaluate(model)
+        self.history.append(self.exp.history_entry(server_round, u, self.channel))
         return MetricRecord({"accuracy": float(u.accuracy)})
 
     def server_app(self, strategy: Strategy | None = None) -> ServerApp:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from privbench.errors import IncompatibleError, UnknownNameError
-from privbench.registry import Entry, Param, Registry
+from privbench.registry import Entry, Param, Registry, first_doc_line
 
 
 def model_factory(obj: Any, label: str) -> Callable[..., nn.Module]:
@@ -40,25 +40,28 @@ def model_factory(obj: Any, label: str) -> Callable[..., nn.Module]:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):  # builtins without a signature: assume the contract
         return obj
-    try:
-        sig.bind((1, 8, 8), 10)
+    if _binds(sig, (1, 8, 8), 10):
         return obj
-    except TypeError:
-        pass
+    if _binds(sig):
+        return lambda shape, num_classes, **params: obj(**params)
+    raise UnknownNameError(
+        f"model '{label}' takes {sig}; privbench calls a model factory as "
+        "factory(shape, num_classes) with shape = (C, H, W), or with no arguments."
+    )
+
+
+def _binds(sig: inspect.Signature, *args: Any) -> bool:
+    """Whether a callable with signature ``sig`` accepts these positional arguments."""
     try:
-        sig.bind()
+        sig.bind(*args)
     except TypeError:
-        raise UnknownNameError(
-            f"model '{label}' takes {sig}; privbench calls a model factory as "
-            "factory(shape, num_classes) with shape = (C, H, W), or with no arguments."
-        ) from None
-    return lambda shape, num_classes, **params: obj(**params)
+        return False
+    return True
 
 
 def _import_model(name: str, obj: Any) -> Entry[nn.Module]:
     params = tuple(getattr(obj, "PARAMS", ()))
-    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-    return Entry(name, model_factory(obj, name), params, doc[0] if doc else f"imported {name}")
+    return Entry(name, model_factory(obj, name), params, first_doc_line(obj) or f"imported {name}")
 
 
 def check_model_output(model: nn.Module, x: torch.Tensor, num_classes: int, label: str) -> None:

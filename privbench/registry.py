@@ -147,6 +147,12 @@ class Entry(Generic[T]):
         return (getattr(self.factory, "__module__", None) or "?").split(".")[0]
 
 
+def first_doc_line(obj: Any) -> str:
+    """The first line of an object's docstring ('' without one): its one-line description."""
+    lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def import_object(spec: str, kind: str) -> Any:
     """The object an import string ``package.module:attribute`` names.
 
@@ -209,9 +215,7 @@ class Registry(Generic[T]):
             if name in self.entries:
                 raise ValueError(f"{self.kind} '{name}' is already registered")
             declared = tuple(params) or tuple(getattr(factory, "PARAMS", ()))
-            doc = description or (factory.__doc__ or "").strip().splitlines()[0:1]
-            if isinstance(doc, list):
-                doc = doc[0] if doc else ""
+            doc = description or first_doc_line(factory)
             self.entries[name] = Entry(name, factory, declared, doc, tuple(tags))
             return factory
 

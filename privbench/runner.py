@@ -154,11 +154,43 @@ class Experiment:
                 )
         for n in self.cfg.defenses:
             self.regs["defense"].create(n, **self.cfg.defense_params.get(n, {})).check(
-                algorithm=self.regs["algorithm"].create(
-                    self.cfg.fed.algorithm, **self.cfg.fed.algorithm_params
-                ),
-                augmenter=self.regs["method"].create(self.cfg.method, **self.cfg.method_params),
+                algorithm=self.make_algorithm(), augmenter=self.make_augmenter(setup=False)
             )
+
+    def make_algorithm(self):
+        """The run's federated trainer (FedAvg, FedProx, q-FFL) with its parameters."""
+        return self.regs["algorithm"].create(
+            self.cfg.fed.algorithm, **self.cfg.fed.algorithm_params
+        )
+
+    def make_augmenter(self, *, setup: bool = True):
+        """The run's augmentation method, set up for this data and client count."""
+        augmenter = self.regs["method"].create(self.cfg.method, **self.cfg.method_params)
+        if setup:
+            augmenter.setup(
+                num_classes=self.data.num_classes,
+                input_shape=self.data.shape,
+                num_clients=self.cfg.fed.clients,
+                seed=self.cfg.seed,
+            )
+        return augmenter
+
+    def evaluates_after(self, rounds_done: int) -> bool:
+        """Whether utility is measured after ``rounds_done`` rounds (always after the last:
+        it is the row's utility)."""
+        fed = self.cfg.fed
+        return rounds_done == fed.rounds or bool(
+            fed.eval_every and rounds_done % fed.eval_every == 0
+        )
+
+    @staticmethod
+    def history_entry(rounds_done: int, u, channel: Channel) -> dict[str, float]:
+        return {
+            "round": rounds_done,
+            **u.__dict__,
+            "bytes_up": channel.bytes_up,
+            "bytes_down": channel.bytes_down,
+        }
 
     def _check_sizes(self) -> None:
         smallest = min(len(c.train) for c in self.clients)
@@ -192,14 +224,8 @@ class Experiment:
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(cfg.seed, 0))
         global_model = self.build_model()
-        algorithm = self.regs["algorithm"].create(fed.algorithm, **fed.algorithm_params)
-        augmenter = self.regs["method"].create(cfg.method, **cfg.method_params)
-        augmenter.setup(
-            num_classes=self.data.num_classes,
-            input_shape=self.data.shape,
-            num_clients=fed.clients,
-            seed=cfg.seed,
-        )
+        algorithm = self.make_algorithm()
+        augmenter = self.make_augmenter()
         defenses = [
             self.regs["defense"].create(n, **cfg.defense_params.get(n, {})) for n in cfg.defenses
         ]
@@ -263,17 +289,9 @@ class Experiment:
                     new_state = d.privatize_aggregate(rnd, global_state, new_state, len(results))
                 global_model.load_state_dict(new_state)
                 augmenter.after_aggregate(rnd, global_model)
-                last = rnd == fed.rounds - 1
-                if last or (fed.eval_every and (rnd + 1) % fed.eval_every == 0):
-                    u = self.evaluate(global_model)  # the last round always: the row's utility
-                    history.append(
-                        {
-                            "round": rnd + 1,
-                            **u.__dict__,
-                            "bytes_up": channel.bytes_up,
-                            "bytes_down": channel.bytes_down,
-                        }
-                    )
+                if self.evaluates_after(rnd + 1):
+                    u = self.evaluate(global_model)
+                    history.append(self.history_entry(rnd + 1, u, channel))
                 pbar.update(1)
         spends = [s for s in (d.privacy_spent() for d in defenses) if s is not None]
         spend = (None, None, None)
