@@ -26,7 +26,8 @@ class Reconstruction:
 class Attack:
     """``consumes``: message kinds it attacks. ``target``: what it is scored against —
     ``"batch"`` (the victim's attacked batch, matched one-to-one) or ``"dataset"`` (the
-    victim's whole local training set; each reconstruction vs its nearest private image)."""
+    victim's whole local training set; each reconstruction vs its nearest private image)
+    or ``"labels"`` (no images: ``meta["label_hist"]`` vs the victim's label histogram)."""
 
     name = "attack"
     consumes: tuple[str, ...] = ()

@@ -48,8 +48,18 @@ class FunctionalModel:
 class VictimSimulator:
     """Re-runs the victim's public training recipe on candidate data, differentiably."""
 
-    def __init__(self, context: PublicContext):
+    def __init__(
+        self,
+        context: PublicContext,
+        *,
+        guess: str = "expected",
+        generator: torch.Generator | None = None,
+    ):
         self.ctx = context
+        # How the attacker models private randomness it cannot see (FedAvP's op pairs).
+        self.augmenter = context.augmenter.attack_view(
+            guess, generator if generator is not None else torch.Generator().manual_seed(0)
+        )
         self.module = context.build_model()
         self.module.load_state_dict(dict(context.weights_before))
         self.module.train()  # clients train in train mode (BN uses batch statistics)
@@ -69,9 +79,7 @@ class VictimSimulator:
         model = FunctionalModel(self.module, params, self.buffers)
         # generator=None: the attacker does not know the victim's private randomness, so
         # the method gives its expected loss (see Augmenter.local_loss).
-        loss = self.ctx.augmenter.local_loss(
-            model, x, y, received=self.ctx.received, generator=None
-        )
+        loss = self.augmenter.local_loss(model, x, y, received=self.ctx.received, generator=None)
         if penalty and self.ctx.algorithm is not None:
             extra = self.ctx.algorithm.penalty(params, self.params0)
             if extra is not None:
@@ -241,6 +249,14 @@ _PRIOR_WEIGHT = Param(
     high=1.0,
     high_open=True,
 )
+_GUESS = Param(
+    "guess",
+    str,
+    "expected",
+    "how the attacker models augmentation drawn privately by the victim (FedAvP's op "
+    "pairs): expected loss over the policy, one sampled draw, or none (identity)",
+    choices=("expected", "sample", "identity"),
+)
 _TOL = Param("tol", float, 1e-12, "stop once the matching loss is below this", low=0.0)
 
 
@@ -251,7 +267,7 @@ class _LBFGSAttack(Attack):
     joint_labels = True
 
     def reconstruct(self, observation, *, generator, seen=()):
-        sim = VictimSimulator(observation.context)
+        sim = VictimSimulator(observation.context, guess=self.params["guess"], generator=generator)
         target = sim.target(observation)
         fixed = None if self.joint_labels else infer_labels(observation, sim)
         prior = Prior(self.params["prior"], self.params["prior_weight"], observation, seen)
@@ -313,6 +329,7 @@ _LBFGS_PARAMS = (
     _TOL,
     _PRIOR,
     _PRIOR_WEIGHT,
+    _GUESS,
     Param("attack_lr", float, 1.0, "L-BFGS step size", low=0.0, low_open=True),
     Param("max_iter", int, 20, "L-BFGS inner iterations per step", low=1),
 )
@@ -351,6 +368,7 @@ class IDLG(_LBFGSAttack):
         Param("signed", bool, True, "descend on the sign of the image gradient"),
         _PRIOR,
         _PRIOR_WEIGHT,
+        _GUESS,
     ),
     description="Inverting Gradients: cosine distance + TV, Adam on signed gradients, box "
     "constraint, restarts; works on multi-step updates",
@@ -360,7 +378,7 @@ class InvertingGradients(Attack):
     consumes = ("gradient", "update")
 
     def reconstruct(self, observation, *, generator, seen=()):
-        sim = VictimSimulator(observation.context)
+        sim = VictimSimulator(observation.context, guess=self.params["guess"], generator=generator)
         target = sim.target(observation)
         ctx = sim.ctx
         lo, hi = ctx.value_range

@@ -1,6 +1,6 @@
 """Augmentation methods (registered as ``method`` in the CLI)."""
 
-from privbench.augmenters import fedmix, none  # noqa: F401  (register the methods)
+from privbench.augmenters import fedavp, fedmix, none, randaug  # noqa: F401  (register the methods)
 from privbench.augmenters.base import AUGMENTERS, Augmenter, ClientState, cross_entropy
 
 __all__ = ["AUGMENTERS", "Augmenter", "ClientState", "cross_entropy"]

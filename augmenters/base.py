@@ -13,6 +13,12 @@ An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
   what an outsider can compute, its loss in expectation over that private randomness
   (exact where the loss is linear in it, as FedMix's is), so a gradient attack on a
   method is method-aware;
+- ``local_train(model, x, y, ...)``: only for methods that train something besides the
+  model during local training (FedAvP's policy); set ``trains_locally = True``;
+- ``upload(round, client)``: what a client sends after local training besides its model
+  update (FedAvP's policy update);
+- ``attack_view(guess, generator)``: the loss a gradient attacker simulates when the
+  method draws private randomness it cannot see (``guess``: expected, sample, identity);
 - ``after_aggregate(round, model)``: server-side work after aggregation.
 """
 
@@ -62,6 +68,11 @@ class Augmenter:
     # per record; losses that differentiate through their inputs) or None (the loss
     # couples records of a batch: no per-record gradient exists).
     per_sample_grads: str | None = "hooks"
+    # True: the method runs its own local training loop (``local_train``), e.g. to learn
+    # an augmentation policy alongside the model; defenses that replace local training
+    # (DP-SGD) cannot be combined with it.
+    trains_locally = False
+    value_range: tuple[float, float] = (0.0, 1.0)  # the dataset's pixel range (set by the run)
 
     def __init__(self, **params: Any):
         self.params: dict[str, Any] = dict(params)
@@ -101,6 +112,32 @@ class Augmenter:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         return cross_entropy(model(x), y)
+
+    def local_train(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        client: ClientState,
+        round: int,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        generator: torch.Generator,
+        private: torch.Generator,
+        algorithm: Any = None,
+    ) -> int:
+        """Train ``model`` in place; return the steps taken (``trains_locally`` only)."""
+        raise NotImplementedError(f"method '{self.name}' uses privbench's local SGD")
+
+    def upload(self, round: int, client: ClientState) -> dict[str, Payload]:
+        return {}
+
+    def attack_view(self, guess: str, generator: torch.Generator) -> Augmenter:
+        """The augmenter whose ``local_loss(generator=None)`` an attacker simulates.
+        Methods without hidden randomness (or with a loss linear in it) are their own view."""
+        return self
 
     def after_aggregate(self, round: int, model: nn.Module) -> None:
         return None

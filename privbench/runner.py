@@ -143,6 +143,13 @@ class Experiment:
                 "training; choose one."
             )
         self._model_fixers = [c.prepare_model for c in classes]
+        augmenter = self.make_augmenter(setup=False)
+        if trainers and augmenter.trains_locally:
+            raise IncompatibleError(
+                f"defense '{trainers[0]}' replaces local training, and method "
+                f"'{self.cfg.method}' runs its own local training loop (it learns more "
+                "than the model); choose one."
+            )
         for name, fix in zip(self.cfg.defenses, self._model_fixers, strict=True):
             if fix(self._raw_model())[1]:
                 log.warning(
@@ -154,7 +161,7 @@ class Experiment:
                 )
         for n in self.cfg.defenses:
             self.regs["defense"].create(n, **self.cfg.defense_params.get(n, {})).check(
-                algorithm=self.make_algorithm(), augmenter=self.make_augmenter(setup=False)
+                algorithm=self.make_algorithm(), augmenter=augmenter
             )
 
     def make_algorithm(self):
@@ -166,6 +173,7 @@ class Experiment:
     def make_augmenter(self, *, setup: bool = True):
         """The run's augmentation method, set up for this data and client count."""
         augmenter = self.regs["method"].create(self.cfg.method, **self.cfg.method_params)
+        augmenter.value_range = self.data.value_range
         if setup:
             augmenter.setup(
                 num_classes=self.data.num_classes,
@@ -386,6 +394,11 @@ class Experiment:
                     num_records=len(state.y),
                     fixed_batch=is_victim,
                 )
+            elif augmenter.trains_locally:  # e.g. FedAvP learns its policy alongside
+                del common["loss_fn"]
+                taken = augmenter.local_train(
+                    model, x, y, client=state, round=rnd, private=private, **common
+                )
             else:
                 taken = local_train(model, x, y, **common)
             steps = steps or taken
@@ -414,6 +427,7 @@ class Experiment:
             algorithm=algorithm,
             record_clip=trainer.record_clip if trainer is not None else None,
             update_clip=min((d.update_clip for d in defenses if d.update_clip), default=None),
+            public_data=(self.data.x_test, self.data.y_test),
         )
 
     def _client_round(
@@ -463,6 +477,14 @@ class Experiment:
             encoding=encoding,
             nbytes=nbytes,
         )
+        # Uploads after local training besides the update (FedAvP's policy update).
+        for extra_kind, extra in augmenter.upload(rnd, state).items():
+            for d in defenses:
+                extra = d.privatize_artifact(rnd, state.client_id, extra_kind, extra)
+            got_extra = channel.send(
+                rnd, state.client_id, SERVER, extra_kind, extra, context=context
+            )
+            augmenter.server_receive(rnd, state.client_id, extra_kind, got_extra)
         if kind == "gradient":
             delta = {k: torch.zeros_like(v) for k, v in global_state.items()}
             for n, g in got.items():
@@ -505,6 +527,8 @@ class Experiment:
                     for o in seen
                     if o.sender == vid and o.round == cfg.attack.round and o.kind in attack.consumes
                 ]
+            elif attack.target == "labels":  # the victim's own upload, nothing else
+                obs = [o for o in seen if o.sender == vid and o.kind in attack.consumes]
             else:
                 # Any artifact of the victim; a curious client gets only the server's
                 # broadcasts (which mix everyone's entries, with no owner attached).
@@ -518,6 +542,13 @@ class Experiment:
                     f"(method '{cfg.method}'); see `privbench list` for what each attack needs."
                 )
             rec = attack.reconstruct(obs[0], generator=torch_generator(cfg.seed, 2, vid), seen=seen)
+            if attack.target == "labels":  # scored by label-distribution error only
+                _, labels = self.client_data(vid)
+                truth = torch.bincount(labels, minlength=self.data.num_classes).double()
+                label_errors.append(label_distribution_error(rec.meta["label_hist"], truth))
+                arrays[f"label_hist_{vid}"] = np.asarray(rec.meta["label_hist"], dtype=float)
+                arrays[f"true_hist_{vid}"] = truth.numpy()
+                continue
             images = rec.images.detach().clamp(*self.data.value_range)
             if attack.target == "batch":
                 victim = outcome.victims[vid]
@@ -555,7 +586,7 @@ class Experiment:
                 }
             path = store.save_arrays(f"{cfg.hash()}-{name}", **arrays)
         label_error = float(np.mean(label_errors)) if label_errors else None
-        return combine_scores(scores), label_error, path
+        return (combine_scores(scores) if scores else None), label_error, path
 
     def _owners(self) -> torch.Tensor:
         owners = torch.full((len(self.data.y_train),), -1, dtype=torch.long)
@@ -647,8 +678,9 @@ def finish_rows(
         ta = time.perf_counter()
         try:
             score, row.label_dist_error, path = exp.attack(row.attack, outcome, store)
-            row.psnr, row.ssim, row.mse = score.psnr, score.ssim, score.mse
-            row.label_acc, row.n_images = score.label_acc, score.num_images
+            if score is not None:  # None: a label-distribution attack, no images
+                row.psnr, row.ssim, row.mse = score.psnr, score.ssim, score.mse
+                row.label_acc, row.n_images = score.label_acc, score.num_images
             row.reconstruction_file = path
         except Exception as err:  # record the failed attack as an error row
             row.status, row.error = "error", _error_text(err)

@@ -212,12 +212,17 @@ def check_method(name: str) -> None:
 def check_attack(name: str) -> None:
     attack = _registries()["attack"].create(name)
     assert attack.consumes, f"attack '{name}' declares no message kinds it consumes"
-    assert attack.target in ("batch", "dataset"), f"attack '{name}' target {attack.target!r}"
+    assert attack.target in ("batch", "dataset", "labels"), (
+        f"attack '{name}' target {attack.target!r}"
+    )
     cfg = tiny_config(
         method=method_feeding(attack),
         attack=dict(names=(name,), batch=2, params=_dry("attack", name)),
     )
     (row,) = _run_ok(cfg, f"attack '{name}'")
+    if attack.target == "labels":
+        assert row.label_dist_error is not None and 0.0 <= row.label_dist_error <= 1.0
+        return
     assert row.psnr is not None and row.ssim is not None
     if attack.target == "batch":
         assert row.n_images == 2, f"attack '{name}' scored {row.n_images} images, not 2"
