@@ -165,7 +165,9 @@ class FedAvP(Augmenter):
     name = "fedavp"
     shares = ("policy",)
     trains_locally = True
-    per_sample_grads = "microbatch"  # the attacker's FedSGD gradient is per record
+    # Its loss is a mean of per-record terms (constant weights w.r.t. the model), but
+    # DP-SGD is refused anyway: it would replace the local loop that trains the policy.
+    per_sample_grads = "microbatch"
 
     def setup(self, *, num_classes, input_shape, num_clients, seed):
         super().setup(

@@ -543,8 +543,7 @@ class Experiment:
                 )
             rec = attack.reconstruct(obs[0], generator=torch_generator(cfg.seed, 2, vid), seen=seen)
             if attack.target == "labels":  # scored by label-distribution error only
-                _, labels = self.client_data(vid)
-                truth = torch.bincount(labels, minlength=self.data.num_classes).double()
+                truth = self._label_hist(vid)
                 label_errors.append(label_distribution_error(rec.meta["label_hist"], truth))
                 arrays[f"label_hist_{vid}"] = np.asarray(rec.meta["label_hist"], dtype=float)
                 arrays[f"true_hist_{vid}"] = truth.numpy()
@@ -559,7 +558,7 @@ class Experiment:
                     )
                 )
             else:
-                gt, labels = self.client_data(vid)
+                gt, _ = self.client_data(vid)
                 population = None
                 if obs[0].sender != vid:  # unattributed entries: score those nearest to vid
                     population = (self.data.x_train, self._owners())
@@ -569,8 +568,9 @@ class Experiment:
                     )
                 )
                 if "label_hist" in rec.meta and obs[0].sender == vid:
-                    truth = torch.bincount(labels, minlength=self.data.num_classes).double()
-                    label_errors.append(label_distribution_error(rec.meta["label_hist"], truth))
+                    label_errors.append(
+                        label_distribution_error(rec.meta["label_hist"], self._label_hist(vid))
+                    )
             arrays[f"ground_truth_{vid}"] = gt.numpy()
             arrays[f"reconstruction_{vid}"] = images.numpy()
         path = None
@@ -587,6 +587,10 @@ class Experiment:
             path = store.save_arrays(f"{cfg.hash()}-{name}", **arrays)
         label_error = float(np.mean(label_errors)) if label_errors else None
         return (combine_scores(scores) if scores else None), label_error, path
+
+    def _label_hist(self, cid: int) -> torch.Tensor:
+        """Client ``cid``'s true label counts over its training data."""
+        return torch.bincount(self.client_data(cid)[1], minlength=self.data.num_classes).double()
 
     def _owners(self) -> torch.Tensor:
         owners = torch.full((len(self.data.y_train),), -1, dtype=torch.long)
