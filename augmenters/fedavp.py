@@ -159,7 +159,7 @@ _PARAMS = (
     "fedavp",
     params=_PARAMS,
     description="FedAvP: a shared augmentation policy over 17x17 op pairs, learned by a "
-    "federated meta-policy loss and Reptile (shares policy)",
+    "federated meta-policy loss and Reptile",
 )
 class FedAvP(Augmenter):
     name = "fedavp"
