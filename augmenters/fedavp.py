@@ -49,7 +49,7 @@ from privbench.augmenters.ops import (
     sample_pairs,
     sampling_probs,
 )
-from privbench.errors import ParameterError
+from privbench.errors import IncompatibleError, ParameterError
 from privbench.registry import Param
 
 State = dict[str, torch.Tensor]
@@ -190,7 +190,10 @@ class FedAvP(Augmenter):
 
     def policy_state(self, received: Mapping[str, Mapping[str, torch.Tensor]]) -> State:
         if "policy" not in received:
-            raise ParameterError("fedavp: the client has not received the global policy")
+            raise IncompatibleError(
+                "fedavp: no global policy among the messages the client received (the "
+                "server broadcasts it with the model each round)"
+            )
         return {k: received["policy"][k] for k in self.theta}
 
     # -- messages -----------------------------------------------------------------------
