@@ -50,6 +50,7 @@ from privbench.augmenters.ops import (
     sampling_probs,
 )
 from privbench.errors import IncompatibleError, ParameterError
+from privbench.federated import minibatches
 from privbench.registry import Param
 
 State = dict[str, torch.Tensor]
@@ -310,46 +311,39 @@ class FedAvP(Augmenter):
                 return algorithm.penalty(current, start)
 
         theta = {k: v.detach().clone() for k, v in theta.items()}
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         n, steps = len(y), 0
         val_size = min(n, p["val_batch"] or batch_size)
         model.train()
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator)
-            for s in range(0, n, batch_size):
-                idx = order[s : s + batch_size]
-                if len(idx) < 2 and has_bn and n >= 2:
-                    continue  # a BN layer cannot normalise a batch of one in train mode
-                with torch.no_grad():
-                    scores = self.scores(theta)
-                pairs, draws = sample_pairs(scores, p["eps"], len(idx) * p["expansion"], private)
-                if steps % p["policy_every"] == 0:
-                    vidx = torch.randperm(n, generator=private)[:val_size]
-                    g_theta, new, _ = self.policy_gradient(
-                        model,
-                        theta,
-                        (x[idx], y[idx]),
-                        (x[vidx], y[vidx]),
-                        pairs,
-                        draws,
-                        lr=lr,
-                        penalty=penalty,
-                    )
-                    coef = clip_coef(list(g_theta.values()), p["grad_clip"])
-                    theta = {k: theta[k] - p["policy_lr"] * coef * g_theta[k] for k in theta}
-                else:
-                    loss = self._loss(model, x[idx], y[idx], scores, pairs, draws)
-                    loss = _with_penalty(loss, penalty, params)
-                    g_aug = torch.autograd.grad(loss, list(params.values()))
-                    coef = clip_coef(g_aug, p["grad_clip"])
-                    new = [
-                        t.detach() - lr * coef * g
-                        for t, g in zip(params.values(), g_aug, strict=True)
-                    ]
-                with torch.no_grad():
-                    for t, v in zip(params.values(), new, strict=True):
-                        t.copy_(v)
-                steps += 1
+        for idx in minibatches(model, n, epochs=epochs, batch_size=batch_size, generator=generator):
+            with torch.no_grad():
+                scores = self.scores(theta)
+            pairs, draws = sample_pairs(scores, p["eps"], len(idx) * p["expansion"], private)
+            if steps % p["policy_every"] == 0:
+                vidx = torch.randperm(n, generator=private)[:val_size]
+                g_theta, new, _ = self.policy_gradient(
+                    model,
+                    theta,
+                    (x[idx], y[idx]),
+                    (x[vidx], y[vidx]),
+                    pairs,
+                    draws,
+                    lr=lr,
+                    penalty=penalty,
+                )
+                coef = clip_coef(list(g_theta.values()), p["grad_clip"])
+                theta = {k: theta[k] - p["policy_lr"] * coef * g_theta[k] for k in theta}
+            else:
+                loss = self._loss(model, x[idx], y[idx], scores, pairs, draws)
+                loss = _with_penalty(loss, penalty, params)
+                g_aug = torch.autograd.grad(loss, list(params.values()))
+                coef = clip_coef(g_aug, p["grad_clip"])
+                new = [
+                    t.detach() - lr * coef * g for t, g in zip(params.values(), g_aug, strict=True)
+                ]
+            with torch.no_grad():
+                for t, v in zip(params.values(), new, strict=True):
+                    t.copy_(v)
+            steps += 1
         return steps, theta
 
     def local_train(

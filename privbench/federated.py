@@ -6,7 +6,7 @@ size (McMahan et al. 2017). q-FFL follows q-FedAvg (Li et al. 2020, Algorithm 2)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -163,23 +163,35 @@ def local_train(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
     steps = 0
-    n = len(y)
+    for idx in minibatches(
+        model, len(y), epochs=epochs, batch_size=batch_size, generator=generator
+    ):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model, x[idx], y[idx])
+        if algorithm is not None:
+            extra = algorithm.penalty(dict(model.named_parameters()), global_params)
+            if extra is not None:
+                loss = loss + extra
+        loss.backward()
+        opt.step()
+        steps += 1
+    return steps
+
+
+def minibatches(
+    model: nn.Module, n: int, *, epochs: int, batch_size: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Index batches of local SGD over ``n`` samples: a fresh shuffle each epoch. A
+    batch of one is skipped when the model has BatchNorm (it cannot normalise it in
+    train mode)."""
+    has_bn = _has_batchnorm(model)
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            if len(idx) < 2 and _has_batchnorm(model) and n >= 2:
-                continue  # a BN layer cannot normalise a batch of one in train mode
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model, x[idx], y[idx])
-            if algorithm is not None:
-                extra = algorithm.penalty(dict(model.named_parameters()), global_params)
-                if extra is not None:
-                    loss = loss + extra
-            loss.backward()
-            opt.step()
-            steps += 1
-    return steps
+            if len(idx) < 2 and has_bn and n >= 2:
+                continue
+            yield idx
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

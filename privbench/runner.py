@@ -266,11 +266,9 @@ class Experiment:
                 global_state = clone_state(global_model)
                 # 1. Shared artifacts (client -> server), before local training.
                 for cid in augmenter.share_clients(rnd, sampled, list(range(fed.clients))):
-                    for kind, payload in augmenter.share(rnd, states[cid]).items():
-                        for d in defenses:
-                            payload = d.privatize_artifact(rnd, cid, kind, payload)
-                        got = channel.send(rnd, cid, SERVER, kind, payload)
-                        augmenter.server_receive(rnd, cid, kind, got)
+                    self.send_artifacts(
+                        rnd, cid, augmenter.share(rnd, states[cid]), augmenter, defenses, channel
+                    )
                 # 2. Broadcasts (server -> client): the model, then the method's extras.
                 for cid in sampled:
                     channel.send(rnd, SERVER, cid, "model", global_state)
@@ -430,6 +428,16 @@ class Experiment:
             public_data=(self.data.x_test, self.data.y_test),
         )
 
+    @staticmethod
+    def send_artifacts(rnd, cid, messages, augmenter, defenses, channel, *, context=None):
+        """Client ``cid``'s artifacts to the server: each defense privatises them, the
+        channel counts and records them, the server side of the method receives them."""
+        for kind, payload in messages.items():
+            for d in defenses:
+                payload = d.privatize_artifact(rnd, cid, kind, payload)
+            got = channel.send(rnd, cid, SERVER, kind, payload, context=context)
+            augmenter.server_receive(rnd, cid, kind, got)
+
     def _client_round(
         self,
         rnd,
@@ -478,13 +486,15 @@ class Experiment:
             nbytes=nbytes,
         )
         # Uploads after local training besides the update (FedAvP's policy update).
-        for extra_kind, extra in augmenter.upload(rnd, state).items():
-            for d in defenses:
-                extra = d.privatize_artifact(rnd, state.client_id, extra_kind, extra)
-            got_extra = channel.send(
-                rnd, state.client_id, SERVER, extra_kind, extra, context=context
-            )
-            augmenter.server_receive(rnd, state.client_id, extra_kind, got_extra)
+        self.send_artifacts(
+            rnd,
+            state.client_id,
+            augmenter.upload(rnd, state),
+            augmenter,
+            defenses,
+            channel,
+            context=context,
+        )
         if kind == "gradient":
             delta = {k: torch.zeros_like(v) for k, v in global_state.items()}
             for n, g in got.items():
