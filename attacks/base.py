@@ -47,5 +47,20 @@ class Attack:
         adversary observed in the run (for priors and cross-client attacks)."""
         raise NotImplementedError
 
+    def reconstruct_batch(
+        self,
+        observations: Sequence[Observation],
+        *,
+        generators: Sequence[torch.Generator],
+        seen: Sequence[Observation] = (),
+    ) -> list[Reconstruction]:
+        """One reconstruction per observation (victim), each with its own generator.
+        Attacks that can run victims together (one vectorised computation) override
+        this; the default attacks them one after another."""
+        return [
+            self.reconstruct(o, generator=g, seen=seen)
+            for o, g in zip(observations, generators, strict=True)
+        ]
+
 
 ATTACKS: Registry[Attack] = Registry("attack")

@@ -18,35 +18,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch.func import functional_call
+from torch.func import grad, replace_all_batch_norm_modules_
 
 from privbench.attacks.base import ATTACKS, Attack, Reconstruction
+from privbench.attacks.batched import (
+    BatchedLBFGS,
+    TrialFunction,
+    index_trials,
+    split_trials,
+    stack_trials,
+)
 from privbench.channel import Observation, PublicContext
 from privbench.errors import IncompatibleError
+from privbench.federated import FunctionalModel
 from privbench.models import classifier_weight_name
 from privbench.progress import bar
 from privbench.registry import Param
 
 
-class FunctionalModel:
-    """Calls a module with explicit parameter tensors, so gradients flow to them."""
-
-    def __init__(
-        self,
-        module: torch.nn.Module,
-        params: Mapping[str, torch.Tensor],
-        buffers: Mapping[str, torch.Tensor],
-    ):
-        self.module, self.params, self.buffers = module, params, buffers
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # Fresh buffer copies: BN in train mode updates running stats in place.
-        bufs = {k: v.clone() for k, v in self.buffers.items()}
-        return functional_call(self.module, {**self.params, **bufs}, (x,))
-
-
 class VictimSimulator:
-    """Re-runs the victim's public training recipe on candidate data, differentiably."""
+    """Re-runs the victim's public training recipe on candidate data, differentiably.
+
+    Pure in (x, y): gradients w.r.t. the weights are ``torch.func.grad``, so the same
+    :meth:`message` serves one trial under autograd and many trials under ``vmap``.
+    """
 
     def __init__(
         self,
@@ -63,6 +58,9 @@ class VictimSimulator:
         self.module = context.build_model()
         self.module.load_state_dict(dict(context.weights_before))
         self.module.train()  # clients train in train mode (BN uses batch statistics)
+        # Train-mode BatchNorm normalises with batch statistics; its running averages never
+        # reach the loss. Dropping them keeps the simulation free of in-place updates.
+        replace_all_batch_norm_modules_(self.module)
         names = [n for n, _ in self.module.named_parameters()]
         self.param_names = names
         self.params0 = {n: context.weights_before[n].detach().clone() for n in names}
@@ -80,40 +78,33 @@ class VictimSimulator:
         # generator=None: the attacker does not know the victim's private randomness, so
         # the method gives its expected loss (see Augmenter.local_loss).
         loss = self.augmenter.local_loss(model, x, y, received=self.ctx.received, generator=None)
-        if penalty and self.ctx.algorithm is not None:
-            extra = self.ctx.algorithm.penalty(params, self.params0)
-            if extra is not None:
-                loss = loss + extra
+        if penalty and self._has_penalty():
+            loss = loss + self.ctx.algorithm.penalty(params, self.params0)
         return loss
 
+    def _has_penalty(self) -> bool:
+        algo = self.ctx.algorithm
+        return algo is not None and algo.penalty(self.params0, self.params0) is not None
+
     def step_gradient(
-        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, create_graph: bool
-    ) -> list[torch.Tensor]:
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """The gradient the victim steps with. Under DP-SGD (public ``record_clip`` C):
         the mean of per-record gradients each clipped to C, then the data-free penalty;
         the noise, unknown and zero-mean, is left out."""
-        values = list(params.values())
         clip = self.ctx.record_clip
         if clip is None:
-            return list(
-                torch.autograd.grad(self.loss(params, x, y), values, create_graph=create_graph)
-            )
-        total = [torch.zeros_like(v) for v in values]
+            return grad(lambda p: self.loss(p, x, y))(params)
+        total = {n: torch.zeros_like(v) for n, v in params.items()}
         for i in range(len(y)):
-            g = torch.autograd.grad(
-                self.loss(params, x[i : i + 1], y[i : i + 1], penalty=False),
-                values,
-                create_graph=create_graph,
-            )
-            norm = torch.sqrt(sum((t**2).sum() for t in g))
+            g = grad(lambda p, i=i: self.loss(p, x[i : i + 1], y[i : i + 1], penalty=False))(params)
+            norm = torch.sqrt(sum((t**2).sum() for t in g.values()))
             factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
-            total = [a + factor * t for a, t in zip(total, g, strict=True)]
-        grads = [t / len(y) for t in total]
-        if self.ctx.algorithm is not None:
-            extra = self.ctx.algorithm.penalty(params, self.params0)
-            if extra is not None:
-                pen = torch.autograd.grad(extra, values, create_graph=create_graph)
-                grads = [a + b for a, b in zip(grads, pen, strict=True)]
+            total = {n: total[n] + factor * g[n] for n in total}
+        grads = {n: t / len(y) for n, t in total.items()}
+        if self._has_penalty():
+            pen = grad(lambda p: self.ctx.algorithm.penalty(p, self.params0))(params)
+            grads = {n: grads[n] + pen[n] for n in grads}
         return grads
 
     def message(
@@ -124,19 +115,19 @@ class VictimSimulator:
         ``gradient``: the loss gradient. ``update``: ``local_steps`` of full-batch SGD,
         reported (like the observation) as new weights minus old, divided by -lr so its
         scale is that of a gradient. Public clipping of the defenses is applied alike.
+        ``create_graph=False``: the result need not be differentiable in (x, y).
         """
-        params = {n: p.clone().requires_grad_(True) for n, p in self.params0.items()}
+        if not create_graph:
+            with torch.no_grad():
+                return self.message(kind, x.detach(), y.detach(), create_graph=True)
         lr = self.ctx.lr
         if kind == "gradient":
-            grads = self.step_gradient(params, x, y, create_graph)
-            out = dict(zip(self.param_names, grads, strict=True))
+            out = self.step_gradient(dict(self.params0), x, y)
         else:
-            current = params
+            current = dict(self.params0)
             for _ in range(self.ctx.local_steps):
-                grads = self.step_gradient(current, x, y, create_graph)
-                current = {
-                    n: current[n] - lr * g for n, g in zip(self.param_names, grads, strict=True)
-                }
+                grads = self.step_gradient(current, x, y)
+                current = {n: current[n] - lr * grads[n] for n in self.param_names}
             out = {n: (current[n] - self.params0[n]) / -lr for n in self.param_names}
         if self.ctx.update_clip is not None:  # DP-FedAvg: ||lr * message|| <= C
             norm = lr * torch.sqrt(sum((t**2).sum() for t in out.values()))
@@ -260,6 +251,71 @@ _GUESS = Param(
 _TOL = Param("tol", float, 1e-12, "stop once the matching loss is below this", low=0.0)
 
 
+class _Problem:
+    """One victim's attack: the simulator of its recipe, its observed message, and the
+    initial variables of each restart, drawn in the order the sequential path draws."""
+
+    def __init__(self, attack, observation, generator, seen, *, joint_labels: bool = False):
+        self.observation = observation
+        self.sim = sim = VictimSimulator(
+            observation.context, guess=attack.params["guess"], generator=generator
+        )
+        self.kind = observation.kind
+        self.target = sim.target(observation)
+        self.fixed = None if joint_labels else infer_labels(observation, sim)
+        self.prior = Prior(attack.params["prior"], attack.params["prior_weight"], observation, seen)
+        self.starts = [
+            attack.draw_start(sim.ctx, generator) for _ in range(attack.params["restarts"])
+        ]
+
+    def shares_recipe(self, other: _Problem) -> bool:
+        """True when both victims' losses are one function of (variables, target), so
+        their trials can run in one vectorised computation."""
+        a, b = self.sim, other.sim
+        ca, cb = a.ctx, b.ctx
+        scalars = ("lr", "local_steps", "num_images", "record_clip", "update_clip")
+        return (
+            self.kind == other.kind
+            and all(getattr(ca, f) == getattr(cb, f) for f in scalars)
+            and a.augmenter is b.augmenter
+            and ca.algorithm is cb.algorithm
+            and self.prior.kind == other.prior.kind
+            and _same_tensors(self.prior.means, other.prior.means)
+            and _same_tensors(dict(ca.weights_before), dict(cb.weights_before))
+            and _same_tensors(dict(ca.received), dict(cb.received))
+        )
+
+
+def _same_tensors(a, b) -> bool:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    return a is b or a == b
+
+
+def group_problems(problems: list[_Problem]) -> list[list[int]]:
+    """Indices of victims whose trials can share one vectorised computation."""
+    groups: list[list[int]] = []
+    for i, p in enumerate(problems):
+        for g in groups:
+            if problems[g[0]].shares_recipe(p):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+_BATCHED = Param(
+    "batched",
+    bool,
+    True,
+    "run every trial (victims x restarts) as one vectorised computation (torch.func.vmap), "
+    "each converging on its own; false: one trial after another (the reference path)",
+)
+
+
 class _LBFGSAttack(Attack):
     """DLG and iDLG share this L-BFGS loop; iDLG fixes the labels first."""
 
@@ -267,31 +323,59 @@ class _LBFGSAttack(Attack):
     joint_labels = True
 
     def reconstruct(self, observation, *, generator, seen=()):
-        sim = VictimSimulator(observation.context, guess=self.params["guess"], generator=generator)
-        target = sim.target(observation)
-        fixed = None if self.joint_labels else infer_labels(observation, sim)
-        prior = Prior(self.params["prior"], self.params["prior_weight"], observation, seen)
-        best = None
-        for restart in range(self.params["restarts"]):
-            trial = self._restart(sim, observation.kind, target, fixed, generator, restart, prior)
-            if trial is not None and (best is None or trial[0] < best[0]):
-                best = trial
-        if best is None:
-            raise RuntimeError(f"{self.name}: every restart diverged (non-finite loss)")
-        return Reconstruction(best[1], best[2], {"loss": best[0]})
+        return self.reconstruct_batch([observation], generators=[generator], seen=seen)[0]
 
-    def _restart(self, sim, kind, target, fixed, generator, restart, prior):
-        """One L-BFGS run from a fresh init: (final loss, images, labels), or None if it
-        diverged (L-BFGS on sigmoid nets can blow up; other restarts may still succeed)."""
-        ctx = sim.ctx
-        x = _dummy_images(ctx, self.params["init"], generator).requires_grad_(True)
-        variables = [x]
-        logits = None
-        if fixed is None:  # DLG: soft labels are optimised jointly
-            logits = torch.randn(
-                ctx.num_images, ctx.num_classes, generator=generator
-            ).requires_grad_(True)
-            variables.append(logits)
+    def reconstruct_batch(self, observations, *, generators, seen=()):
+        problems = [
+            _Problem(self, o, g, seen, joint_labels=self.joint_labels)
+            for o, g in zip(observations, generators, strict=True)
+        ]
+        # trials[v][r] = (final loss, images, labels) or None when that restart diverged.
+        trials: list[list] = [[None] * len(p.starts) for p in problems]
+        batched = set()
+        for group in group_problems(problems) if self.params["batched"] else []:
+            if sum(len(problems[v].starts) for v in group) > 1:  # one trial: nothing to batch
+                batched.update(group)
+                for (v, r), out in self._batched(problems, group).items():
+                    trials[v][r] = out
+        for v, p in enumerate(problems):
+            if v not in batched:
+                trials[v] = [self._restart(p, r) for r in range(len(p.starts))]
+        out = []
+        for runs in trials:
+            best = None
+            for trial in runs:
+                if trial is not None and (best is None or trial[0] < best[0]):
+                    best = trial
+            if best is None:
+                raise RuntimeError(f"{self.name}: every restart diverged (non-finite loss)")
+            out.append(Reconstruction(best[1], best[2], {"loss": best[0]}))
+        return out
+
+    def draw_start(self, ctx: PublicContext, generator: torch.Generator) -> tuple:
+        x = _dummy_images(ctx, self.params["init"], generator)
+        if not self.joint_labels:
+            return (x,)
+        return x, torch.randn(ctx.num_images, ctx.num_classes, generator=generator)
+
+    def _trial_loss(self, problem: _Problem):
+        sim, kind, prior = problem.sim, problem.kind, problem.prior
+        joint = self.joint_labels
+
+        def one(x, labels, target):
+            y = torch.softmax(labels, dim=1) if joint else labels
+            return prior(_l2_distance(sim.message(kind, x, y), target), x)
+
+        return one
+
+    def _restart(self, problem: _Problem, restart: int):
+        """One L-BFGS run (torch.optim.LBFGS) from restart ``restart``'s init: (final
+        loss, images, labels), or None if it diverged (L-BFGS on sigmoid nets can blow
+        up; other restarts may still succeed)."""
+        variables = [v.clone().requires_grad_(True) for v in problem.starts[restart]]
+        x = variables[0]
+        labels = variables[1] if self.joint_labels else problem.fixed
+        one = self._trial_loss(problem)
         opt = torch.optim.LBFGS(
             variables,
             lr=self.params["attack_lr"],
@@ -301,8 +385,7 @@ class _LBFGSAttack(Attack):
 
         def closure():
             opt.zero_grad()
-            y = torch.softmax(logits, dim=1) if fixed is None else fixed
-            dist = prior(_l2_distance(sim.message(kind, x, y), target), x)
+            dist = one(x, labels, problem.target)
             dist.backward()
             return dist
 
@@ -318,8 +401,62 @@ class _LBFGSAttack(Attack):
                     break
         if not torch.isfinite(x).all() or last == float("inf"):
             return None
-        labels = fixed if fixed is not None else logits.detach().argmax(dim=1)
-        return last, x.detach().clone(), labels.clone()
+        found = labels.detach().argmax(dim=1) if self.joint_labels else labels
+        return last, x.detach().clone(), found.clone()
+
+    def _batched(self, problems: list[_Problem], group: list[int]):
+        """Every restart of the victims in ``group`` as trials of one BatchedLBFGS, each
+        following the path :meth:`_restart` takes; {(victim, restart): result}."""
+        keys = [(v, r) for v in group for r in range(len(problems[v].starts))]
+        owner = torch.tensor([group.index(v) for v, _ in keys])
+        starts = [problems[v].starts[r] for v, r in keys]
+        shapes = [tuple(part.shape) for part in starts[0]]
+        flat0 = stack_trials([torch.stack([s[i] for s in starts]) for i in range(len(shapes))])
+        targets = {
+            n: torch.stack([problems[v].target[n] for v in group])
+            for n in problems[group[0]].target
+        }
+        fixed = None if self.joint_labels else torch.stack([problems[v].fixed for v in group])
+        trial_fn = TrialFunction(
+            self._trial_loss(problems[group[0]]), argnums=(0, 1) if self.joint_labels else 0
+        )
+
+        def fn(idx, flat):
+            parts = split_trials(flat, shapes)
+            mine = owner[idx]
+            labels = parts[1] if self.joint_labels else fixed[mine]
+            values, grads = trial_fn(parts[0], labels, index_trials(targets, mine))
+            return values, stack_trials(grads)
+
+        opt = BatchedLBFGS(
+            flat0,
+            fn,
+            lr=self.params["attack_lr"],
+            max_iter=self.params["max_iter"],
+            history_size=100,
+        )
+        active = torch.ones(len(keys), dtype=torch.bool)
+        last = torch.full((len(keys),), float("inf"), dtype=torch.float64)
+        with bar(self.params["iters"], f"{self.name} x{len(keys)} trials") as pbar:
+            for _ in range(self.params["iters"]):
+                idx = active.nonzero().flatten()
+                if not len(idx):
+                    break
+                loss = opt.step(idx)
+                finite = torch.isfinite(loss)
+                last[idx[finite]] = loss[finite]
+                active[idx[~finite | (loss < self.params["tol"])]] = False
+                pbar.update(1)
+        parts = split_trials(opt.x, shapes)
+        out = {}
+        for i, (v, r) in enumerate(keys):
+            x = parts[0][i]
+            if not torch.isfinite(x).all() or last[i] == float("inf"):
+                out[(v, r)] = None
+                continue
+            found = parts[1][i].argmax(dim=1) if self.joint_labels else problems[v].fixed
+            out[(v, r)] = (float(last[i]), x.clone(), found.clone())
+        return out
 
 
 _LBFGS_PARAMS = (
@@ -330,6 +467,7 @@ _LBFGS_PARAMS = (
     _PRIOR,
     _PRIOR_WEIGHT,
     _GUESS,
+    _BATCHED,
     Param("attack_lr", float, 1.0, "L-BFGS step size", low=0.0, low_open=True),
     Param("max_iter", int, 20, "L-BFGS inner iterations per step", low=1),
 )
@@ -369,6 +507,7 @@ class IDLG(_LBFGSAttack):
         _PRIOR,
         _PRIOR_WEIGHT,
         _GUESS,
+        _BATCHED,
     ),
     description="Inverting Gradients: cosine distance + TV, Adam on signed gradients, box "
     "constraint, restarts; works on multi-step updates",
@@ -378,39 +517,80 @@ class InvertingGradients(Attack):
     consumes = ("gradient", "update")
 
     def reconstruct(self, observation, *, generator, seen=()):
-        sim = VictimSimulator(observation.context, guess=self.params["guess"], generator=generator)
-        target = sim.target(observation)
-        ctx = sim.ctx
-        lo, hi = ctx.value_range
-        labels = infer_labels(observation, sim)
-        prior = Prior(self.params["prior"], self.params["prior_weight"], observation, seen)
+        return self.reconstruct_batch([observation], generators=[generator], seen=seen)[0]
+
+    def reconstruct_batch(self, observations, *, generators, seen=()):
+        problems = [
+            _Problem(self, o, g, seen) for o, g in zip(observations, generators, strict=True)
+        ]
+        finals: list[list] = [[None] * len(p.starts) for p in problems]
+        if self.params["batched"]:
+            groups = group_problems(problems)
+        else:
+            groups = [[v] for v in range(len(problems))]
+        for group in groups:
+            keys = [(v, r) for v in group for r in range(len(problems[v].starts))]
+            if not self.params["batched"] or len(keys) == 1:  # one trial at a time
+                for v, r in keys:
+                    x0 = problems[v].starts[r][0]
+                    finals[v][r] = self._descend(problems, [(v, r)], x0[None], batched=False)[0]
+                continue
+            x0 = torch.stack([problems[v].starts[r][0] for v, r in keys])
+            finals_g = self._descend(problems, keys, x0, batched=True)
+            for (v, r), final in zip(keys, finals_g, strict=True):
+                finals[v][r] = final
+        out = []
+        for p, runs in zip(problems, finals, strict=True):
+            best = min(runs, key=lambda f: f[0])  # the first of equals, as restarts run
+            out.append(Reconstruction(best[1], p.fixed, {"loss": best[0]}))
+        return out
+
+    def draw_start(self, ctx: PublicContext, generator: torch.Generator) -> tuple:
+        return (_dummy_images(ctx, self.params["init"], generator).clamp(*ctx.value_range),)
+
+    def _one(self, problem: _Problem):
+        sim, kind, prior, tv = problem.sim, problem.kind, problem.prior, self.params["tv"]
+
+        def one(x, labels, target):
+            loss = prior(_cosine_distance(sim.message(kind, x, labels), target), x)
+            return loss + tv * total_variation(x) if tv > 0 else loss
+
+        return one
+
+    def _descend(self, problems: list[_Problem], keys, x0: torch.Tensor, *, batched: bool):
+        """Adam on the signed gradient for trials ``keys`` (victim, restart) from ``x0``
+        (T, B, C, H, W). Adam is elementwise, so one optimiser over the stack is each
+        trial's own Adam; batched, the gradients come from one vmap, else from autograd
+        (T = 1). Returns (final cosine distance, images) per trial."""
+        first = problems[keys[0][0]]
+        lo, hi = first.sim.ctx.value_range
         iters = self.params["iters"]
-        best = None
-        for restart in range(self.params["restarts"]):
-            x = _dummy_images(ctx, self.params["init"], generator).clamp(lo, hi)
-            x.requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=self.params["attack_lr"])
-            sched = torch.optim.lr_scheduler.MultiStepLR(
-                opt, milestones=[int(iters * f) for f in (3 / 8, 5 / 8, 7 / 8)], gamma=0.1
-            )
-            with bar(iters, f"ig restart {restart + 1}") as pbar:
-                for _ in range(iters):
-                    opt.zero_grad()
-                    loss = prior(
-                        _cosine_distance(sim.message(observation.kind, x, labels), target), x
-                    )
-                    if self.params["tv"] > 0:
-                        loss = loss + self.params["tv"] * total_variation(x)
-                    loss.backward()
-                    if self.params["signed"]:
-                        x.grad.sign_()
-                    opt.step()
-                    sched.step()
-                    with torch.no_grad():
-                        x.clamp_(lo, hi)  # box constraint: stay a valid image
-                    pbar.update(1)
-            candidate = sim.message(observation.kind, x.detach(), labels, create_graph=False)
-            final = float(_cosine_distance(candidate, target).detach())
-            if best is None or final < best[0]:
-                best = (final, x.detach().clone())
-        return Reconstruction(best[1], labels, {"loss": best[0]})
+        x = x0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=self.params["attack_lr"])
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[int(iters * f) for f in (3 / 8, 5 / 8, 7 / 8)], gamma=0.1
+        )
+        one = self._one(first)
+        labels = torch.stack([problems[v].fixed for v, _ in keys])
+        targets = {n: torch.stack([problems[v].target[n] for v, _ in keys]) for n in first.target}
+        trial_fn = TrialFunction(one) if batched else None
+        with bar(iters, f"ig x{len(keys)} trials") as pbar:
+            for _ in range(iters):
+                opt.zero_grad()
+                if trial_fn is None:
+                    one(x[0], labels[0], index_trials(targets, 0)).backward()
+                else:
+                    x.grad = trial_fn(x.detach(), labels, targets)[1][0]
+                if self.params["signed"]:
+                    x.grad.sign_()
+                opt.step()
+                sched.step()
+                with torch.no_grad():
+                    x.clamp_(lo, hi)  # box constraint: stay a valid image
+                pbar.update(1)
+        finals = []
+        for (v, _), xi in zip(keys, x.detach(), strict=True):
+            p = problems[v]
+            candidate = p.sim.message(p.kind, xi, p.fixed, create_graph=False)
+            finals.append((float(_cosine_distance(candidate, p.target)), xi.clone()))
+        return finals

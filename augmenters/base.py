@@ -43,6 +43,28 @@ def per_sample_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def under_transform() -> bool:
+    """True inside a ``torch.func`` transform (grad, vmap), where ``requires_grad`` says
+    nothing about whether a tensor is being differentiated."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def input_gradient(fn, x: torch.Tensor):
+    """``(d fn(x)[0] / dx, fn(x)[1])`` for ``fn(x) -> (scalar, aux)``, differentiable.
+
+    Inside a ``torch.func`` transform (an attack vectorising its trials) this is
+    ``torch.func.grad``. Outside, it is autograd with ``create_graph``: training runs
+    real modules whose BatchNorm updates running statistics in place, which function
+    transforms refuse.
+    """
+    if under_transform():
+        return torch.func.grad(fn, has_aux=True)(x)
+    x = x.detach().requires_grad_(True) if not x.requires_grad else x
+    value, aux = fn(x)
+    (dx,) = torch.autograd.grad(value, x, create_graph=True)
+    return dx, aux
+
+
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy for hard labels (B,) or soft labels (B, K)."""
     return per_sample_cross_entropy(logits, y).mean()

@@ -33,6 +33,7 @@ from privbench.augmenters.base import (
     Augmenter,
     ClientState,
     cross_entropy,
+    input_gradient,
     per_sample_cross_entropy,
 )
 from privbench.registry import Param
@@ -230,11 +231,16 @@ class FedMix(MeanAugmented):
 
     def mixed_loss(self, model, x, y, xbar, ybar):
         lam = self.lam
-        xs = ((1 - lam) * x).requires_grad_(True)  # x' = (1 - lam) x_i, (B, C, H, W)
-        logits = model(xs)
-        own = per_sample_cross_entropy(logits, y)  # CE(f(x'), y_i), (B,)
-        # d CE(f(x'), y_i) / d x' per sample; create_graph so the term trains the model.
-        (dx,) = torch.autograd.grad(own.sum(), xs, create_graph=True)
+        xs = (1 - lam) * x  # x' = (1 - lam) x_i, (B, C, H, W)
+
+        def own_loss(inputs):
+            logits = model(inputs)
+            own = per_sample_cross_entropy(logits, y)  # CE(f(x'), y_i), (B,)
+            return own.sum(), (logits, own)
+
+        # d CE(f(x'), y_i) / d x' per sample, kept differentiable so the term trains the
+        # model (and a gradient attack differentiates through it).
+        dx, (logits, own) = input_gradient(own_loss, xs)
         taylor = (dx * xbar).flatten(1).sum(1)  # <dl/dx', x-bar_j>, (B,)
         other = per_sample_cross_entropy(logits, ybar.expand(len(x), -1))  # CE(f(x'), y-bar_j)
         return ((1 - lam) * own + lam * other + lam * taylor).mean()  # paper eq. 5

@@ -25,6 +25,8 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from privbench.augmenters.base import under_transform
+
 NEAREST = InterpolationMode.NEAREST
 
 
@@ -41,10 +43,12 @@ class Op:
 
     def __call__(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         m = self.magnitude(u)
-        if self.differentiable or not x.requires_grad:
+        if self.differentiable or not (x.requires_grad or under_transform()):
             return self.fn(x, m, u)
         base = x.detach()
-        return x + (self.fn(base, m, u) - base)  # straight-through gradient
+        with torch.no_grad():  # a constant at every autograd level (torch.func's included)
+            out = self.fn(base, m, u)
+        return x + (out - base)  # straight-through gradient
 
 
 def _shear(axis: int):

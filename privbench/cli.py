@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.fed.eval_every,
         help="evaluate every N rounds (0: only at the end)",
     )
+    f.add_argument(
+        "--sequential-clients",
+        dest="vectorise",
+        action="store_false",
+        help="train a round's clients one by one instead of as one vectorised computation "
+        "(same results within float rounding; the reference path)",
+    )
     a = run.add_argument_group("what is attacked")
     a.add_argument("--attack-round", type=int, default=d.attack.round)
     a.add_argument(
@@ -333,6 +340,7 @@ def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None
             lr=args.lr,
             local_test_fraction=args.local_test_fraction,
             eval_every=args.eval_every,
+            vectorise=args.vectorise,
         ),
         attack=AttackConfig(
             names=tuple(dict.fromkeys(n for n in args.attack if n != "none")),

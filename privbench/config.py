@@ -29,6 +29,10 @@ class FedConfig:
     lr: float = 0.5
     local_test_fraction: float = 0.2
     eval_every: int = 1
+    # Train the clients of a round as one vectorised computation where the method allows
+    # (same results as one by one, within float rounding). An execution choice: not part
+    # of the config hash.
+    vectorise: bool = True
 
     @property
     def clients_per_round(self) -> int:
@@ -177,6 +181,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("data_root", None)
         d.pop("download", None)
+        d["fed"].pop("vectorise", None)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

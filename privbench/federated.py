@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad, vmap
 
 from privbench.registry import Param, Registry
 
@@ -176,6 +177,99 @@ def local_train(
         opt.step()
         steps += 1
     return steps
+
+
+class FunctionalModel:
+    """Calls ``module`` with explicit parameter and buffer tensors (``functional_call``),
+    so gradients flow to them and ``torch.func`` transforms can batch them."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        params: Mapping[str, torch.Tensor],
+        buffers: Mapping[str, torch.Tensor],
+    ):
+        self.module, self.params, self.buffers = module, params, buffers
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, {**self.params, **self.buffers}, (x,))
+
+
+def can_vectorise(model: nn.Module) -> bool:
+    """Clients of this model can train as one ``vmap``: no randomness inside the forward
+    pass (dropout would draw one mask for all clients)."""
+    return not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+def vectorised_local_train(
+    model: nn.Module,
+    global_state: Mapping[str, torch.Tensor],
+    datasets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    loss_fn: LossFn,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generators: Sequence[torch.Generator],
+    algorithm: Algorithm | None = None,
+) -> tuple[list[State], list[int]]:
+    """:func:`local_train` for several clients from the same global weights, as one
+    computation: each SGD step is a ``vmap`` over the clients' parameters, buffers and
+    batches. Every client draws its batches from its own generator exactly as
+    :func:`local_train` does, so it takes the same steps. At each step the clients with
+    a batch of the same size move together (remainder batches form their own group),
+    and a client whose batches are used up stops. BatchNorm runs functionally: each
+    client's running statistics are its own slice of a stacked buffer.
+
+    ``loss_fn`` must not depend on the client (no per-client state or randomness).
+    Returns each client's new state and its number of steps.
+    """
+    k = len(datasets)
+    schedules = [
+        list(minibatches(model, len(y), epochs=epochs, batch_size=batch_size, generator=g))
+        for (_, y), g in zip(datasets, generators, strict=True)
+    ]
+    param_names = [n for n, _ in model.named_parameters()]
+    buffer_names = [n for n, _ in model.named_buffers() if n in global_state]
+    params = {
+        n: global_state[n].detach().expand(k, *global_state[n].shape).clone() for n in param_names
+    }
+    buffers = {
+        n: global_state[n].detach().expand(k, *global_state[n].shape).clone() for n in buffer_names
+    }
+    global_params = {n: global_state[n].detach() for n in param_names}
+    model.train()
+
+    def loss(p, b, x, y):
+        value = loss_fn(FunctionalModel(model, p, b), x, y)
+        if algorithm is not None:
+            extra = algorithm.penalty(p, global_params)
+            if extra is not None:
+                value = value + extra
+        return value
+
+    step_grads = vmap(grad(loss))
+    for step in range(max((len(s) for s in schedules), default=0)):
+        groups: dict[int, list[int]] = {}
+        for c, sched in enumerate(schedules):
+            if step < len(sched):
+                groups.setdefault(len(sched[step]), []).append(c)
+        for members in groups.values():
+            idx = torch.tensor(members)
+            xb = torch.stack([datasets[c][0][schedules[c][step]] for c in members])
+            yb = torch.stack([datasets[c][1][schedules[c][step]] for c in members])
+            p = {n: v[idx] for n, v in params.items()}
+            b = {n: v[idx] for n, v in buffers.items()}  # BN updates these in place
+            g = step_grads(p, b, xb, yb)
+            for n in param_names:
+                params[n][idx] = p[n] - lr * g[n]
+            for n in buffer_names:
+                buffers[n][idx] = b[n]
+    states = [
+        {n: (params[n][c] if n in params else buffers[n][c]) for n in global_state}
+        for c in range(k)
+    ]
+    return states, [len(s) for s in schedules]
 
 
 def minibatches(

@@ -16,17 +16,20 @@ import torch
 
 from privbench import registries
 from privbench.augmenters import ClientState
+from privbench.augmenters.base import Augmenter
 from privbench.channel import SERVER, Channel, PublicContext
 from privbench.config import RunConfig
 from privbench.data import DataBundle, as_bundle, load_dataset
 from privbench.errors import IncompatibleError, ParameterError, PrivbenchError
 from privbench.federated import (
     ClientResult,
+    can_vectorise,
     clone_state,
     local_train,
     mean_loss,
     predict,
     state_delta,
+    vectorised_local_train,
 )
 from privbench.metrics import (
     combine_scores,
@@ -275,6 +278,15 @@ class Experiment:
                     for kind, payload in augmenter.broadcast(rnd, cid).items():
                         states[cid].received[kind] = channel.send(rnd, SERVER, cid, kind, payload)
                 # 3. Local training and uploads.
+                attacked = {c for c in sampled if rnd == atk.round and c in victim_ids}
+                done = self.vectorised_updates(
+                    rnd,
+                    [states[c] for c in sampled if c not in attacked],
+                    global_state,
+                    algorithm,
+                    augmenter,
+                    defenses,
+                )
                 results = []
                 for cid in sampled:
                     results.append(
@@ -287,7 +299,8 @@ class Experiment:
                             defenses,
                             channel,
                             victims,
-                            is_victim=(rnd == atk.round and cid in victim_ids),
+                            is_victim=cid in attacked,
+                            local=done.get(cid),
                         )
                     )
                 new_state = algorithm.aggregate(global_state, results, fed.lr)
@@ -403,6 +416,70 @@ class Experiment:
             payload = state_delta(clone_state(model), global_state)
         return LocalUpdate(kind, payload, steps, batch, len(y), victim, loss_at_global)
 
+    def vectorises(self, augmenter, defenses) -> bool:
+        """Whether this run's clients can train as one computation: plain local SGD on a
+        loss that is the same function for every client (the base cross-entropy; a
+        method may change the data via ``training_data``), no defense replacing local
+        training, no randomness inside the model."""
+        return (
+            self.cfg.fed.vectorise
+            and type(augmenter).local_loss is Augmenter.local_loss
+            and not augmenter.trains_locally
+            and not any(d.trains_locally for d in defenses)
+            and can_vectorise(self.build_model())
+        )
+
+    def vectorised_updates(
+        self, rnd, clients, global_state, algorithm, augmenter, defenses
+    ) -> dict[int, LocalUpdate]:
+        """:meth:`local_update` for ``clients`` (none of them attacked) as one vectorised
+        computation, when :meth:`vectorises`; {} otherwise (they train one by one)."""
+        if len(clients) < 2 or not self.vectorises(augmenter, defenses):
+            return {}
+        cfg, fed = self.cfg, self.cfg.fed
+        model = self.build_model()
+        model.load_state_dict(global_state)
+
+        # The base loss reads neither the client's received messages nor its private
+        # generator: one function serves every client.
+        def loss_fn(mdl, x, y):
+            return augmenter.local_loss(mdl, x, y, received={})
+
+        datasets, generators, losses = [], [], []
+        for state in clients:
+            losses.append(
+                mean_loss(model, state.x, state.y, loss_fn)
+                if getattr(algorithm, "needs_loss", False)
+                else 0.0
+            )
+            generators.append(torch_generator(cfg.seed, 1, rnd, state.client_id))
+            datasets.append(augmenter.training_data(rnd, state, state.x, state.y))
+        new_states, steps = vectorised_local_train(
+            model,
+            global_state,
+            datasets,
+            loss_fn=loss_fn,
+            epochs=fed.local_epochs,
+            batch_size=fed.batch_size,
+            lr=fed.lr,
+            generators=generators,
+            algorithm=algorithm,
+        )
+        return {
+            state.client_id: LocalUpdate(
+                "update",
+                state_delta(new, global_state),
+                taken,
+                fed.batch_size,
+                len(data[1]),
+                None,
+                loss,
+            )
+            for state, new, taken, data, loss in zip(
+                clients, new_states, steps, datasets, losses, strict=True
+            )
+        }
+
     def public_context(
         self, global_state, *, steps, batch, num_images, augmenter, algorithm, received, defenses
     ) -> PublicContext:
@@ -450,11 +527,15 @@ class Experiment:
         victims,
         *,
         is_victim,
+        local: LocalUpdate | None = None,
     ) -> ClientResult:
+        """One client's round: local computation (unless ``local`` was computed already,
+        vectorised with others), defenses, the upload through the channel."""
         fed = self.cfg.fed
-        local = self.local_update(
-            rnd, state, global_state, algorithm, augmenter, defenses, is_victim=is_victim
-        )
+        if local is None:
+            local = self.local_update(
+                rnd, state, global_state, algorithm, augmenter, defenses, is_victim=is_victim
+            )
         if local.victim is not None:
             victims[state.client_id] = local.victim
         kind, payload = local.kind, local.payload
@@ -529,29 +610,14 @@ class Experiment:
         attack = self.regs["attack"].create(name, **cfg.attack.params.get(name, {}))
         seen = outcome.channel.observations
         scores, label_errors, arrays = [], [], {}
-        for vid in range(cfg.attack.victims):
-            if attack.target == "batch":
-                # The victim's message of the attacked round.
-                obs = [
-                    o
-                    for o in seen
-                    if o.sender == vid and o.round == cfg.attack.round and o.kind in attack.consumes
-                ]
-            elif attack.target == "labels":  # the victim's own upload, nothing else
-                obs = [o for o in seen if o.sender == vid and o.kind in attack.consumes]
-            else:
-                # Any artifact of the victim; a curious client gets only the server's
-                # broadcasts (which mix everyone's entries, with no owner attached).
-                obs = [o for o in seen if o.sender == vid and o.kind in attack.consumes] or [
-                    o for o in seen if o.sender == SERVER and o.kind in attack.consumes
-                ]
-            if not obs:
-                raise IncompatibleError(
-                    f"attack '{name}' needs a {'/'.join(attack.consumes)} message from client "
-                    f"{vid}, which threat model '{cfg.attack.threat}' never sees in this run "
-                    f"(method '{cfg.method}'); see `privbench list` for what each attack needs."
-                )
-            rec = attack.reconstruct(obs[0], generator=torch_generator(cfg.seed, 2, vid), seen=seen)
+        observed = [self._observed(attack, name, vid, seen) for vid in range(cfg.attack.victims)]
+        # Every victim in one call: batched attacks run all their trials as one computation.
+        recs = attack.reconstruct_batch(
+            [obs[0] for obs in observed],
+            generators=[torch_generator(cfg.seed, 2, vid) for vid in range(cfg.attack.victims)],
+            seen=seen,
+        )
+        for vid, (obs, rec) in enumerate(zip(observed, recs, strict=True)):
             if attack.target == "labels":  # scored by label-distribution error only
                 truth = self._label_hist(vid)
                 label_errors.append(label_distribution_error(rec.meta["label_hist"], truth))
@@ -597,6 +663,33 @@ class Experiment:
             path = store.save_arrays(f"{cfg.hash()}-{name}", **arrays)
         label_error = float(np.mean(label_errors)) if label_errors else None
         return (combine_scores(scores) if scores else None), label_error, path
+
+    def _observed(self, attack, name: str, vid: int, seen) -> list:
+        """The messages attack ``name`` may use against victim ``vid`` (it attacks the
+        first)."""
+        cfg = self.cfg
+        if attack.target == "batch":
+            # The victim's message of the attacked round.
+            obs = [
+                o
+                for o in seen
+                if o.sender == vid and o.round == cfg.attack.round and o.kind in attack.consumes
+            ]
+        elif attack.target == "labels":  # the victim's own upload, nothing else
+            obs = [o for o in seen if o.sender == vid and o.kind in attack.consumes]
+        else:
+            # Any artifact of the victim; a curious client gets only the server's
+            # broadcasts (which mix everyone's entries, with no owner attached).
+            obs = [o for o in seen if o.sender == vid and o.kind in attack.consumes] or [
+                o for o in seen if o.sender == SERVER and o.kind in attack.consumes
+            ]
+        if not obs:
+            raise IncompatibleError(
+                f"attack '{name}' needs a {'/'.join(attack.consumes)} message from client "
+                f"{vid}, which threat model '{cfg.attack.threat}' never sees in this run "
+                f"(method '{cfg.method}'); see `privbench list` for what each attack needs."
+            )
+        return obs
 
     def _label_hist(self, cid: int) -> torch.Tensor:
         """Client ``cid``'s true label counts over its training data."""

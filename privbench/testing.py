@@ -283,3 +283,21 @@ def check_plugin(kind: str, name: str, *, behaviour: bool = True, data_root: str
             check_dataset(name, data_root=data_root)
         else:
             BEHAVIOUR[kind](name)
+
+
+def as_float64(observation):
+    """``observation`` with its model, weights and payload in float64: for checking that
+    two paths of an attack are the same algorithm without float32 rounding, which
+    L-BFGS on sigmoid nets amplifies. Draw the dummy data in float64 too
+    (``torch.set_default_dtype(torch.float64)``)."""
+    from dataclasses import replace as _replace
+
+    ctx = observation.context
+    build = ctx.build_model
+    ctx64 = _replace(
+        ctx,
+        build_model=lambda: build().double(),
+        weights_before={k: v.double() for k, v in ctx.weights_before.items()},
+    )
+    payload = {k: v.double() for k, v in observation.payload.items()}
+    return _replace(observation, context=ctx64, payload=payload)
