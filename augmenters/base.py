@@ -12,7 +12,10 @@ An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
   Attacks call the same function with ``generator=None``: the method must then return
   what an outsider can compute, its loss in expectation over that private randomness
   (exact where the loss is linear in it, as FedMix's is), so a gradient attack on a
-  method is method-aware;
+  method is method-aware. Attacks differentiate it with ``torch.func`` (and ``vmap``
+  it over trials), so it must be functional in ``model``'s weights: no
+  ``requires_grad_`` and no ``torch.autograd.grad`` inside; a loss that needs an input
+  derivative (FedMix) takes it with :func:`input_gradient`;
 - ``local_train(model, x, y, ...)``: only for methods that train something besides the
   model during local training (FedAvP's policy); set ``trains_locally = True``;
 - ``upload(round, client)``: what a client sends after local training besides its model
