@@ -65,6 +65,8 @@ class VictimSimulator:
         self.param_names = names
         self.params0 = {n: context.weights_before[n].detach().clone() for n in names}
         self.buffers = {n: b.detach().clone() for n, b in self.module.named_buffers()}
+        algo = context.algorithm
+        self._penalised = algo is not None and algo.penalty(self.params0, self.params0) is not None
 
     def loss(
         self,
@@ -83,8 +85,13 @@ class VictimSimulator:
         return loss
 
     def _has_penalty(self) -> bool:
-        algo = self.ctx.algorithm
-        return algo is not None and algo.penalty(self.params0, self.params0) is not None
+        """Whether the trainer adds a term to the local loss (FedProx with mu > 0)."""
+        if not hasattr(self, "_penalised"):
+            algo = self.ctx.algorithm
+            self._penalised = (
+                algo is not None and algo.penalty(self.params0, self.params0) is not None
+            )
+        return self._penalised
 
     def step_gradient(
         self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor

@@ -426,8 +426,13 @@ class Experiment:
             and type(augmenter).local_loss is Augmenter.local_loss
             and not augmenter.trains_locally
             and not any(d.trains_locally for d in defenses)
-            and can_vectorise(self.build_model())
+            and self._model_vectorises()
         )
+
+    def _model_vectorises(self) -> bool:
+        if not hasattr(self, "_vectorisable_model"):
+            self._vectorisable_model = can_vectorise(self.build_model())
+        return self._vectorisable_model
 
     def vectorised_updates(
         self, rnd, clients, global_state, algorithm, augmenter, defenses
