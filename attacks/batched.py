@@ -63,7 +63,7 @@ class TrialFunction:
         nums = _as_tuple(self.argnums)
         values, grads = [], []
         for i in range(len(stacked[0])):
-            args = [_index(a, i) for a in stacked]
+            args = [index_trials(a, i) for a in stacked]
             for n in nums:
                 args[n] = args[n].detach().requires_grad_(True)
             with torch.enable_grad():
@@ -77,14 +77,8 @@ def _as_tuple(x):
     return x if isinstance(x, tuple) else (x,)
 
 
-def _index(a, i):
-    if isinstance(a, dict):
-        return {k: v[i] for k, v in a.items()}
-    return a[i]
-
-
-def index_trials(a, idx: torch.Tensor):
-    """Rows ``idx`` of a per-trial tensor or of every tensor in a dict."""
+def index_trials(a, idx: int | torch.Tensor):
+    """Row(s) ``idx`` of a per-trial tensor or of every tensor in a dict."""
     if isinstance(a, dict):
         return {k: v[idx] for k, v in a.items()}
     return a[idx]

@@ -65,8 +65,9 @@ class VictimSimulator:
         self.param_names = names
         self.params0 = {n: context.weights_before[n].detach().clone() for n in names}
         self.buffers = {n: b.detach().clone() for n, b in self.module.named_buffers()}
+        # Whether the trainer adds a term to the local loss (FedProx with mu > 0).
         algo = context.algorithm
-        self._penalised = algo is not None and algo.penalty(self.params0, self.params0) is not None
+        self.penalised = algo is not None and algo.penalty(self.params0, self.params0) is not None
 
     def loss(
         self,
@@ -80,18 +81,9 @@ class VictimSimulator:
         # generator=None: the attacker does not know the victim's private randomness, so
         # the method gives its expected loss (see Augmenter.local_loss).
         loss = self.augmenter.local_loss(model, x, y, received=self.ctx.received, generator=None)
-        if penalty and self._has_penalty():
+        if penalty and self.penalised:
             loss = loss + self.ctx.algorithm.penalty(params, self.params0)
         return loss
-
-    def _has_penalty(self) -> bool:
-        """Whether the trainer adds a term to the local loss (FedProx with mu > 0)."""
-        if not hasattr(self, "_penalised"):
-            algo = self.ctx.algorithm
-            self._penalised = (
-                algo is not None and algo.penalty(self.params0, self.params0) is not None
-            )
-        return self._penalised
 
     def step_gradient(
         self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
@@ -109,7 +101,7 @@ class VictimSimulator:
             factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
             total = {n: total[n] + factor * g[n] for n in total}
         grads = {n: t / len(y) for n, t in total.items()}
-        if self._has_penalty():
+        if self.penalised:
             pen = grad(lambda p: self.ctx.algorithm.penalty(p, self.params0))(params)
             grads = {n: grads[n] + pen[n] for n in grads}
         return grads

@@ -6,6 +6,7 @@ are kept here (``ground_truth``) and handed only to the metrics.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
@@ -325,13 +326,25 @@ class Experiment:
         self.global_model = global_model
         return TrainingOutcome(channel, victims, u, history, spend, time.perf_counter() - t0)
 
+    def round_generator(self, rnd: int, cid: int) -> torch.Generator:
+        """Client ``cid``'s generator for round ``rnd``: its attacked batch and its local
+        SGD shuffles (one-by-one and vectorised training draw from it alike)."""
+        return torch_generator(self.cfg.seed, 1, rnd, cid)
+
+    @staticmethod
+    def loss_at_global(model, state, loss_fn, algorithm) -> float:
+        """F_k(w^t), the client's loss at the global weights: only q-FFL needs it."""
+        if not getattr(algorithm, "needs_loss", False):
+            return 0.0
+        return mean_loss(model, state.x, state.y, loss_fn)
+
     def victim_batch(
         self, rnd: int, state: ClientState, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch a victim trains on in the attacked round: the first draw of the
         client's round generator, so the metrics and an outside runtime (Flower's)
         agree on it. Pass the client's generator to advance it."""
-        gen = generator or torch_generator(self.cfg.seed, 1, rnd, state.client_id)
+        gen = generator or self.round_generator(rnd, state.client_id)
         pick = torch.randperm(len(state.y), generator=gen)[: self.cfg.attack.batch]
         return state.x[pick], state.y[pick]
 
@@ -343,17 +356,13 @@ class Experiment:
         cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
         model = self.build_model()
         model.load_state_dict(global_state)
-        gen = torch_generator(cfg.seed, 1, rnd, state.client_id)
+        gen = self.round_generator(rnd, state.client_id)
         private = torch_generator(cfg.seed, 4, rnd, state.client_id)  # the method's randomness
 
         def loss_fn(mdl, x, y):
             return augmenter.local_loss(mdl, x, y, received=state.received, generator=private)
 
-        loss_at_global = (
-            mean_loss(model, state.x, state.y, loss_fn)
-            if getattr(algorithm, "needs_loss", False)
-            else 0.0
-        )
+        loss_at_global = self.loss_at_global(model, state, loss_fn, algorithm)
         victim = None
         if is_victim:
             x, y = self.victim_batch(rnd, state, gen)
@@ -426,13 +435,12 @@ class Experiment:
             and type(augmenter).local_loss is Augmenter.local_loss
             and not augmenter.trains_locally
             and not any(d.trains_locally for d in defenses)
-            and self._model_vectorises()
+            and self._model_vectorises
         )
 
+    @functools.cached_property
     def _model_vectorises(self) -> bool:
-        if not hasattr(self, "_vectorisable_model"):
-            self._vectorisable_model = can_vectorise(self.build_model())
-        return self._vectorisable_model
+        return can_vectorise(self.build_model())
 
     def vectorised_updates(
         self, rnd, clients, global_state, algorithm, augmenter, defenses
@@ -441,7 +449,7 @@ class Experiment:
         computation, when :meth:`vectorises`; {} otherwise (they train one by one)."""
         if len(clients) < 2 or not self.vectorises(augmenter, defenses):
             return {}
-        cfg, fed = self.cfg, self.cfg.fed
+        fed = self.cfg.fed
         model = self.build_model()
         model.load_state_dict(global_state)
 
@@ -452,12 +460,8 @@ class Experiment:
 
         datasets, generators, losses = [], [], []
         for state in clients:
-            losses.append(
-                mean_loss(model, state.x, state.y, loss_fn)
-                if getattr(algorithm, "needs_loss", False)
-                else 0.0
-            )
-            generators.append(torch_generator(cfg.seed, 1, rnd, state.client_id))
+            losses.append(self.loss_at_global(model, state, loss_fn, algorithm))
+            generators.append(self.round_generator(rnd, state.client_id))
             datasets.append(augmenter.training_data(rnd, state, state.x, state.y))
         new_states, steps = vectorised_local_train(
             model,
