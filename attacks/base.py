@@ -27,11 +27,14 @@ class Attack:
     """``consumes``: message kinds it attacks. ``target``: what it is scored against —
     ``"batch"`` (the victim's attacked batch, matched one-to-one) or ``"dataset"`` (the
     victim's whole local training set; each reconstruction vs its nearest private image)
-    or ``"labels"`` (no images: ``meta["label_hist"]`` vs the victim's label histogram)."""
+    or ``"labels"`` (no images: ``meta["label_hist"]`` vs the victim's label histogram)
+    or ``"audit"`` (a privacy audit handed the victim's private records: ``audit``
+    returns one image per record, scored pairwise; e.g. a generator's memorisation)."""
 
     name = "attack"
     consumes: tuple[str, ...] = ()
     target = "batch"
+    needs_batchnorm = False  # True: works only on models with BatchNorm running statistics
 
     def __init__(self, **params: Any):
         self.params = dict(params)
@@ -45,6 +48,18 @@ class Attack:
     ) -> Reconstruction:  # pragma: no cover
         """Rebuild private data from ``observation``; ``seen`` is everything the same
         adversary observed in the run (for priors and cross-client attacks)."""
+        raise NotImplementedError
+
+    def audit(
+        self,
+        observation: Observation,
+        *,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator,
+        seen: Sequence[Observation] = (),
+    ) -> Reconstruction:  # pragma: no cover
+        """``target = "audit"`` only: the artifact's best match for each private record."""
         raise NotImplementedError
 
     def reconstruct_batch(

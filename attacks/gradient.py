@@ -51,10 +51,15 @@ class VictimSimulator:
         generator: torch.Generator | None = None,
     ):
         self.ctx = context
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
         # How the attacker models private randomness it cannot see (FedAvP's op pairs).
-        self.augmenter = context.augmenter.attack_view(
-            guess, generator if generator is not None else torch.Generator().manual_seed(0)
-        )
+        self.augmenter = context.augmenter.attack_view(guess, gen)
+        # The synthetic samples the victim mixed into its batch (Fed-ZDAC, CVAE
+        # imputation), as the attacker estimates them from what it holds: the simulated
+        # loss is then the victim's real + synthetic loss.
+        self.synthetic = None
+        if context.num_synthetic:
+            self.synthetic = context.augmenter.attack_synthetic(context, context.num_synthetic, gen)
         self.module = context.build_model()
         self.module.load_state_dict(dict(context.weights_before))
         self.module.train()  # clients train in train mode (BN uses batch statistics)
@@ -78,6 +83,8 @@ class VictimSimulator:
         penalty: bool = True,
     ) -> torch.Tensor:
         model = FunctionalModel(self.module, params, self.buffers)
+        if self.synthetic is not None:
+            x, y = with_synthetic(x, y, *self.synthetic)
         # generator=None: the attacker does not know the victim's private randomness, so
         # the method gives its expected loss (see Augmenter.local_loss).
         loss = self.augmenter.local_loss(model, x, y, received=self.ctx.received, generator=None)
@@ -142,6 +149,13 @@ class VictimSimulator:
         return {n: payload[n].detach() / -self.ctx.lr for n in self.param_names}
 
 
+def with_synthetic(x, y, xs, ys):
+    """Append the estimated synthetic samples to a (dummy) batch; soft labels stay soft."""
+    if y.dtype.is_floating_point and y.ndim == 2:
+        ys = torch.nn.functional.one_hot(ys, y.shape[1]).to(y.dtype)
+    return torch.cat([x, xs.to(x.dtype)]), torch.cat([y, ys.to(y.dtype)])
+
+
 def infer_labels(observation: Observation, sim: VictimSimulator) -> torch.Tensor:
     """iDLG's rule, generalised to batches.
 
@@ -199,17 +213,81 @@ def mean_image_prior(x: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     return dist.min(dim=1).values.mean()
 
 
+class BNPrior:
+    """Feature-statistics prior: sum_l ||mu_l(x') - mu_l||^2 + ||sigma_l(x') - sigma_l||^2,
+    with mu_l, sigma_l the running statistics of the broadcast model's BatchNorm layers
+    (what the victim's data should look like to that model) and mu_l(x'), sigma_l(x')
+    those of the dummy batch."""
+
+    def __init__(self, context: PublicContext):
+        from privbench.augmenters.zsdg import BNStatistics
+
+        self.module = context.build_model()
+        self.module.load_state_dict(dict(context.weights_before))
+        self.module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        try:
+            self.stats = BNStatistics(self.module)
+        except IncompatibleError as err:
+            raise IncompatibleError(
+                f"prior 'bn' needs a model with BatchNorm (e.g. --model cnn-bn): {err}"
+            ) from None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.stats.batch.clear()
+        self.module(x)
+        return self.stats.loss()
+
+
+class GeneratorPrior:
+    """Generator prior: 1 - cos(x' - m, G(0, y') - m) per dummy image, with G the
+    shared CVAE decoder conditioned on the dummy label (soft labels condition softly)
+    and m the middle of the pixel range: each dummy image leans toward what the
+    generator draws for its label."""
+
+    def __init__(self, context: PublicContext):
+        decoder = context.received.get("generator")
+        if decoder is None or not hasattr(context.augmenter, "client_decoder"):
+            raise IncompatibleError(
+                "prior 'generator' needs the shared CVAE decoder the victim received "
+                "(use a cvae-* method)"
+            )
+        self.decoder = context.augmenter.client_decoder(context.received)
+        for p in self.decoder.parameters():
+            p.requires_grad_(False)
+        lo, hi = context.value_range
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cond = y if y.dtype.is_floating_point else self.decoder.condition(y)
+        z = torch.zeros(len(x), self.decoder.latent, dtype=x.dtype)
+        g = self.lo + (self.hi - self.lo) * torch.sigmoid(self.decoder.decode_logits(z, cond))
+        mid = (self.lo + self.hi) / 2
+        a, b = (x - mid).flatten(1), (g - mid).flatten(1)
+        cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-12)
+        return (1 - cos).mean()
+
+
 class Prior:
-    """Method-aware prior from the slides: loss = (1 - a) * matching + a * prior."""
+    """Method-aware prior from the FedAvP slides: loss = (1 - a) * matching + a * prior,
+    with prior 'mean' (FedMix's shared means), 'bn' (BatchNorm statistics of the
+    broadcast model) or 'generator' (the shared CVAE decoder)."""
 
     def __init__(self, kind: str, weight: float, observation: Observation, seen):
         self.kind, self.weight = kind, weight
         self.means = shared_means(observation, seen) if kind == "mean" else None
+        self.term = None
+        if kind == "bn":
+            self.term = BNPrior(observation.context)
+        elif kind == "generator":
+            self.term = GeneratorPrior(observation.context)
 
-    def __call__(self, matching: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, matching: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "none" or self.weight == 0:
             return matching
-        return (1 - self.weight) * matching + self.weight * mean_image_prior(x, self.means)
+        value = mean_image_prior(x, self.means) if self.kind == "mean" else self.term(x, y)
+        return (1 - self.weight) * matching + self.weight * value
 
 
 def _dummy_images(ctx: PublicContext, init: str, generator: torch.Generator) -> torch.Tensor:
@@ -227,8 +305,10 @@ _PRIOR = Param(
     "prior",
     str,
     "none",
-    "method-aware prior: 'mean' pulls each dummy image toward the victim's shared FedMix mean",
-    choices=("none", "mean"),
+    "method-aware prior: 'mean' pulls each dummy image toward the victim's shared FedMix "
+    "mean, 'bn' matches the broadcast model's BatchNorm statistics, 'generator' leans "
+    "toward the shared CVAE decoder's image for the dummy label",
+    choices=("none", "mean", "bn", "generator"),
 )
 _PRIOR_WEIGHT = Param(
     "prior_weight",
@@ -280,6 +360,9 @@ class _Problem:
             and ca.algorithm is cb.algorithm
             and self.prior.kind == other.prior.kind
             and _same_tensors(self.prior.means, other.prior.means)
+            and self.prior.term is None
+            and other.prior.term is None
+            and _same_tensors(a.synthetic, b.synthetic)
             and _same_tensors(dict(ca.weights_before), dict(cb.weights_before))
             and _same_tensors(dict(ca.received), dict(cb.received))
         )
@@ -290,6 +373,8 @@ def _same_tensors(a, b) -> bool:
         return a.keys() == b.keys() and all(_same_tensors(a[k], b[k]) for k in a)
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same_tensors(u, v) for u, v in zip(a, b, strict=True))
     return a is b or a == b
 
 
@@ -363,7 +448,7 @@ class _LBFGSAttack(Attack):
 
         def one(x, labels, target):
             y = torch.softmax(labels, dim=1) if joint else labels
-            return prior(_l2_distance(sim.message(kind, x, y), target), x)
+            return prior(_l2_distance(sim.message(kind, x, y), target), x, y)
 
         return one
 
@@ -551,7 +636,7 @@ class InvertingGradients(Attack):
         sim, kind, prior, tv = problem.sim, problem.kind, problem.prior, self.params["tv"]
 
         def one(x, labels, target):
-            loss = prior(_cosine_distance(sim.message(kind, x, labels), target), x)
+            loss = prior(_cosine_distance(sim.message(kind, x, labels), target), x, labels)
             return loss + tv * total_variation(x) if tv > 0 else loss
 
         return one

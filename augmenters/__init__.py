@@ -1,6 +1,13 @@
 """Augmentation methods (registered as ``method`` in the CLI)."""
 
-from privbench.augmenters import fedavp, fedmix, none, randaug  # noqa: F401  (register the methods)
+from privbench.augmenters import (  # noqa: F401  (register the methods)
+    cvae,
+    fedavp,
+    fedmix,
+    none,
+    randaug,
+    zsdg,
+)
 from privbench.augmenters.base import (
     AUGMENTERS,
     Augmenter,

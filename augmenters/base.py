@@ -22,12 +22,25 @@ An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
   update (FedAvP's policy update);
 - ``attack_view(guess, generator)``: the loss a gradient attacker simulates when the
   method draws private randomness it cannot see (``guess``: expected, sample, identity);
-- ``after_aggregate(round, model)``: server-side work after aggregation.
+- ``after_aggregate(round, model)``: server-side work after aggregation; methods with
+  ``needs_client_models = True`` (Fed-ZDAS) also get ``client_models``, each received
+  client's model (broadcast weights plus its update, as the server received it);
+- ``prepare(phase)``: a phase before the first round (train a federated generator,
+  pre-train the classifier); its messages go through ``phase.send`` and are counted
+  in round :data:`PREPARE_ROUND`;
+- ``begin_round(round, client, model)``: client side, after the client received the
+  global ``model`` and before it trains (Fed-ZDAC generates its synthetic data here);
+- ``synthetic_count(client_id)``: how many synthetic samples the client's training set
+  held the last time it trained (reported as the row's ``synthetic_share``);
+- ``attack_synthetic(context, count, generator)``: an attacker's estimate of the
+  ``count`` synthetic samples a victim mixed into its attacked batch, built from public
+  knowledge only (the broadcast model, the shared generator). Gradient attacks add them
+  to the dummy batch so the simulated loss is the victim's real + synthetic loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +86,29 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return per_sample_cross_entropy(logits, y).mean()
 
 
+PREPARE_ROUND = -1  # the round number of messages sent by ``Augmenter.prepare``
+
+
+@dataclass
+class Preparation:
+    """What ``Augmenter.prepare`` may use before the first round.
+
+    ``clients``: every client's state (client-side code reads only its own client's
+    data). ``model``: the global classifier, which the method may train in place before
+    it is first broadcast. ``send(sender, receiver, kind, payload, context=None)``: a
+    message on the run's channel (client uploads pass the run's artifact defenses);
+    returns what the receiver gets. ``generator(party)``: that party's private
+    randomness (a client id or ``"server"``). ``context(num_images)``: the public
+    recipe to attach to an upload, for attacks on it.
+    """
+
+    clients: dict[int, ClientState]
+    model: nn.Module
+    send: Callable[..., Payload]
+    generator: Callable[[int | str], torch.Generator]
+    context: Callable[[int], Any]
+
+
 @dataclass
 class ClientState:
     """A client's view during a round. ``x``/``y`` are private and never leave the client."""
@@ -98,6 +134,10 @@ class Augmenter:
     # (DP-SGD) cannot be combined with it.
     trains_locally = False
     value_range: tuple[float, float] = (0.0, 1.0)  # the dataset's pixel range (set by the run)
+    # The model a run uses when the user names none (Fed-ZDA needs BatchNorm: cnn-bn).
+    default_model: str | None = None
+    # True: ``after_aggregate`` also receives every received client model (Fed-ZDAS).
+    needs_client_models = False
 
     def __init__(self, **params: Any):
         self.params: dict[str, Any] = dict(params)
@@ -164,7 +204,21 @@ class Augmenter:
         Methods without hidden randomness (or with a loss linear in it) are their own view."""
         return self
 
-    def after_aggregate(self, round: int, model: nn.Module) -> None:
+    def after_aggregate(self, round: int, model: nn.Module, **kwargs: Any) -> None:
+        return None
+
+    def prepare(self, phase: Preparation) -> None:
+        return None
+
+    def begin_round(self, round: int, client: ClientState, model: nn.Module) -> None:
+        return None
+
+    def synthetic_count(self, client_id: int) -> int:
+        return 0
+
+    def attack_synthetic(
+        self, context: Any, count: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
 
 

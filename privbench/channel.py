@@ -55,7 +55,7 @@ class PublicContext:
     lr: float
     local_steps: int
     batch_size: int
-    num_images: int
+    num_images: int  # the real records behind the message (what an attack rebuilds)
     num_classes: int
     input_shape: tuple[int, int, int]
     value_range: tuple[float, float]
@@ -70,6 +70,9 @@ class PublicContext:
     # Labelled images from the data's distribution that the adversary may hold (the
     # run's test split): shadow-model attacks such as policy-inference train on them.
     public_data: tuple[torch.Tensor, torch.Tensor] | None = None
+    # Synthetic samples the method mixed into the message's batch besides the
+    # num_images real ones (Fed-ZDAC, CVAE imputation); their count is public recipe.
+    num_synthetic: int = 0
 
 
 @dataclass(frozen=True)

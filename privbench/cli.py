@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from privbench import registries
-from privbench.config import AttackConfig, FedConfig, RunConfig
+from privbench.config import DEFAULT_MODEL, AttackConfig, FedConfig, RunConfig, default_model_for
 from privbench.errors import PrivbenchError
 
 KIND_FIELDS = {  # registry kind -> the RunConfig slot its chosen plugin's params go to
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=d.model,
         help=", ".join(regs["model"].names())
-        + ", or an import string pkg.mod:make_net (called as make_net(shape, num_classes))",
+        + ", or an import string pkg.mod:make_net (called as make_net(shape, num_classes)); "
+        f"default: the method's own (cnn-bn for zdac/zdas), else {DEFAULT_MODEL}",
     )
     g.add_argument(
         "--algorithm", default=d.fed.algorithm, help=", ".join(regs["algorithm"].names())
@@ -277,7 +278,7 @@ def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None
         "method": [args.method],
         "dataset": [args.dataset],
         "partition": [args.partition],
-        "model": [args.model],
+        "model": [args.model or default_model_for(args.method)],
         "algorithm": [args.algorithm],
         "threat": [args.threat],
         "attack": args.attack,

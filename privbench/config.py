@@ -14,6 +14,18 @@ from typing import Any
 
 from privbench.errors import PrivbenchError
 
+DEFAULT_MODEL = "lenet-sigmoid"  # DLG's model; methods that need another name theirs
+
+
+def default_model_for(method: str) -> str:
+    """The model a run of ``method`` uses when none is named: the method's own
+    ``default_model`` (Fed-ZDA needs BatchNorm) or :data:`DEFAULT_MODEL`."""
+    from privbench import registries
+
+    reg = registries()["method"]
+    preferred = getattr(reg.entry(method).factory, "default_model", None) if method in reg else None
+    return preferred or DEFAULT_MODEL
+
 
 @dataclass(frozen=True)
 class FedConfig:
@@ -68,7 +80,7 @@ class RunConfig:
     dataset_params: dict[str, Any] = field(default_factory=dict)
     partition: str = "dirichlet"
     partition_params: dict[str, Any] = field(default_factory=dict)
-    model: str = "lenet-sigmoid"
+    model: str | None = None  # None: the method's default_model, else lenet-sigmoid
     model_params: dict[str, Any] = field(default_factory=dict)
     defenses: tuple[str, ...] = ()
     defense_params: dict[str, Any] = field(default_factory=dict)
@@ -147,9 +159,10 @@ class RunConfig:
         check(atk.steps >= 1, "victim_steps", ">= 1", atk.steps)
 
         method_params = plugin("method", self.method, self.method_params)
+        model = self.model if self.model is not None else default_model_for(self.method)
         dataset_params = plugin("dataset", self.dataset, self.dataset_params)
         partition_params = plugin("partition", self.partition, self.partition_params)
-        model_params = plugin("model", self.model, self.model_params)
+        model_params = plugin("model", model, self.model_params)
         algorithm_params = plugin("algorithm", fed.algorithm, fed.algorithm_params)
         threat_params = plugin("threat", atk.threat, atk.threat_params)
         # Attack and defense params are shared by name across the chosen plugins of a kind.
@@ -161,6 +174,7 @@ class RunConfig:
             raise PrivbenchError(" ".join(problems))
         return replace(
             self,
+            model=model,
             method_params=method_params,
             dataset_params=dataset_params,
             partition_params=partition_params,

@@ -88,6 +88,24 @@ def score_reconstruction(
     return _score_pairs(gt[gi], rec[rj], data_range, hits)
 
 
+def score_pairs(
+    gt_images: torch.Tensor,
+    rec_images: torch.Tensor,
+    gt_labels: torch.Tensor | None = None,
+    rec_labels: torch.Tensor | None = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
+) -> LeakageScore:
+    """Score rec_images[i] against gt_images[i] (already paired: an audit's per-record
+    best match), without re-matching."""
+    lo, hi = value_range
+    gt = gt_images.detach().cpu().double().numpy()
+    rec = rec_images.detach().cpu().double().clamp(lo, hi).numpy()
+    hits = None
+    if gt_labels is not None and rec_labels is not None:
+        hits = [int(a) == int(b) for a, b in zip(gt_labels, rec_labels, strict=True)]
+    return _score_pairs(gt, rec, hi - lo, hits)
+
+
 def _score_pairs(
     gt: np.ndarray, rec: np.ndarray, data_range: float, hits: list[bool] | None = None
 ) -> LeakageScore:

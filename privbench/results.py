@@ -44,6 +44,7 @@ RESULT_FIELDS = (
     "client_acc_var",
     "class_acc_var",
     "macro_f1",
+    "synthetic_share",
     "psnr",
     "ssim",
     "mse",
@@ -90,6 +91,7 @@ class Result:
     client_acc_var: float | None = None
     class_acc_var: float | None = None
     macro_f1: float | None = None
+    synthetic_share: float | None = None  # mean share of synthetic samples in training sets
     psnr: float | None = None
     ssim: float | None = None
     mse: float | None = None

@@ -17,7 +17,7 @@ import torch
 
 from privbench import registries
 from privbench.augmenters import ClientState
-from privbench.augmenters.base import Augmenter
+from privbench.augmenters.base import PREPARE_ROUND, Augmenter, Preparation
 from privbench.channel import SERVER, Channel, PublicContext
 from privbench.config import RunConfig
 from privbench.data import DataBundle, as_bundle, load_dataset
@@ -36,6 +36,7 @@ from privbench.metrics import (
     combine_scores,
     label_distribution_error,
     score_nearest,
+    score_pairs,
     score_reconstruction,
     utility,
 )
@@ -76,9 +77,10 @@ class LocalUpdate:
     payload: dict[str, torch.Tensor]
     steps: int
     batch: int
-    num_images: int
+    num_images: int  # the client's real records behind the message (its FedAvg weight)
     victim: Victim | None
     loss_at_global: float
+    num_synthetic: int = 0  # synthetic samples the method mixed into that training set
 
 
 @dataclass
@@ -89,6 +91,7 @@ class TrainingOutcome:
     history: list[dict[str, float]] = field(default_factory=list)
     spend: tuple[float | None, float | None, str | None] = (None, None, None)
     seconds: float = 0.0
+    synthetic_share: float | None = None  # mean over clients of synthetic / training set
 
 
 class Experiment:
@@ -135,6 +138,26 @@ class Experiment:
         if hasattr(self.threat, "bind"):
             self.threat.bind(cfg.fed.clients)
         self._check_defenses()
+        self._check_batchnorm()
+
+    def _check_batchnorm(self) -> None:
+        """Methods and attacks that invert BatchNorm statistics (ZSDG) need a model that
+        keeps them; say so before anything trains."""
+        from privbench.augmenters.zsdg import batchnorm_layers
+
+        needs = []
+        if getattr(self.regs["method"].entry(self.cfg.method).factory, "needs_batchnorm", False):
+            needs.append(f"method '{self.cfg.method}'")
+        for name in self.cfg.attack.names:
+            if getattr(self.regs["attack"].entry(name).factory, "needs_batchnorm", False):
+                needs.append(f"attack '{name}'")
+        if needs and not batchnorm_layers(self.build_model()):
+            raise IncompatibleError(
+                f"{' and '.join(needs)} {'need' if len(needs) > 1 else 'needs'} BatchNorm "
+                f"running statistics (ZSDG inverts them), and model "
+                f"'{self.cfg.model}' has no BatchNorm layers that keep them; use a model "
+                "with BatchNorm (e.g. --model cnn-bn)."
+            )
 
     def _check_defenses(self) -> None:
         """At most one defense may take over local training, and it must accept the run's
@@ -238,6 +261,7 @@ class Experiment:
         global_model = self.build_model()
         algorithm = self.make_algorithm()
         augmenter = self.make_augmenter()
+        self.augmenter = augmenter  # the run's method object (its server-side state)
         defenses = [
             self.regs["defense"].create(n, **cfg.defense_params.get(n, {})) for n in cfg.defenses
         ]
@@ -258,6 +282,9 @@ class Experiment:
         }
         victim_ids = list(range(atk.victims)) if atk.names else []
         victims: dict[int, Victim] = {}
+        self._prepare(global_model, states, augmenter, algorithm, defenses, channel)
+        self._training_sets: dict[int, tuple[int, int]] = {}  # cid -> (real, synthetic)
+        client_side = type(augmenter).begin_round is not Augmenter.begin_round
         rng = np.random.default_rng([cfg.seed, 3])
         history: list[dict[str, float]] = []
         m = fed.clients_per_round
@@ -278,6 +305,11 @@ class Experiment:
                     channel.send(rnd, SERVER, cid, "model", global_state)
                     for kind, payload in augmenter.broadcast(rnd, cid).items():
                         states[cid].received[kind] = channel.send(rnd, SERVER, cid, kind, payload)
+                if client_side:  # e.g. Fed-ZDAC's clients generate data from the model
+                    received = self.build_model()
+                    received.load_state_dict(global_state)
+                    for cid in sampled:
+                        augmenter.begin_round(rnd, states[cid], received)
                 # 3. Local training and uploads.
                 attacked = {c for c in sampled if rnd == atk.round and c in victim_ids}
                 done = self.vectorised_updates(
@@ -308,7 +340,10 @@ class Experiment:
                 for d in defenses:
                     new_state = d.privatize_aggregate(rnd, global_state, new_state, len(results))
                 global_model.load_state_dict(new_state)
-                augmenter.after_aggregate(rnd, global_model)
+                extra = {}
+                if augmenter.needs_client_models:
+                    extra["client_models"] = self.client_models(global_state, results)
+                augmenter.after_aggregate(rnd, global_model, **extra)
                 if self.evaluates_after(rnd + 1):
                     u = self.evaluate(global_model)
                     history.append(self.history_entry(rnd + 1, u, channel))
@@ -324,7 +359,65 @@ class Experiment:
                 "+".join(s.accountant for s in spends),
             )
         self.global_model = global_model
-        return TrainingOutcome(channel, victims, u, history, spend, time.perf_counter() - t0)
+        shares = [s / (n + s) for n, s in self._training_sets.values() if n + s]
+        return TrainingOutcome(
+            channel,
+            victims,
+            u,
+            history,
+            spend,
+            time.perf_counter() - t0,
+            float(np.mean(shares)) if shares else None,
+        )
+
+    def _prepare(self, global_model, states, augmenter, algorithm, defenses, channel) -> None:
+        """The method's phase before round 0 (a federated generator, a pre-trained
+        classifier); its messages are counted in round ``PREPARE_ROUND``."""
+        if type(augmenter).prepare is Augmenter.prepare:
+            return
+
+        def send(sender, receiver, kind, payload, context=None):
+            if receiver == SERVER:  # a client's artifact: the defenses see it first
+                for d in defenses:
+                    payload = d.privatize_artifact(PREPARE_ROUND, sender, kind, payload)
+            context = context if context is not None else recipe
+            return channel.send(PREPARE_ROUND, sender, receiver, kind, payload, context=context)
+
+        def context(num_images: int) -> PublicContext:
+            return self.public_context(
+                clone_state(global_model),
+                steps=0,
+                batch=num_images,
+                num_images=num_images,
+                augmenter=augmenter,
+                algorithm=algorithm,
+                received={},
+                defenses=defenses,
+            )
+
+        recipe = context(0)  # the public recipe attached to the phase's other messages
+        augmenter.prepare(
+            Preparation(
+                clients=states,
+                model=global_model,
+                send=send,
+                generator=lambda party: (
+                    torch_generator(self.cfg.seed, 6)
+                    if party == SERVER
+                    else torch_generator(self.cfg.seed, 5, int(party))
+                ),
+                context=context,
+            )
+        )
+
+    def client_models(self, global_state, results) -> dict[int, torch.nn.Module]:
+        """Each client's model as the server received it: broadcast weights + update."""
+        models = {}
+        for r in results:
+            model = self.build_model()
+            model.load_state_dict({k: v + r.delta[k].to(v.dtype) for k, v in global_state.items()})
+            models[r.client_id] = model
+        return models
 
     def round_generator(self, rnd: int, cid: int) -> torch.Generator:
         """Client ``cid``'s generator for round ``rnd``: its attacked batch and its local
@@ -367,10 +460,12 @@ class Experiment:
         if is_victim:
             x, y = self.victim_batch(rnd, state, gen)
             victim = Victim(state.client_id, x.clone(), y.clone())
+            real = len(y)
             x, y = augmenter.training_data(rnd, state, x, y)
             steps, batch = atk.steps, len(y)
             kind = "gradient" if steps == 1 else "update"
         else:
+            real = len(state.y)
             x, y = augmenter.training_data(rnd, state, state.x, state.y)
             steps, batch = None, fed.batch_size
             kind = "update"
@@ -423,7 +518,7 @@ class Experiment:
                 taken = local_train(model, x, y, **common)
             steps = steps or taken
             payload = state_delta(clone_state(model), global_state)
-        return LocalUpdate(kind, payload, steps, batch, len(y), victim, loss_at_global)
+        return LocalUpdate(kind, payload, steps, batch, real, victim, loss_at_global, len(y) - real)
 
     def vectorises(self, augmenter, defenses) -> bool:
         """Whether this run's clients can train as one computation: plain local SGD on a
@@ -480,9 +575,10 @@ class Experiment:
                 state_delta(new, global_state),
                 taken,
                 fed.batch_size,
-                len(data[1]),
+                len(state.y),
                 None,
                 loss,
+                len(data[1]) - len(state.y),
             )
             for state, new, taken, data, loss in zip(
                 clients, new_states, steps, datasets, losses, strict=True
@@ -490,7 +586,17 @@ class Experiment:
         }
 
     def public_context(
-        self, global_state, *, steps, batch, num_images, augmenter, algorithm, received, defenses
+        self,
+        global_state,
+        *,
+        steps,
+        batch,
+        num_images,
+        augmenter,
+        algorithm,
+        received,
+        defenses,
+        num_synthetic=0,
     ) -> PublicContext:
         """The public recipe behind a client's message: what an attacker knows."""
         trainer = next((d for d in defenses if d.trains_locally), None)
@@ -502,6 +608,7 @@ class Experiment:
             local_steps=steps,
             batch_size=batch,
             num_images=num_images,
+            num_synthetic=num_synthetic,
             num_classes=self.data.num_classes,
             input_shape=self.data.shape,
             value_range=self.data.value_range,
@@ -547,6 +654,8 @@ class Experiment:
             )
         if local.victim is not None:
             victims[state.client_id] = local.victim
+        else:
+            self._training_sets[state.client_id] = (local.num_images, local.num_synthetic)
         kind, payload = local.kind, local.payload
         for d in defenses:
             payload = d.privatize_update(rnd, state.client_id, kind, payload)
@@ -555,6 +664,7 @@ class Experiment:
             steps=local.steps,
             batch=local.batch,
             num_images=local.num_images,
+            num_synthetic=local.num_synthetic,
             augmenter=augmenter,
             algorithm=algorithm,
             received=state.received,
@@ -620,12 +730,20 @@ class Experiment:
         seen = outcome.channel.observations
         scores, label_errors, arrays = [], [], {}
         observed = [self._observed(attack, name, vid, seen) for vid in range(cfg.attack.victims)]
-        # Every victim in one call: batched attacks run all their trials as one computation.
-        recs = attack.reconstruct_batch(
-            [obs[0] for obs in observed],
-            generators=[torch_generator(cfg.seed, 2, vid) for vid in range(cfg.attack.victims)],
-            seen=seen,
-        )
+        generators = [torch_generator(cfg.seed, 2, vid) for vid in range(cfg.attack.victims)]
+        if attack.target == "audit":  # handed each victim's records; scored pairwise
+            recs = []
+            for vid, (obs, gen) in enumerate(zip(observed, generators, strict=True)):
+                gt, gt_labels = self.client_data(vid)
+                rec = attack.audit(obs[0], images=gt, labels=gt_labels, generator=gen, seen=seen)
+                scores.append(
+                    score_pairs(gt, rec.images, gt_labels, rec.labels, self.data.value_range)
+                )
+                recs.append(rec)
+        else:  # every victim in one call: batched attacks run their trials as one computation
+            recs = attack.reconstruct_batch(
+                [obs[0] for obs in observed], generators=generators, seen=seen
+            )
         for vid, (obs, rec) in enumerate(zip(observed, recs, strict=True)):
             if attack.target == "labels":  # scored by label-distribution error only
                 truth = self._label_hist(vid)
@@ -634,7 +752,9 @@ class Experiment:
                 arrays[f"true_hist_{vid}"] = truth.numpy()
                 continue
             images = rec.images.detach().clamp(*self.data.value_range)
-            if attack.target == "batch":
+            if attack.target == "audit":
+                gt, _ = self.client_data(vid)
+            elif attack.target == "batch":
                 victim = outcome.victims[vid]
                 gt = victim.images
                 scores.append(
@@ -788,6 +908,7 @@ def finish_rows(
         row.bytes_by_kind = outcome.channel.bytes_by_kind()
         row.epsilon, row.delta, row.accountant = outcome.spend
         row.history = outcome.history
+        row.synthetic_share = outcome.synthetic_share
         row.train_s = outcome.seconds
         if row.attack == "none":
             continue

@@ -58,7 +58,6 @@ def tiny_config(**overrides: Any) -> RunConfig:
     base = RunConfig(
         dataset="digits",
         partition="iid",
-        model="lenet-sigmoid",
         fed=FedConfig(clients=4, rounds=2, local_epochs=1, batch_size=16, lr=0.5, eval_every=0),
         attack=AttackConfig(),
         seed=0,
@@ -212,11 +211,12 @@ def check_method(name: str) -> None:
 def check_attack(name: str) -> None:
     attack = _registries()["attack"].create(name)
     assert attack.consumes, f"attack '{name}' declares no message kinds it consumes"
-    assert attack.target in ("batch", "dataset", "labels"), (
+    assert attack.target in ("batch", "dataset", "labels", "audit"), (
         f"attack '{name}' target {attack.target!r}"
     )
     cfg = tiny_config(
         method=method_feeding(attack),
+        model="cnn-bn" if getattr(attack, "needs_batchnorm", False) else None,
         attack=dict(names=(name,), batch=2, params=_dry("attack", name)),
     )
     (row,) = _run_ok(cfg, f"attack '{name}'")

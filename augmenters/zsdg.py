@@ -1,0 +1,273 @@
+"""Zero-shot data generation (ZSDG, Fed-ZDA's Algorithm 1).
+
+Synthetic labelled images from a trained model alone. For every class n the inputs
+x̄(n) start from N(0, 1) and descend on
+
+    sum_l ||mu_l(x̄) - mu_l||^2 + ||sigma_l(x̄) - sigma_l||^2 + CE(M(x̄), n)
+
+where mu_l, sigma_l are the running mean and standard deviation stored in the model's
+l-th BatchNorm layer and mu_l(x̄), sigma_l(x̄) those of the batch of synthetic inputs
+reaching that layer. Only the inputs move; the model is fixed. All classes form one
+batch (their statistics are matched together, as the paper's Algorithm 1 forward-
+propagates x̄(n) for all n at once).
+
+The same optimisation run by a server on a client's uploaded model is a model-inversion
+attack on that client: its BatchNorm statistics were fitted to the client's data
+(``bn-inversion``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from privbench.augmenters.base import AUGMENTERS
+from privbench.augmenters.synthetic import SyntheticAugmenter, seeded
+from privbench.errors import IncompatibleError
+from privbench.registry import Param
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    ]
+
+
+@dataclass(frozen=True)
+class ZSDGResult:
+    images: torch.Tensor  # (N * per_class, C, H, W)
+    labels: torch.Tensor  # (N * per_class,)
+    bn_loss: float  # BatchNorm-statistics term at the end
+    ce_loss: float  # cross-entropy term at the end
+
+
+class BNStatistics:
+    """Collects, during a forward pass, the per-channel mean and standard deviation of
+    the batch reaching each BatchNorm layer, next to the layer's running statistics.
+
+    ``per_image=True``: the statistics of each input on its own (over its spatial
+    positions), each matched to the running statistics; the loss sums over inputs."""
+
+    def __init__(self, model: nn.Module, *, per_image: bool = False):
+        self.per_image = per_image
+        self.layers = batchnorm_layers(model)
+        if not self.layers:
+            raise IncompatibleError(
+                "ZSDG needs a model with BatchNorm layers that track running statistics "
+                "(e.g. --model cnn-bn); this model has none"
+            )
+        self.batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._hooks = [layer.register_forward_pre_hook(self._collect) for layer in self.layers]
+
+    def _collect(self, module, inputs) -> None:
+        z = inputs[0]
+        spatial = list(range(2, z.dim()))
+        dims = spatial if self.per_image else [0, *spatial]  # all but the channel (and image)
+        mean = z.mean(dim=dims)
+        std = torch.sqrt(z.var(dim=dims, unbiased=False) + module.eps)
+        self.batch.append((mean, std))
+
+    def loss(self) -> torch.Tensor:
+        """sum_l ||mu_l(x̄) - mu_l||^2 + ||sigma_l(x̄) - sigma_l||^2 of the last forward."""
+        total = 0.0
+        for layer, (mean, std) in zip(self.layers, self.batch, strict=True):
+            running_std = torch.sqrt(layer.running_var + layer.eps)
+            total = total + ((mean - layer.running_mean) ** 2).sum()
+            total = total + ((std - running_std) ** 2).sum()
+        return total
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def zsdg(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    per_class: int,
+    iters: int,
+    lr: float,
+    generator: torch.Generator,
+    classes: list[int] | None = None,
+    box: tuple[float, float] | None = None,
+    match: str = "batch",
+) -> ZSDGResult:
+    """Fed-ZDA's ZSDG: ``per_class`` synthetic images for each class (all classes, or
+    ``classes``), optimised with Adam on the inputs only. The model is used in eval
+    mode (its stored statistics normalise) and left unchanged.
+
+    ``box=(lo, hi)``: start uniform in the pixel range and project back into it after
+    every step (for data that is not standardised, e.g. images in [0, 1]); without it,
+    the paper's N(0, 1) start and no constraint.
+
+    ``match="batch"`` (the paper): the statistics of the whole synthetic batch match the
+    stored ones, so single images may stray as long as the batch averages out.
+    ``match="image"``: every image's own statistics match them, a stronger constraint
+    that pulls each image toward a typical record of the data behind the model."""
+    if match not in ("batch", "image"):
+        raise ValueError(f"match must be 'batch' or 'image'. Got {match!r} instead.")
+    classes = list(range(num_classes)) if classes is None else list(classes)
+    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
+    shape = (len(labels), *input_shape)
+    if box is None:
+        x = torch.randn(shape, generator=generator)
+    else:
+        x = box[0] + (box[1] - box[0]) * torch.rand(shape, generator=generator)
+    x.requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    stats = BNStatistics(model, per_image=match == "image")
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        opt = torch.optim.Adam([x], lr=lr)
+        for _ in range(iters):
+            opt.zero_grad()
+            stats.batch.clear()
+            logits = model(x)
+            bn = stats.loss()
+            ce = F.cross_entropy(logits, labels)
+            (bn + ce).backward()
+            opt.step()
+            if box is not None:
+                with torch.no_grad():
+                    x.clamp_(*box)
+        with torch.no_grad():
+            stats.batch.clear()
+            ce = F.cross_entropy(model(x), labels)
+            bn = stats.loss()
+    finally:
+        stats.close()
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+        model.train(was_training)
+    return ZSDGResult(x.detach(), labels, float(bn), float(ce))
+
+
+ZSDG_PARAMS = (
+    Param("zsdg_per_class", int, 2, "ZSDG images generated per class (per model)", low=1),
+    Param("zsdg_iters", int, 100, "Adam iterations of ZSDG on the inputs", low=1),
+    Param("zsdg_lr", float, 0.1, "Adam step size of ZSDG", low=0.0, low_open=True),
+    Param(
+        "start_round",
+        int,
+        2,
+        "burn-in: rounds before the first augmentation (a poor model generates noise)",
+        low=0,
+    ),
+)
+
+
+class _ZSDGMethod(SyntheticAugmenter):
+    default_model = "cnn-bn"  # ZSDG needs BatchNorm running statistics
+    needs_batchnorm = True
+
+    def generate(self, model: nn.Module, generator: torch.Generator) -> ZSDGResult:
+        return zsdg(
+            model,
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            per_class=self.params["zsdg_per_class"],
+            iters=self.params["zsdg_iters"],
+            lr=self.params["zsdg_lr"],
+            generator=generator,
+            box=self.value_range,
+        )
+
+
+@AUGMENTERS.register(
+    "zdac",
+    params=ZSDG_PARAMS,
+    description="Fed-ZDAC: each client adds ZSDG data generated from the received global "
+    "model to its training set (needs a BatchNorm model; default cnn-bn)",
+)
+class FedZDAC(_ZSDGMethod):
+    name = "zdac"
+
+    def begin_round(self, round, client, model):
+        if round < self.params["start_round"]:
+            self.synthetic.pop(client.client_id, None)
+            return
+        out = self.generate(model, seeded(self.seed, 8, round, client.client_id))
+        self.synthetic[client.client_id] = (out.images, out.labels)
+
+    def attack_synthetic(self, context, count, generator):
+        """The attacker runs the same ZSDG on the broadcast model it also holds."""
+        model = context.build_model()
+        model.load_state_dict(dict(context.weights_before))
+        out = self.generate(model, generator)
+        pick = torch.randperm(len(out.labels), generator=generator)[:count]
+        return out.images[pick], out.labels[pick]
+
+
+@AUGMENTERS.register(
+    "zdas",
+    params=(
+        *ZSDG_PARAMS,
+        Param("server_epochs", int, 1, "server epochs on the combined synthetic set", low=1),
+        Param("server_lr", float, 0.05, "server SGD step size", low=0.0, low_open=True),
+        Param("server_batch", int, 10, "server minibatch size", low=1),
+    ),
+    description="Fed-ZDAS: the server generates class-balanced ZSDG data from every "
+    "received client model and trains the aggregated model on it (needs BatchNorm)",
+)
+class FedZDAS(_ZSDGMethod):
+    name = "zdas"
+    needs_client_models = True
+
+    def setup(self, **kwargs) -> None:
+        super().setup(**kwargs)
+        self.server_set: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def after_aggregate(self, round, model, *, client_models=None, **kwargs):
+        if round < self.params["start_round"] or not client_models:
+            return
+        parts = [
+            self.generate(m, seeded(self.seed, 9, round, cid)) for cid, m in client_models.items()
+        ]
+        x = torch.cat([p.images for p in parts])
+        y = torch.cat([p.labels for p in parts])
+        self.server_set = (x, y)
+        train_on(
+            model,
+            x,
+            y,
+            epochs=self.params["server_epochs"],
+            lr=self.params["server_lr"],
+            batch_size=self.params["server_batch"],
+            generator=seeded(self.seed, 10, round),
+        )
+
+
+def train_on(model, x, y, *, epochs, lr, batch_size, generator, optimizer="sgd", weight_decay=0.0):
+    """Central training of ``model`` in place (the server's step of Fed-ZDAS and of
+    CVAE fine-tuning): minibatch cross-entropy; the model's train/eval mode is kept."""
+    was_training = model.training
+    has_bn = bool(batchnorm_layers(model))
+    model.train()
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for i in range(0, len(y), batch_size):
+            idx = order[i : i + batch_size]
+            if len(idx) < 2 and has_bn:
+                continue  # BatchNorm cannot train on a batch of one
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.train(was_training)
+
+
+__all__ = ["BNStatistics", "FedZDAC", "FedZDAS", "ZSDGResult", "train_on", "zsdg"]

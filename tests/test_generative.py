@@ -1,0 +1,343 @@
+"""Generative augmentation (Fed-ZDAC/ZDAS, federated CVAEs) and the attacks on it."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+import privbench
+from privbench.attacks.base import ATTACKS
+from privbench.attacks.gradient import Prior, VictimSimulator
+from privbench.augmenters import ClientState
+from privbench.augmenters.cvae import (
+    CVAE,
+    decoder_state,
+    minority_counts,
+    sample,
+    uniform_labels,
+)
+from privbench.augmenters.synthetic import synthetic_in_batch
+from privbench.augmenters.zsdg import BNStatistics
+from privbench.channel import Observation
+from privbench.config import AttackConfig, RunConfig
+from privbench.errors import IncompatibleError, PrivbenchError
+from privbench.metrics import psnr
+from privbench.runner import Experiment
+from privbench.testing import tiny_config
+
+CVAE_FAST = {"cvae_rounds": 3, "cvae_epochs": 1}
+
+
+# -- Algorithm 1 and the label rules ----------------------------------------------------
+
+
+def test_minority_counts_follow_algorithm_1_on_a_hand_worked_histogram():
+    # deficits vs the top count 5: [0, 3, 5, 0], sum 8; k = 10 -> 3.75, 6.25 -> 4, 6.
+    assert minority_counts([5, 2, 0, 5], 10) == [0, 4, 6, 0]
+    # deficits [0, 2, 2]: 2.5 each rounds half to even -> 2 (the total may miss k).
+    assert minority_counts([3, 1, 1], 5) == [0, 2, 2]
+    # one label only: every other label has the full deficit, shared equally.
+    assert minority_counts([0, 12, 0, 0], 9) == [3, 0, 3, 3]
+    assert minority_counts([4, 4, 4], 30) == [0, 0, 0]  # balanced: nothing to impute
+
+
+def test_uniform_labels_spread_evenly():
+    counts = torch.bincount(uniform_labels(23, 10), minlength=10).tolist()
+    assert counts == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+
+
+def test_synthetic_in_batch_keeps_the_training_set_proportion():
+    assert synthetic_in_batch(100, 100, 20) == 20  # the whole set: all of it
+    assert synthetic_in_batch(10, 100, 20) == 2
+    assert synthetic_in_batch(1, 100, 20) == 1  # at least one when there are any
+    assert synthetic_in_batch(1, 100, 0) == 0
+
+
+def test_cvae_minority_clients_impute_their_algorithm_1_counts():
+    cfg = tiny_config(method="cvae-minority", partition="dirichlet", method_params=CVAE_FAST)
+    exp = Experiment(cfg)
+    exp.train()
+    aug = exp.augmenter
+    for c in exp.clients:
+        _, y = exp.client_data(c.client_id)
+        hist = torch.bincount(y, minlength=10).tolist()
+        _, ys = aug.synthetic[c.client_id]
+        assert torch.bincount(ys, minlength=10).tolist() == minority_counts(hist, 20)
+
+
+# -- the federated CVAE ------------------------------------------------------------------
+
+
+def test_cvae_elbo_decreases_under_fedavg_and_generator_bytes_are_exact():
+    params = {"cvae_rounds": 5, "cvae_epochs": 1}
+    cfg = tiny_config(method="cvae-uniform", method_params=params)
+    exp = Experiment(cfg)
+    outcome = exp.train()
+    aug = exp.augmenter
+    hist = aug.elbo_history
+    assert len(hist) == 1 + 5  # untrained, then after each FedAvg round
+    assert all(b < a for a, b in zip(hist, hist[1:], strict=False)), hist
+    assert hist[-1] < 0.6 * hist[0], hist
+    # Bytes from the architecture, counted by hand: float32 weights and biases.
+    d, k, latent, hidden = 64, 10, 8, 128
+    enc = (d + k) * hidden + hidden + 2 * (hidden * latent + latent)
+    dec = (latent + k) * hidden + hidden + hidden * d + d
+    full, decoder_only = 4 * (enc + dec), 4 * dec
+    n = cfg.fed.clients
+    got = outcome.channel.bytes_by_kind()["generator"]
+    assert got == {"up": 5 * n * full, "down": 5 * n * full + n * decoder_only}
+
+
+def test_cvae_uniform_share_of_synthetic_data_is_reported():
+    cfg = tiny_config(method="cvae-uniform", method_params={**CVAE_FAST, "k": 30})
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    exp = Experiment(cfg)
+    sizes = [len(exp.client_data(c.client_id)[1]) for c in exp.clients]
+    expected = sum(30 / (n + 30) for n in sizes) / len(sizes)
+    assert row.synthetic_share == pytest.approx(expected)
+    assert privbench.run(tiny_config())[0].synthetic_share == 0.0
+
+
+def test_cvae_finetune_pretrains_the_classifier_on_the_global_label_distribution():
+    cfg = tiny_config(method="cvae-finetune", method_params=CVAE_FAST)
+    exp = Experiment(cfg)
+    outcome = exp.train()
+    images, labels = exp.augmenter.server_set
+    total = sum(torch.bincount(exp.client_data(c.client_id)[1], minlength=10) for c in exp.clients)
+    # As many synthetic images as real ones, per class round(size * share): here exact.
+    assert torch.bincount(labels, minlength=10).tolist() == total.tolist()
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert outcome.channel.bytes_by_kind()["label_counts"]["up"] == cfg.fed.clients * 10 * 8
+
+
+def test_decoder_inversion_recovers_an_image_the_decoder_can_draw():
+    """The audit finds z for an image that lies on the decoder's manifold."""
+    torch.manual_seed(0)
+    cvae = CVAE((1, 8, 8), 10)
+    g = torch.Generator().manual_seed(1)
+    labels = torch.tensor([3, 7])
+    with torch.no_grad():
+        z = torch.randn(2, 8, generator=g) * 0.5
+        target = torch.sigmoid(cvae.decode_logits(z, labels))
+    exp = Experiment(tiny_config(method="cvae-uniform", method_params=CVAE_FAST))
+    aug = exp.make_augmenter()
+    ctx = exp.public_context(
+        {k: v for k, v in exp.build_model().state_dict().items()},
+        steps=0,
+        batch=0,
+        num_images=0,
+        augmenter=aug,
+        algorithm=None,
+        received={},
+        defenses=[],
+    )
+    obs = Observation(-1, 0, "server", "generator", decoder_state(cvae.state_dict()), ctx)
+    attack = ATTACKS.create("generator", iters=300, restarts=2)
+    rec = attack.audit(obs, images=target, labels=labels, generator=g, seen=[obs])
+    got = [psnr(t.numpy(), r.numpy()) for t, r in zip(target, rec.images, strict=True)]
+    assert min(got) > 30.0, got
+
+
+# -- Fed-ZDA -----------------------------------------------------------------------------
+
+
+def test_zdac_clients_generate_from_the_received_model_after_burn_in():
+    params = {"zsdg_iters": 5, "zsdg_per_class": 2, "start_round": 1}
+    cfg = tiny_config(method="zdac", method_params=params)
+    exp = Experiment(cfg)
+    assert exp.cfg.model == "cnn-bn"  # the method's default model
+    outcome = exp.train()
+    aug = exp.augmenter
+    assert set(aug.synthetic) == set(range(cfg.fed.clients))
+    for xs, ys in aug.synthetic.values():
+        assert ys.tolist() == torch.arange(10).repeat_interleave(2).tolist()
+        assert xs.min() >= 0.0 and xs.max() <= 1.0  # the box of the data's range
+    sizes = [len(exp.client_data(c.client_id)[1]) for c in exp.clients]
+    assert outcome.synthetic_share == pytest.approx(sum(20 / (n + 20) for n in sizes) / 4)
+    # Burn-in: with start_round past the last round nobody generates.
+    late = Experiment(replace(cfg, method_params={**params, "start_round": 2}))
+    assert late.train().synthetic_share == 0.0
+
+
+def test_zdas_server_inverts_every_received_client_model():
+    params = {"zsdg_iters": 5, "zsdg_per_class": 1, "start_round": 0}
+    cfg = tiny_config(method="zdas", method_params=params)
+    exp = Experiment(cfg)
+    seen = []
+    exp_make = exp.make_augmenter
+
+    def make(**kw):
+        aug = exp_make(**kw)
+        original = aug.after_aggregate
+
+        def spy(round, model, **extra):
+            seen.append((round, sorted(extra["client_models"])))
+            return original(round, model, **extra)
+
+        aug.after_aggregate = spy
+        return aug
+
+    exp.make_augmenter = make
+    outcome = exp.train()
+    assert seen == [(0, [0, 1, 2, 3]), (1, [0, 1, 2, 3])]
+    x, y = exp.augmenter.server_set
+    assert len(y) == 4 * 10 and torch.bincount(y).tolist() == [4] * 10
+    assert outcome.synthetic_share == 0.0  # clients train on real data only
+
+
+def test_client_models_are_broadcast_weights_plus_the_received_update():
+    cfg = tiny_config(model="cnn-bn")
+    exp = Experiment(cfg)
+    model = exp.build_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    from privbench.federated import ClientResult
+
+    delta = {k: torch.ones_like(v) for k, v in state.items()}
+    (got,) = exp.client_models(state, [ClientResult(2, delta, 1.0, 0.0)]).items()
+    assert got[0] == 2
+    for k, v in got[1].state_dict().items():
+        assert torch.equal(v, state[k] + 1)
+
+
+def test_zsdg_methods_and_attacks_refuse_models_without_batchnorm():
+    with pytest.raises(IncompatibleError, match="BatchNorm"):
+        Experiment(tiny_config(method="zdac", model="lenet-sigmoid"))
+    with pytest.raises(IncompatibleError, match="BatchNorm"):
+        Experiment(tiny_config(attack=dict(names=("bn-inversion",))))
+    assert RunConfig(method="zdas").resolve().model == "cnn-bn"
+    assert RunConfig(method="fedavg").resolve().model == "lenet-sigmoid"
+    assert RunConfig(method="zdas", model="resnet").resolve().model == "resnet"
+
+
+# -- method-aware gradient attacks ---------------------------------------------------------
+
+
+def _victim_observation(cfg):
+    exp = Experiment(cfg)
+    outcome = exp.train()
+    obs = next(o for o in outcome.channel.observations if o.sender == 0 and o.kind == "gradient")
+    return exp, outcome, obs
+
+
+def test_simulated_loss_is_real_plus_synthetic_and_exact_with_the_victims_samples():
+    cfg = tiny_config(
+        method="cvae-uniform",
+        method_params={**CVAE_FAST, "k": 40},
+        attack=dict(names=("dlg",), batch=2),
+    )
+    exp, outcome, obs = _victim_observation(cfg)
+    ctx = obs.context
+    n0 = len(exp.client_data(0)[1])
+    assert ctx.num_images == 2 and ctx.num_synthetic == synthetic_in_batch(2, n0, 40)
+    victim = outcome.victims[0]
+    aug = ctx.augmenter
+    # The victim's own synthetic samples in that step (its training_data, replayed).
+    state = ClientState(0, *exp.client_data(0))
+    x_all, y_all = aug.training_data(cfg.attack.round, state, victim.images, victim.labels)
+    xs, ys = x_all[2:], y_all[2:]
+    assert len(ys) == ctx.num_synthetic
+    exact = VictimSimulator(ctx)
+    exact.synthetic = (xs, ys)
+    msg = exact.message("gradient", victim.images, victim.labels, create_graph=False)
+    for n, g in msg.items():
+        torch.testing.assert_close(g, obs.payload[n], rtol=1e-4, atol=1e-6)
+    # Leaving the synthetic part out simulates a different message.
+    blind = VictimSimulator(ctx)
+    blind.synthetic = None
+    off = blind.message("gradient", victim.images, victim.labels, create_graph=False)
+    assert max(float((off[n] - obs.payload[n]).abs().max()) for n in off) > 1e-3
+    # The attacker's own estimate (decoder samples) has the right count and range.
+    est = VictimSimulator(ctx, generator=torch.Generator().manual_seed(0)).synthetic
+    assert len(est[1]) == ctx.num_synthetic and est[0].shape[1:] == (1, 8, 8)
+
+
+def test_bn_prior_is_the_broadcast_models_statistics_loss():
+    cfg = tiny_config(model="cnn-bn", attack=dict(names=("dlg",)))
+    exp, _, obs = _victim_observation(cfg)
+    prior = Prior("bn", 0.5, obs, [obs])
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = obs.context.build_model()
+    model.load_state_dict(dict(obs.context.weights_before))
+    model.eval()
+    stats = BNStatistics(model)
+    with torch.no_grad():
+        model(x)
+    expected = 0.5 * 2.0 + 0.5 * float(stats.loss())
+    assert float(prior(torch.tensor(2.0), x, torch.zeros(3, dtype=torch.long))) == pytest.approx(
+        expected, rel=1e-5
+    )
+
+
+def test_generator_prior_is_zero_on_the_decoders_own_image_and_needs_a_decoder():
+    cfg = tiny_config(method="cvae-uniform", method_params=CVAE_FAST, attack=dict(names=("dlg",)))
+    _, _, obs = _victim_observation(cfg)
+    prior = Prior("generator", 1.0 - 1e-9, obs, [obs])
+    decoder = obs.context.augmenter.client_decoder(obs.context.received)
+    labels = torch.tensor([4])
+    with torch.no_grad():
+        own = torch.sigmoid(decoder.decode_logits(torch.zeros(1, 8), labels))
+    assert float(prior(torch.tensor(0.0), own, labels)) == pytest.approx(0.0, abs=1e-6)
+    other = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert float(prior(torch.tensor(0.0), other, labels)) > 0.01
+    plain = tiny_config(attack=dict(names=("dlg",)))
+    _, _, fedavg_obs = _victim_observation(plain)
+    with pytest.raises(IncompatibleError, match="generator"):
+        Prior("generator", 0.1, fedavg_obs, [fedavg_obs])
+    with pytest.raises(IncompatibleError, match="BatchNorm"):
+        Prior("bn", 0.1, fedavg_obs, [fedavg_obs])
+
+
+@pytest.mark.parametrize("prior", ["bn", "generator"])
+def test_priors_run_end_to_end(prior):
+    method = "zdac" if prior == "bn" else "cvae-uniform"
+    params = {"zsdg_iters": 5} if prior == "bn" else CVAE_FAST
+    cfg = tiny_config(
+        method=method,
+        method_params=params,
+        attack=dict(names=("dlg",), params={"iters": 3, "prior": prior, "prior_weight": 0.1}),
+    )
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    assert math.isfinite(row.psnr)
+
+
+# -- artifact attacks ----------------------------------------------------------------------
+
+
+def test_synthetic_nn_scores_decoder_samples_against_private_images():
+    cfg = tiny_config(
+        method="cvae-uniform",
+        method_params=CVAE_FAST,
+        attack=dict(names=("synthetic-nn", "generator"), params={"iters": 20}),
+    )
+    nn_row, gen_row = privbench.run(cfg)
+    assert nn_row.status == gen_row.status == "ok", (nn_row.error, gen_row.error)
+    assert nn_row.n_images == 10 * 10  # samples_per_class x classes
+    exp = Experiment(cfg)
+    assert gen_row.n_images == len(exp.client_data(0)[1])  # one match per private image
+    assert gen_row.label_acc == 1.0  # conditioned on each record's own label
+
+
+def test_synthetic_nn_uses_a_shared_synthetic_set_as_is():
+    attack = ATTACKS.create("synthetic-nn")
+    x = torch.rand(5, 1, 8, 8)
+    obs = Observation(0, 1, "server", "synthetic_data", {"x": x, "y": torch.arange(5)}, None)
+    rec = attack.reconstruct(obs, generator=torch.Generator(), seen=[obs])
+    assert torch.equal(rec.images, x)
+
+
+def test_bad_generative_parameters_name_the_parameter():
+    with pytest.raises(PrivbenchError, match="'k' parameter"):
+        RunConfig(method="cvae-uniform", method_params={"k": -1}).resolve()
+    with pytest.raises(PrivbenchError, match="'zsdg_iters' parameter"):
+        RunConfig(method="zdac", method_params={"zsdg_iters": 0}).resolve()
+    with pytest.raises(PrivbenchError, match="prior"):
+        RunConfig(attack=AttackConfig(names=("dlg",), params={"prior": "gan"})).resolve()
+
+
+def test_cvae_samples_stay_in_the_value_range():
+    cvae = CVAE((1, 8, 8), 10)
+    out = sample(cvae, torch.arange(10), (-1.0, 2.0), torch.Generator().manual_seed(0))
+    assert out.min() >= -1.0 and out.max() <= 2.0 and out.shape == (10, 1, 8, 8)
