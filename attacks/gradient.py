@@ -235,7 +235,7 @@ class BNPrior:
             ) from None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.stats.batch.clear()
+        self.stats.terms.clear()
         self.module(x)
         return self.stats.loss()
 

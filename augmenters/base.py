@@ -28,8 +28,9 @@ An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
 - ``prepare(phase)``: a phase before the first round (train a federated generator,
   pre-train the classifier); its messages go through ``phase.send`` and are counted
   in round :data:`PREPARE_ROUND`;
-- ``begin_round(round, client, model)``: client side, after the client received the
-  global ``model`` and before it trains (Fed-ZDAC generates its synthetic data here);
+- ``begin_round(round, clients, model)``: client side, after the sampled ``clients``
+  received the global ``model`` and before they train (Fed-ZDAC generates each client's
+  synthetic data here; one call for all of them, so a method can batch their work);
 - ``synthetic_count(client_id)``: how many synthetic samples the client's training set
   held the last time it trained (reported as the row's ``synthetic_share``);
 - ``attack_synthetic(context, count, generator)``: an attacker's estimate of the
@@ -210,7 +211,7 @@ class Augmenter:
     def prepare(self, phase: Preparation) -> None:
         return None
 
-    def begin_round(self, round: int, client: ClientState, model: nn.Module) -> None:
+    def begin_round(self, round: int, clients: list[ClientState], model: nn.Module) -> None:
         return None
 
     def synthetic_count(self, client_id: int) -> int:

@@ -18,6 +18,7 @@ attack on that client: its BatchNorm statistics were fitted to the client's data
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -47,8 +48,12 @@ class ZSDGResult:
 
 
 class BNStatistics:
-    """Collects, during a forward pass, the per-channel mean and standard deviation of
-    the batch reaching each BatchNorm layer, next to the layer's running statistics.
+    """Collects, during a forward pass, the BatchNorm-statistics loss
+    sum_l ||mu_l(x̄) - mu_l||^2 + ||sigma_l(x̄) - sigma_l||^2: the per-channel mean and
+    standard deviation of the batch reaching each BatchNorm layer against the layer's
+    running statistics. The term is formed inside the hook from the layer's buffers as
+    the forward sees them, so it also holds under ``functional_call``/``vmap`` with
+    another model's buffers swapped in.
 
     ``per_image=True``: the statistics of each input on its own (over its spatial
     positions), each matched to the running statistics; the loss sums over inputs."""
@@ -61,7 +66,7 @@ class BNStatistics:
                 "ZSDG needs a model with BatchNorm layers that track running statistics "
                 "(e.g. --model cnn-bn); this model has none"
             )
-        self.batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.terms: list[torch.Tensor] = []
         self._hooks = [layer.register_forward_pre_hook(self._collect) for layer in self.layers]
 
     def _collect(self, module, inputs) -> None:
@@ -70,15 +75,14 @@ class BNStatistics:
         dims = spatial if self.per_image else [0, *spatial]  # all but the channel (and image)
         mean = z.mean(dim=dims)
         std = torch.sqrt(z.var(dim=dims, unbiased=False) + module.eps)
-        self.batch.append((mean, std))
+        running_std = torch.sqrt(module.running_var + module.eps)
+        term = ((mean - module.running_mean) ** 2).sum() + ((std - running_std) ** 2).sum()
+        self.terms.append(term)
 
     def loss(self) -> torch.Tensor:
-        """sum_l ||mu_l(x̄) - mu_l||^2 + ||sigma_l(x̄) - sigma_l||^2 of the last forward."""
-        total = 0.0
-        for layer, (mean, std) in zip(self.layers, self.batch, strict=True):
-            running_std = torch.sqrt(layer.running_var + layer.eps)
-            total = total + ((mean - layer.running_mean) ** 2).sum()
-            total = total + ((std - running_std) ** 2).sum()
+        """The loss of the last forward pass (and forget it)."""
+        total = sum(self.terms)
+        self.terms.clear()
         return total
 
     def close(self) -> None:
@@ -86,22 +90,32 @@ class BNStatistics:
             h.remove()
 
 
-def zsdg(
-    model: nn.Module,
+def zsdg(model: nn.Module, *, generator: torch.Generator, **kwargs) -> ZSDGResult:
+    """Fed-ZDA's ZSDG on one model (see :func:`zsdg_many` for the arguments)."""
+    return zsdg_many([model], generators=[generator], **kwargs)[0]
+
+
+def zsdg_many(
+    models: list[nn.Module],
     *,
+    generators: list[torch.Generator],
     num_classes: int,
     input_shape: tuple[int, int, int],
     per_class: int,
     iters: int,
     lr: float,
-    generator: torch.Generator,
     classes: list[int] | None = None,
     box: tuple[float, float] | None = None,
     match: str = "batch",
-) -> ZSDGResult:
-    """Fed-ZDA's ZSDG: ``per_class`` synthetic images for each class (all classes, or
-    ``classes``), optimised with Adam on the inputs only. The model is used in eval
-    mode (its stored statistics normalise) and left unchanged.
+) -> list[ZSDGResult]:
+    """Fed-ZDA's ZSDG for each model (same architecture): ``per_class`` synthetic
+    images for each class (all classes, or ``classes``), optimised with Adam on the
+    inputs only. The models are used in eval mode (their stored statistics normalise)
+    and left unchanged.
+
+    All models run as one computation (``vmap`` over their stacked weights and the
+    stacked inputs); each problem is the one a model alone would solve (Adam is
+    elementwise, the losses are separate), from its own generator's start.
 
     ``box=(lo, hi)``: start uniform in the pixel range and project back into it after
     every step (for data that is not standardised, e.g. images in [0, 1]); without it,
@@ -117,40 +131,48 @@ def zsdg(
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
     shape = (len(labels), *input_shape)
     if box is None:
-        x = torch.randn(shape, generator=generator)
+        starts = [torch.randn(shape, generator=g) for g in generators]
     else:
-        x = box[0] + (box[1] - box[0]) * torch.rand(shape, generator=generator)
-    x.requires_grad_(True)
-    was_training = model.training
-    model.eval()
-    stats = BNStatistics(model, per_image=match == "image")
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
+        starts = [box[0] + (box[1] - box[0]) * torch.rand(shape, generator=g) for g in generators]
+    x = torch.stack(starts)  # (models, N, C, H, W)
+    base = copy.deepcopy(models[0]).eval()
+    stats = BNStatistics(base, per_image=match == "image")
+    modes = [m.training for m in models]
+    try:  # stacking wants one mode; the forward is eval's anyway (base is in eval mode)
+        params, buffers = torch.func.stack_module_state([m.eval() for m in models])
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+    params = {k: v.detach() for k, v in params.items()}
+
+    def losses(p, b, xs):
+        logits = torch.func.functional_call(base, (p, b), (xs,))
+        bn = stats.loss()
+        return bn, F.cross_entropy(logits, labels)
+
+    def total(p, b, xs):
+        bn, ce = losses(p, b, xs)
+        return bn + ce
+
+    step = torch.vmap(torch.func.grad(total, argnums=2))
     try:
+        x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
         for _ in range(iters):
             opt.zero_grad()
-            stats.batch.clear()
-            logits = model(x)
-            bn = stats.loss()
-            ce = F.cross_entropy(logits, labels)
-            (bn + ce).backward()
+            x.grad = step(params, buffers, x.detach())
             opt.step()
             if box is not None:
                 with torch.no_grad():
                     x.clamp_(*box)
         with torch.no_grad():
-            stats.batch.clear()
-            ce = F.cross_entropy(model(x), labels)
-            bn = stats.loss()
+            bn, ce = torch.vmap(losses)(params, buffers, x)
     finally:
         stats.close()
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)
-        model.train(was_training)
-    return ZSDGResult(x.detach(), labels, float(bn), float(ce))
+    return [
+        ZSDGResult(x[i].detach().clone(), labels.clone(), float(bn[i]), float(ce[i]))
+        for i in range(len(models))
+    ]
 
 
 ZSDG_PARAMS = (
@@ -171,15 +193,16 @@ class _ZSDGMethod(SyntheticAugmenter):
     default_model = "cnn-bn"  # ZSDG needs BatchNorm running statistics
     needs_batchnorm = True
 
-    def generate(self, model: nn.Module, generator: torch.Generator) -> ZSDGResult:
-        return zsdg(
-            model,
+    def generate(self, models: list[nn.Module], generators: list[torch.Generator]):
+        """One ZSDG problem per model, all as one computation."""
+        return zsdg_many(
+            models,
+            generators=generators,
             num_classes=self.num_classes,
             input_shape=self.input_shape,
             per_class=self.params["zsdg_per_class"],
             iters=self.params["zsdg_iters"],
             lr=self.params["zsdg_lr"],
-            generator=generator,
             box=self.value_range,
         )
 
@@ -193,18 +216,21 @@ class _ZSDGMethod(SyntheticAugmenter):
 class FedZDAC(_ZSDGMethod):
     name = "zdac"
 
-    def begin_round(self, round, client, model):
+    def begin_round(self, round, clients, model):
         if round < self.params["start_round"]:
-            self.synthetic.pop(client.client_id, None)
+            for c in clients:
+                self.synthetic.pop(c.client_id, None)
             return
-        out = self.generate(model, seeded(self.seed, 8, round, client.client_id))
-        self.synthetic[client.client_id] = (out.images, out.labels)
+        # Every client inverts the same received model from its own random start.
+        gens = [seeded(self.seed, 8, round, c.client_id) for c in clients]
+        for c, out in zip(clients, self.generate([model] * len(clients), gens), strict=True):
+            self.synthetic[c.client_id] = (out.images, out.labels)
 
     def attack_synthetic(self, context, count, generator):
         """The attacker runs the same ZSDG on the broadcast model it also holds."""
         model = context.build_model()
         model.load_state_dict(dict(context.weights_before))
-        out = self.generate(model, generator)
+        (out,) = self.generate([model], [generator])
         pick = torch.randperm(len(out.labels), generator=generator)[:count]
         return out.images[pick], out.labels[pick]
 
@@ -231,9 +257,8 @@ class FedZDAS(_ZSDGMethod):
     def after_aggregate(self, round, model, *, client_models=None, **kwargs):
         if round < self.params["start_round"] or not client_models:
             return
-        parts = [
-            self.generate(m, seeded(self.seed, 9, round, cid)) for cid, m in client_models.items()
-        ]
+        gens = [seeded(self.seed, 9, round, cid) for cid in client_models]
+        parts = self.generate(list(client_models.values()), gens)
         x = torch.cat([p.images for p in parts])
         y = torch.cat([p.labels for p in parts])
         self.server_set = (x, y)

@@ -308,8 +308,7 @@ class Experiment:
                 if client_side:  # e.g. Fed-ZDAC's clients generate data from the model
                     received = self.build_model()
                     received.load_state_dict(global_state)
-                    for cid in sampled:
-                        augmenter.begin_round(rnd, states[cid], received)
+                    augmenter.begin_round(rnd, [states[c] for c in sampled], received)
                 # 3. Local training and uploads.
                 attacked = {c for c in sampled if rnd == atk.round and c in victim_ids}
                 done = self.vectorised_updates(

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from privbench.attacks.base import ATTACKS
 from privbench.augmenters.base import Augmenter
-from privbench.augmenters.zsdg import BNStatistics, zsdg
+from privbench.augmenters.zsdg import BNStatistics, zsdg, zsdg_many
 from privbench.channel import Observation, PublicContext
 from privbench.data import load_dataset
 from privbench.errors import IncompatibleError
@@ -123,3 +123,28 @@ def test_bn_inversion_of_a_client_that_holds_one_image_beats_random_images(train
     g = torch.Generator().manual_seed(0)
     rand = max(psnr(truth[None], torch.rand(1, 1, 8, 8, generator=g).numpy()) for _ in range(20))
     assert best > rand + 3.0, (best, rand)
+
+
+def test_zsdg_many_solves_each_models_problem_as_if_alone(trained):
+    """The vectorised path (one vmap over models) equals one ZSDG run per model."""
+    model, data = trained
+    other = _train(_cnn_bn(), data.x_train[:200], data.y_train[:200], steps=30, seed=1)
+    common = dict(num_classes=10, input_shape=(1, 8, 8), per_class=2, iters=25, lr=0.1)
+    for match in ("batch", "image"):
+        together = zsdg_many(
+            [model, other],
+            generators=[torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)],
+            box=(0.0, 1.0),
+            match=match,
+            **common,
+        )
+        for m, seed, got in zip((model, other), (5, 6), together, strict=True):
+            alone = zsdg(
+                m,
+                generator=torch.Generator().manual_seed(seed),
+                box=(0.0, 1.0),
+                match=match,
+                **common,
+            )
+            torch.testing.assert_close(got.images, alone.images, rtol=1e-4, atol=1e-4)
+            assert got.bn_loss == pytest.approx(alone.bn_loss, rel=1e-3)
