@@ -6,13 +6,15 @@ broadcast weights plus the update) and running ZSDG on it generates images whose
 statistics match that client's data and which the model assigns to each class: a
 model-inversion attack on that one client (Fed-ZDA's ZSDG, turned on its owner).
 
-Scored against the client's whole training set: each generated image against its
-nearest private image (best-match PSNR/SSIM).
+It inverts the client's newest update the adversary saw. Scored against the client's
+whole training set: each generated image against its nearest private image
+(best-match PSNR/SSIM).
 """
 
 from __future__ import annotations
 
 from privbench.attacks.base import ATTACKS, Attack, Reconstruction
+from privbench.attacks.generative import latest
 from privbench.augmenters.zsdg import batchnorm_layers, zsdg
 from privbench.errors import IncompatibleError
 from privbench.registry import Param
@@ -43,6 +45,8 @@ class BNInversion(Attack):
     needs_batchnorm = True
 
     def reconstruct(self, observation, *, generator, seen=()):
+        # The client's newest upload: its statistics saw the most of its data.
+        observation = latest(observation, seen)
         ctx = observation.context
         model = ctx.build_model()
         if not batchnorm_layers(model):

@@ -341,3 +341,30 @@ def test_cvae_samples_stay_in_the_value_range():
     cvae = CVAE((1, 8, 8), 10)
     out = sample(cvae, torch.arange(10), (-1.0, 2.0), torch.Generator().manual_seed(0))
     assert out.min() >= -1.0 and out.max() <= 2.0 and out.shape == (10, 1, 8, 8)
+
+
+# -- the commands, on the default data and settings ---------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["zdac", "--attack", "dlg"],
+        ["zdas", "--attack", "bn-inversion"],
+        ["cvae-minority", "--attack", "generator"],
+        ["cvae-uniform", "--attack", "synthetic-nn"],
+        ["cvae-finetune", "--attack", "dlg"],
+    ],
+)
+def test_default_generative_runs_print_their_rows(argv, capsys):
+    from privbench.cli import main
+
+    assert main(["run", *argv, "--no-save", "--no-progress", "--json"]) == 0
+    import json
+
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == "ok" and row["method"] == argv[0] and row["attack"] == argv[2]
+    assert row["accuracy"] > 0.5 and math.isfinite(row["psnr"])
+    if argv[0] != "zdas":  # zdas's clients train on real data only
+        assert (row["synthetic_share"] > 0) == (argv[0] != "cvae-finetune")
