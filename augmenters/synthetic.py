@@ -16,7 +16,7 @@ from privbench.augmenters.base import Augmenter, ClientState
 
 def seeded(*parts: int) -> torch.Generator:
     """A generator seeded from integers (the method's own randomness streams)."""
-    seed = np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
+    seed = np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(seed >> np.uint64(1)))
 
 

@@ -33,6 +33,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import torch  # noqa: E402  (flwr's torch helpers need torch imported first)
 
 from privbench.augmenters import ClientState  # noqa: E402
+from privbench.augmenters.base import Augmenter  # noqa: E402
 from privbench.channel import SERVER, Channel  # noqa: E402
 from privbench.config import RunConfig  # noqa: E402
 from privbench.errors import IncompatibleError  # noqa: E402
@@ -63,12 +64,24 @@ ATTACK_KEY = "privbench-attack"  # train config: 1 in the attacked round
 
 def _check_scope(exp: Experiment) -> None:
     cfg = exp.cfg
-    shares = getattr(exp.regs["method"].entry(cfg.method).factory, "shares", ())
+    factory = exp.regs["method"].entry(cfg.method).factory
+    shares = getattr(factory, "shares", ())
     problems = []
     if shares:
         problems.append(
             f"method '{cfg.method}' shares {'/'.join(shares)} besides the model; the adapter "
             "carries models and updates only"
+        )
+    # Hooks the adapter's Flower apps do not call (Fed-ZDAC/ZDAS, the CVAE family).
+    hooks = [
+        h
+        for h in ("prepare", "begin_round", "after_aggregate")
+        if isinstance(factory, type) and getattr(factory, h) is not getattr(Augmenter, h)
+    ]
+    if hooks and not shares:
+        problems.append(
+            f"method '{cfg.method}' runs {'/'.join(hooks)} around training, which the "
+            "adapter does not call"
         )
     if cfg.defenses:
         problems.append("defenses are not applied inside Flower clients yet")

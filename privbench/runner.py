@@ -49,9 +49,10 @@ log = logging.getLogger("privbench")
 
 
 def derive_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (SeedSequence: no collisions from simple sums)."""
+    """A 63-bit seed mixed from integers (SeedSequence: no collisions from simple sums).
+    Negative parts (the preparation round, -1) enter as their 64-bit two's complement."""
     return int(
-        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
+        np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(2, np.uint64)[0]
         >> np.uint64(1)
     )
 

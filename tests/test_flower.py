@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,5 @@ def test_adapter_refuses_what_it_cannot_carry():
         FlowerBench(_config(method="fedmix"))
     with pytest.raises(IncompatibleError, match="defenses"):
         FlowerBench(_config(defenses=("prune",)))
+    with pytest.raises(IncompatibleError, match="zdac.*begin_round"):
+        FlowerBench(replace(_config(method="zdac"), model="cnn-bn"))

@@ -368,3 +368,18 @@ def test_default_generative_runs_print_their_rows(argv, capsys):
     assert row["accuracy"] > 0.5 and math.isfinite(row["psnr"])
     if argv[0] != "zdas":  # zdas's clients train on real data only
         assert (row["synthetic_share"] > 0) == (argv[0] != "cvae-finetune")
+
+
+def test_artifact_noise_reaches_the_cvae_uploads_before_round_0():
+    cfg = tiny_config(method="cvae-uniform", method_params={**CVAE_FAST, "cvae_rounds": 1})
+    noisy = replace(cfg, defenses=("artifact-noise",), defense_params={"sigma": 0.5})
+    ups = []
+    for c in (cfg, noisy):
+        exp = Experiment(c)
+        outcome = exp.train()
+        ups.append(
+            next(o for o in outcome.channel.observations if o.kind == "generator" and o.sender == 0)
+        )
+    assert ups[0].round == ups[1].round == -1
+    diff = ups[1].payload["dec.2.weight"] - ups[0].payload["dec.2.weight"]
+    assert 0.3 < float(diff.std()) < 0.7  # sigma 0.5 on every uploaded weight
