@@ -6,7 +6,8 @@ An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
 - ``share(round, client)``: what a client uploads before training (e.g. averaged data);
 - ``server_receive(round, sender, kind, payload)``: the server collects those;
 - ``broadcast(round, receiver)``: what the server sends a client besides the model;
-- ``training_data(round, client, x, y)``: the data a client trains on this round;
+- ``training_data(round, client, x, y)``: the data a client trains on this round (what
+  it adds beyond ``x`` counts as synthetic in the row's ``synthetic_share``);
 - ``local_loss(model, x, y, *, received, generator)``: the client's training loss.
   ``generator`` is the client's private randomness (which shared entry to mix with, ...).
   Attacks call the same function with ``generator=None``: the method must then return
@@ -31,8 +32,6 @@ An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
 - ``begin_round(round, clients, model)``: client side, after the sampled ``clients``
   received the global ``model`` and before they train (Fed-ZDAC generates each client's
   synthetic data here; one call for all of them, so a method can batch their work);
-- ``synthetic_count(client_id)``: how many synthetic samples the client's training set
-  held the last time it trained (reported as the row's ``synthetic_share``);
 - ``attack_synthetic(context, count, generator)``: an attacker's estimate of the
   ``count`` synthetic samples a victim mixed into its attacked batch, built from public
   knowledge only (the broadcast model, the shared generator). Gradient attacks add them
@@ -213,9 +212,6 @@ class Augmenter:
 
     def begin_round(self, round: int, clients: list[ClientState], model: nn.Module) -> None:
         return None
-
-    def synthetic_count(self, client_id: int) -> int:
-        return 0
 
     def attack_synthetic(
         self, context: Any, count: int, generator: torch.Generator

@@ -44,7 +44,3 @@ class SyntheticAugmenter(Augmenter):
             pick = torch.randperm(len(ys), generator=seeded(self.seed, 7, round, client.client_id))
             xs, ys = xs[pick[:n]], ys[pick[:n]]
         return torch.cat([x, xs.to(x.dtype)]), torch.cat([y, ys.to(y.dtype)])
-
-    def synthetic_count(self, client_id: int) -> int:
-        ys = self.synthetic.get(client_id, (None, None))[1]
-        return 0 if ys is None else len(ys)

@@ -17,11 +17,18 @@ and on Dirichlet(0.1) label skew. Per method and partition, mean ± std over see
   victim's data. An artifact score at this baseline shows no memorisation;
 - bytes up/down.
 
+A membership check of the shared decoder: the `generator` audit run on the victim's
+private images (members of the CVAE's training data) and on as many public test images of the same
+labels (non-members), against the victim's last CVAE upload. Members reconstructing clearly
+better than non-members is the sign of memorisation; equal scores mean the decoder
+draws the data's distribution, not its records.
+
 Then it checks two claims of the papers against the measured numbers: Fed-ZDAC lowers
 client accuracy variance against FedAvg (Fed-ZDA, multimodal), and minority imputation
 reaches at least the macro-F1 of uniform imputation at high skew (thesis, Dirichlet 0.1).
 
-    python benchmarks/generative_table.py --seeds 3
+    python benchmarks/generative_table.py --seeds 3 --json raw.json
+    python benchmarks/generative_table.py --reuse raw.json   # tables again, no retraining
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ import torch
 
 import privbench
 from privbench import AttackConfig, FedConfig, RunConfig
+from privbench.attacks.base import ATTACKS
+from privbench.augmenters import ClientState
+from privbench.channel import Channel
 from privbench.metrics import score_nearest
 from privbench.runner import Experiment
 
@@ -74,6 +84,53 @@ def public_baseline(cfg: RunConfig, count: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(exp.data.y_test), generator=g)[:count]
     return score_nearest(private, exp.data.x_test[pick], exp.data.value_range).psnr
+
+
+def membership(seeds: int) -> list[dict]:
+    """Generator audit PSNR on victim 0's images (members) vs public test images
+    (non-members), through the server's view of victim 0's last CVAE upload. The CVAE
+    phase is the same for every cvae-* method, so one method stands for all."""
+    out = []
+    for partition in PARTITIONS:
+        for seed in range(seeds):
+            exp = Experiment(config("cvae-uniform", partition, seed, ATTACK_ROUND + 1))
+            states = {
+                c.client_id: ClientState(c.client_id, *exp.client_data(c.client_id))
+                for c in exp.clients
+            }
+            channel = Channel(exp.threat)
+            aug = exp.make_augmenter()
+            exp._prepare(exp.build_model(), states, aug, exp.make_algorithm(), [], channel)
+            seen = channel.observations
+            upload = [o for o in seen if o.sender == 0 and o.kind == "generator"][-1]
+            x, y = exp.client_data(0)
+            g = torch.Generator().manual_seed(seed)
+            # Non-members with the members' labels: the same classes, other records.
+            pick = []
+            for c, n in enumerate(torch.bincount(y, minlength=exp.data.num_classes).tolist()):
+                pool = torch.nonzero(exp.data.y_test == c).flatten()
+                pick += pool[torch.randint(len(pool), (n,), generator=g)].tolist()
+            xo, yo = exp.data.x_test[pick], exp.data.y_test[pick]
+            audit = ATTACKS.create("generator")
+            scores = {}
+            for name, (images, labels) in {"member": (x, y), "non_member": (xo, yo)}.items():
+                rec = audit.audit(upload, images=images, labels=labels, generator=g, seen=seen)
+                scores[name] = float(
+                    np.mean([psnr_of(a, b) for a, b in zip(images, rec.images, strict=True)])
+                )
+            out.append({"partition": partition, "seed": seed, **scores})
+            print(
+                f"  membership {partition} seed {seed}: members {scores['member']:.2f} dB, "
+                f"non-members {scores['non_member']:.2f} dB",
+                flush=True,
+            )
+    return out
+
+
+def psnr_of(a: torch.Tensor, b: torch.Tensor) -> float:
+    from privbench.metrics import psnr
+
+    return psnr(a.double().numpy(), b.double().clamp(0, 1).numpy())
 
 
 def run(seeds: int, rounds: int) -> list[dict]:
@@ -167,6 +224,22 @@ def table(raw: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def membership_table(rows: list[dict]) -> str:
+    lines = [
+        "| partition | audit PSNR dB, members (victim's images) | audit PSNR dB, non-members "
+        "(public images, same labels) | gap dB |",
+        "|---|---|---|---|",
+    ]
+    for partition in PARTITIONS:
+        rs = [r for r in rows if r["partition"] == partition]
+        gap = [r["member"] - r["non_member"] for r in rs]
+        lines.append(
+            f"| {partition} | {ms((r['member'] for r in rs), 2)} | "
+            f"{ms((r['non_member'] for r in rs), 2)} | {ms(gap, 2)} |"
+        )
+    return "\n".join(lines)
+
+
 def claims(raw: list[dict]) -> str:
     def mean(partition, method, key):
         vals = [r[key] for r in raw if r["partition"] == partition and r["method"] == method]
@@ -195,12 +268,20 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--json", metavar="FILE", help="also write the per-seed numbers here")
+    ap.add_argument(
+        "--reuse", metavar="FILE", help="per-seed numbers of an earlier --json run: no retraining"
+    )
     args = ap.parse_args()
-    raw = run(args.seeds, args.rounds)
+    if args.reuse:
+        with open(args.reuse) as fh:
+            raw = json.load(fh)
+    else:
+        raw = run(args.seeds, args.rounds)
+    members = membership(args.seeds)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(raw, fh, indent=2)
-    print(table(raw), "", claims(raw), sep="\n")
+    print(table(raw), "", membership_table(members), "", claims(raw), sep="\n")
 
 
 if __name__ == "__main__":
