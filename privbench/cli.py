@@ -396,6 +396,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         ("wall_s", "wall s"),
         ("status", "status"),
     ]
+    if any(r.get("synthetic_share") for r in rows):  # only methods that add synthetic data
+        cols.insert(cols.index(("macro_f1", "macro-F1")) + 1, ("synthetic_share", "synthetic"))
     table = [[h for _, h in cols]]
     for r in rows:
         line = []
