@@ -151,7 +151,6 @@ class _FederatedCVAE(SyntheticAugmenter):
     """Trains the CVAE with FedAvg in ``prepare``; subclasses say what clients do."""
 
     shares = ("generator",)
-    per_sample_grads = "hooks"
 
     def new_cvae(self, generator_seed: int) -> CVAE:
         with torch.random.fork_rng():
