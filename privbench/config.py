@@ -14,7 +14,7 @@ from typing import Any
 
 from privbench.errors import PrivbenchError
 
-DEFAULT_MODEL = "lenet-sigmoid"  # DLG's model; methods that need another name theirs
+DEFAULT_MODEL = "lenet-sigmoid"  # DLG's model; a method that needs another sets default_model
 
 
 def default_model_for(method: str) -> str:
