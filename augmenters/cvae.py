@@ -34,6 +34,7 @@ from privbench.augmenters.base import AUGMENTERS, Preparation
 from privbench.augmenters.synthetic import SyntheticAugmenter, seeded
 from privbench.augmenters.zsdg import train_on
 from privbench.channel import SERVER
+from privbench.federated import minibatches
 from privbench.registry import Param
 
 
@@ -126,13 +127,10 @@ def uniform_labels(k: int, num_classes: int) -> torch.Tensor:
 def train_cvae_locally(cvae, u, y, *, epochs, lr, batch_size, beta, generator) -> None:
     opt = torch.optim.Adam(cvae.parameters(), lr=lr)
     cvae.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=generator)
-        for i in range(0, len(y), batch_size):
-            idx = order[i : i + batch_size]
-            opt.zero_grad()
-            cvae.elbo_loss(u[idx], y[idx], beta=beta, generator=generator).backward()
-            opt.step()
+    for idx in minibatches(cvae, len(y), epochs=epochs, batch_size=batch_size, generator=generator):
+        opt.zero_grad()
+        cvae.elbo_loss(u[idx], y[idx], beta=beta, generator=generator).backward()
+        opt.step()
 
 
 CVAE_PARAMS = (

@@ -28,6 +28,7 @@ from torch import nn
 from privbench.augmenters.base import AUGMENTERS
 from privbench.augmenters.synthetic import SyntheticAugmenter, seeded
 from privbench.errors import IncompatibleError
+from privbench.federated import minibatches
 from privbench.registry import Param
 
 
@@ -277,21 +278,18 @@ def train_on(model, x, y, *, epochs, lr, batch_size, generator, optimizer="sgd",
     """Central training of ``model`` in place (the server's step of Fed-ZDAS and of
     CVAE fine-tuning): minibatch cross-entropy; the model's train/eval mode is kept."""
     was_training = model.training
-    has_bn = bool(batchnorm_layers(model))
     model.train()
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=generator)
-        for i in range(0, len(y), batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < 2 and has_bn:
-                continue  # BatchNorm cannot train on a batch of one
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+    # Local SGD's batches: a shuffle per epoch, no BatchNorm batch of one.
+    for idx in minibatches(
+        model, len(y), epochs=epochs, batch_size=batch_size, generator=generator
+    ):
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
     model.train(was_training)
 
 

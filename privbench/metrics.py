@@ -76,16 +76,19 @@ def score_reconstruction(
 ) -> LeakageScore:
     """Match and score a batch of reconstructions against the private images."""
     lo, hi = value_range
-    data_range = hi - lo
-    gt = gt_images.detach().cpu().double().numpy()
-    rec = rec_images.detach().cpu().double().clamp(lo, hi).numpy()
-    order = match(gt, rec)
-    pairs = [(i, int(j)) for i, j in enumerate(order) if j >= 0]
-    hits = None
-    if gt_labels is not None and rec_labels is not None:
-        hits = [int(gt_labels[i]) == int(rec_labels[j]) for i, j in pairs]
-    gi, rj = [i for i, _ in pairs], [j for _, j in pairs]
-    return _score_pairs(gt[gi], rec[rj], data_range, hits)
+    gt = gt_images.detach().cpu().double()
+    rec = rec_images.detach().cpu().double().clamp(lo, hi)
+    order = match(gt.numpy(), rec.numpy())
+    gi = [i for i, j in enumerate(order) if j >= 0]
+    rj = [int(order[i]) for i in gi]
+    labelled = gt_labels is not None and rec_labels is not None
+    return score_pairs(
+        gt[gi],
+        rec[rj],
+        gt_labels[gi] if labelled else None,
+        rec_labels[rj] if labelled else None,
+        value_range,
+    )
 
 
 def score_pairs(
