@@ -1,0 +1,74 @@
+"""Golden rows: the default commands give the rows recorded before the engine redesign.
+
+``tests/golden/default_rows.json`` holds every field of each command's rows except the
+timings (``wall_s``, ``train_s``, ``attack_s``) and the package versions, as printed by
+``python -m privbench <command> --json`` on the commit before the redesign. A refactor
+of the engine, the roles or the public view must leave every one of these numbers
+unchanged; a change that means to move a number re-records the file in the same commit
+and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "default_rows.json").read_text())
+UNTIMED = {"wall_s", "train_s", "attack_s", "versions"}
+
+
+def same(got, want, path="row") -> list[str]:
+    """Every difference between ``got`` and ``want`` (floats to 1e-9 relative)."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        if set(got) != set(want):
+            return [f"{path}: keys {sorted(set(got) ^ set(want))} differ"]
+        return [d for k in want for d in same(got[k], want[k], f"{path}.{k}")]
+    if isinstance(want, list) and isinstance(got, list):
+        if len(got) != len(want):
+            return [f"{path}: {len(got)} items, want {len(want)}"]
+        return [
+            d
+            for i, (g, w) in enumerate(zip(got, want, strict=True))
+            for d in same(g, w, f"{path}[{i}]")
+        ]
+    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        if math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12):
+            return []
+    elif got == want and type(got) is type(want):
+        return []
+    return [f"{path}: {got!r}, want {want!r}"]
+
+
+def test_same_compares_what_it_should():
+    assert same({"a": [1.0, "x"]}, {"a": [1.0 + 1e-12, "x"]}) == []
+    assert same({"a": 1.0}, {"a": 1.001}) and same({"a": 1}, {"b": 1})
+    assert same({"a": None}, {"a": 0.0}) and same([1, 2], [1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(GOLDEN))
+def test_default_command_rows_are_unchanged(command, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "privbench",
+            *command.split(),
+            "--json",
+            "--no-save",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [{k: v for k, v in r.items() if k not in UNTIMED} for r in json.loads(proc.stdout)]
+    diffs = same(rows, GOLDEN[command])
+    assert not diffs, f"{command}: {len(diffs)} fields changed:\n" + "\n".join(diffs[:20])
