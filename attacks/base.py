@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from privbench.channel import Observation
+from privbench.engine.channel import Observation
 from privbench.registry import Registry
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from privbench.attacks.base import ATTACKS, Attack, Reconstruction
 from privbench.attacks.generative import latest
-from privbench.augmenters.zsdg import batchnorm_layers, zsdg
 from privbench.errors import IncompatibleError
+from privbench.nn.batchnorm import batchnorm_layers, zsdg
 from privbench.registry import Param
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from privbench.attacks.base import ATTACKS, Attack, Reconstruction
-from privbench.augmenters.cvae import CVAE, from_unit, load_decoder, sample, to_unit
 from privbench.errors import IncompatibleError
+from privbench.nn.cvae import CVAE, from_unit, load_decoder, sample, to_unit
 from privbench.registry import Param
 
 
@@ -33,7 +33,7 @@ def latest(observation, seen):
 def shared_decoder(observation, seen) -> CVAE:
     """The CVAE (architecture from the public method) with the observed decoder weights."""
     obs = latest(observation, seen)
-    augmenter = obs.context.augmenter if obs.context is not None else None
+    augmenter = obs.context.method if obs.context is not None else None
     if augmenter is None or not hasattr(augmenter, "new_cvae"):
         raise IncompatibleError(
             "this generator message carries no CVAE recipe (use a cvae-* method)"

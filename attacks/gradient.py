@@ -1,7 +1,7 @@
 """Gradient inversion: DLG, iDLG and Inverting Gradients.
 
 All three rebuild the victim's message with the victim's *own* training recipe: the
-dummy data go through ``context.augmenter.local_loss`` (so a FedMix client is attacked
+dummy data go through ``context.method.local_loss`` (so a FedMix client is attacked
 with the FedMix loss), for ``context.local_steps`` steps of SGD when the message is a
 multi-step ``update``. Only the optimisation of the dummy data differs:
 
@@ -28,9 +28,9 @@ from privbench.attacks.batched import (
     split_trials,
     stack_trials,
 )
-from privbench.channel import Observation, PublicContext
+from privbench.engine.channel import Observation, PublicContext
+from privbench.engine.federated import FunctionalModel
 from privbench.errors import IncompatibleError
-from privbench.federated import FunctionalModel
 from privbench.models import classifier_weight_name
 from privbench.progress import bar
 from privbench.registry import Param
@@ -53,13 +53,13 @@ class VictimSimulator:
         self.ctx = context
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         # How the attacker models private randomness it cannot see (FedAvP's op pairs).
-        self.augmenter = context.augmenter.attack_view(guess, gen)
+        self.augmenter = context.method.attack_view(guess, gen)
         # The synthetic samples the victim mixed into its batch (Fed-ZDAC, CVAE
         # imputation), as the attacker estimates them from what it holds: the simulated
         # loss is then the victim's real + synthetic loss.
         self.synthetic = None
         if context.num_synthetic:
-            self.synthetic = context.augmenter.attack_synthetic(context, context.num_synthetic, gen)
+            self.synthetic = context.method.attack_synthetic(context, context.num_synthetic, gen)
         self.module = context.build_model()
         self.module.load_state_dict(dict(context.weights_before))
         self.module.train()  # clients train in train mode (BN uses batch statistics)
@@ -220,7 +220,7 @@ class BNPrior:
     those of the dummy batch."""
 
     def __init__(self, context: PublicContext):
-        from privbench.augmenters.zsdg import BNStatistics
+        from privbench.nn.batchnorm import BNStatistics
 
         self.module = context.build_model()
         self.module.load_state_dict(dict(context.weights_before))
@@ -248,12 +248,12 @@ class GeneratorPrior:
 
     def __init__(self, context: PublicContext):
         decoder = context.received.get("generator")
-        if decoder is None or not hasattr(context.augmenter, "client_decoder"):
+        if decoder is None or not hasattr(context.method, "client_decoder"):
             raise IncompatibleError(
                 "prior 'generator' needs the shared CVAE decoder the victim received "
                 "(use a cvae-* method)"
             )
-        self.decoder = context.augmenter.client_decoder(context.received)
+        self.decoder = context.method.client_decoder(context.received)
         for p in self.decoder.parameters():
             p.requires_grad_(False)
         lo, hi = context.value_range

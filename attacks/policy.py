@@ -54,7 +54,7 @@ class PolicyInference(Attack):
 
     def reconstruct(self, observation, *, generator, seen=()):
         ctx = observation.context
-        method = ctx.augmenter if ctx is not None else None
+        method = ctx.method if ctx is not None else None
         if (
             method is None
             or not hasattr(method, "train_policy")

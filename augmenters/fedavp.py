@@ -49,8 +49,8 @@ from privbench.augmenters.ops import (
     sample_pairs,
     sampling_probs,
 )
+from privbench.engine.federated import minibatches
 from privbench.errors import IncompatibleError, ParameterError
-from privbench.federated import minibatches
 from privbench.registry import Param
 
 State = dict[str, torch.Tensor]

@@ -8,16 +8,10 @@ when it has any, so the attacked step always carries both kinds).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from privbench.augmenters.base import Augmenter, ClientState
-
-
-def seeded(*parts: int) -> torch.Generator:
-    """A generator seeded from integers (the method's own randomness streams)."""
-    seed = np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(seed >> np.uint64(1)))
+from privbench.engine.seeding import seeded
 
 
 def synthetic_in_batch(batch: int, real: int, synthetic: int) -> int:

@@ -25,7 +25,7 @@ import torch
 
 import privbench
 from privbench import AttackConfig, FedConfig, ResultStore, RunConfig
-from privbench.report import mean_std as ms
+from privbench.results.report import mean_std as ms
 
 SETUPS = {
     "photos": dict(model="lenet-sigmoid", lr=0.1, local_epochs=2, attacks=("dlg",)),

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from privbench import AttackConfig, FedConfig, RunConfig
-from privbench.metrics import label_distribution_error
-from privbench.report import mean_std as ms
-from privbench.runner import Experiment
+from privbench.engine.experiment import Experiment
+from privbench.evaluation.attacking import attack_victims
+from privbench.evaluation.metrics import label_distribution_error
+from privbench.results.report import mean_std as ms
 
 METHODS = ("fedavg", "randaugment", "trivialaugment", "fedavp", "fedmix")
 ARTIFACT = {"fedavp": "policy-inference", "fedmix": "averaged-data"}
@@ -55,7 +56,7 @@ def attack(exp: Experiment, outcome, name: str, **params):
     cfg = exp.cfg
     exp.cfg = replace(cfg, attack=replace(cfg.attack, params={**cfg.attack.params, name: params}))
     try:
-        score, err, _ = exp.attack(name, outcome, None)
+        score, err, _ = attack_victims(exp, name, outcome, None)
         return score, err
     except RuntimeError as e:  # e.g. every L-BFGS restart diverged: a failed trial
         print(f"    {name} {params}: {e}", flush=True)

@@ -19,7 +19,7 @@ import numpy as np
 
 import privbench
 from privbench import AttackConfig, FedConfig, RunConfig
-from privbench.report import mean_std as ms
+from privbench.results.report import mean_std as ms
 
 METHODS = ("fedavg", "localmix", "naivemix", "fedmix", "globalmix")
 MAFL = ("naivemix", "fedmix", "globalmix")

@@ -43,9 +43,9 @@ import privbench
 from privbench import AttackConfig, FedConfig, RunConfig
 from privbench.attacks.base import ATTACKS
 from privbench.augmenters import ClientState
-from privbench.channel import Channel
-from privbench.metrics import score_nearest
-from privbench.runner import Experiment
+from privbench.engine.channel import Channel
+from privbench.engine.experiment import Experiment
+from privbench.evaluation.metrics import score_nearest
 
 METHODS = ("fedavg", "zdac", "zdas", "cvae-uniform", "cvae-minority", "cvae-finetune")
 PARTITIONS = {"multimodal": {}, "dirichlet-0.1": {"alpha": 0.1}}
@@ -128,7 +128,7 @@ def membership(seeds: int) -> list[dict]:
 
 
 def psnr_of(a: torch.Tensor, b: torch.Tensor) -> float:
-    from privbench.metrics import psnr
+    from privbench.evaluation.metrics import psnr
 
     return psnr(a.double().numpy(), b.double().clamp(0, 1).numpy())
 

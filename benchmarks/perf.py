@@ -24,9 +24,10 @@ import torch
 
 from privbench import AttackConfig, FedConfig, RunConfig
 from privbench.attacks.base import ATTACKS
-from privbench.metrics import psnr
+from privbench.engine.experiment import Experiment
+from privbench.engine.seeding import torch_generator
+from privbench.evaluation.metrics import psnr
 from privbench.progress import set_enabled
-from privbench.runner import Experiment, torch_generator
 from privbench.testing import as_float64
 
 
@@ -151,7 +152,7 @@ def flower_comparison(clients: int, rounds: int) -> dict:
     """The same federated config (default data, model, FedAvg, no attack) run by
     privbench and by Flower's simulation runtime through privbench's adapter."""
     try:
-        from privbench.flower import FlowerBench
+        from privbench.integrations.flower import FlowerBench
     except ImportError as err:
         return {"skipped": str(err)}
     cfg = _fed_config(clients, rounds, eval_every=1)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from privbench.channel import Payload
+from privbench.engine.channel import Payload
 from privbench.registry import Registry
 
 
@@ -78,7 +78,7 @@ class Defense:
 
     def generator(self, *parts: int) -> torch.Generator:
         """A noise generator private to this defense, seeded from the run and ``parts``."""
-        from privbench.runner import torch_generator
+        from privbench.engine.seeding import torch_generator
 
         return torch_generator(self.seed, 5, *parts)
 

@@ -17,7 +17,7 @@ import logging
 
 from privbench import AttackConfig, FedConfig, RunConfig
 from privbench.cli import format_rows
-from privbench.flower import FlowerBench
+from privbench.integrations.flower import FlowerBench
 
 
 def main() -> None:

@@ -38,12 +38,12 @@ def registries() -> dict:
     installed ``privbench.plugins`` entry points load on the first call)."""
     from privbench.attacks import ATTACKS
     from privbench.augmenters import AUGMENTERS
-    from privbench.channel import THREATS
     from privbench.data import DATASETS
+    from privbench.data.partition import PARTITIONS
     from privbench.defenses import DEFENSES
-    from privbench.federated import ALGORITHMS
+    from privbench.engine.channel import THREATS
+    from privbench.engine.federated import ALGORITHMS
     from privbench.models import MODELS
-    from privbench.partition import PARTITIONS
     from privbench.plugins import load_entry_points
 
     regs = {
@@ -71,7 +71,7 @@ def run(
     the rows). ``data``: your own data, anything :func:`as_bundle` takes, instead of
     ``config.dataset``. The CLI runs exactly this function.
     """
-    from privbench.runner import run as _run
+    from privbench.pipeline import run as _run
 
     store = out if isinstance(out, ResultStore) else (ResultStore(out) if out else None)
     return _run(config or RunConfig(), store=store, model=model, data=data)

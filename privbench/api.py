@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from privbench.channel import SERVER, Observation, PublicContext
+from privbench.engine.channel import SERVER, Observation, PublicContext
 from privbench.errors import ParameterError
-from privbench.metrics import LeakageScore, score_reconstruction
+from privbench.evaluation.metrics import LeakageScore, score_reconstruction
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def attack_update(
         num_classes=num_classes,
         input_shape=tuple(input_shape),
         value_range=tuple(value_range),
-        augmenter=augmenter,
+        method=augmenter,
         augmenter_params={},
     )
     observation = Observation(0, 0, SERVER, kind, _named(model, update_or_gradient), context)

@@ -24,7 +24,7 @@ import torch
 from privbench.config import AttackConfig, FedConfig, RunConfig
 from privbench.errors import ParameterError
 from privbench.registry import Param
-from privbench.report import check, load_rows
+from privbench.results.report import check, load_rows
 
 
 def assert_no_leakage_regression(
@@ -243,7 +243,7 @@ def check_algorithm(name: str) -> None:
 
 
 def check_threat(name: str) -> None:
-    from privbench.runner import Experiment
+    from privbench.engine.experiment import Experiment
 
     out = Experiment(tiny_config(attack=dict(threat=name))).train()
     assert out.channel.observations, f"threat '{name}' observed nothing"

@@ -96,7 +96,7 @@ def test_custom_model_runs_end_to_end(model):
 
 def test_instance_weights_are_the_initial_global_model():
     net = TinyNet((1, 8, 8), 10)
-    exp = privbench.runner.Experiment(tiny_config(model="mine"), model=net)
+    exp = privbench.engine.experiment.Experiment(tiny_config(model="mine"), model=net)
     built = exp.build_model()
     assert built is not net
     for a, b in zip(built.parameters(), net.parameters(), strict=True):
@@ -315,13 +315,15 @@ def test_attack_update_recovers_one_image_from_a_lenet_gradient(seed):
 def test_attack_update_equals_the_benchmarks_attack_on_the_same_message(steps):
     """Fed the message a run captured, with the run's attack seed, attack_update rebuilds
     exactly what the runner's attack rebuilt."""
-    from privbench.runner import Experiment, derive_seed
+    from privbench.engine.experiment import Experiment
+    from privbench.engine.seeding import derive_seed
+    from privbench.evaluation.attacking import attack_victims
 
     cfg = tiny_config(attack=dict(names=("idlg",), steps=steps, params={"iters": 15}))
     exp = Experiment(cfg)
     out = exp.train()
     (obs,) = [o for o in out.channel.observations if o.sender == 0 and o.round == 0]
-    score, _, _ = exp.attack("idlg", out, None)
+    score, _, _ = attack_victims(exp, "idlg", out, None)
     net = exp.build_model()
     net.load_state_dict(dict(obs.context.weights_before))
     victim = out.victims[0]

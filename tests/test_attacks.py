@@ -5,7 +5,7 @@ import torch
 
 import privbench
 from privbench.attacks.gradient import VictimSimulator, infer_labels
-from privbench.runner import Experiment
+from privbench.engine.experiment import Experiment
 from tests.conftest import tiny_config
 
 
@@ -89,7 +89,7 @@ def test_ig_inverts_a_multi_step_update():
 
 def test_attacks_are_worse_than_nothing_on_random_targets():
     """A reconstruction of the wrong thing must score low: the metrics are not rigged."""
-    from privbench.metrics import score_reconstruction
+    from privbench.evaluation.metrics import score_reconstruction
 
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(4, 1, 8, 8, generator=g)

@@ -7,10 +7,11 @@ import torch
 
 from privbench.attacks.base import ATTACKS
 from privbench.attacks.batched import BatchedLBFGS, TrialFunction
-from privbench.federated import FedProx, local_train, vectorised_local_train
-from privbench.metrics import psnr
+from privbench.engine.experiment import Experiment
+from privbench.engine.federated import FedProx, local_train, vectorised_local_train
+from privbench.engine.seeding import torch_generator
+from privbench.evaluation.metrics import psnr
 from privbench.models import MODELS
-from privbench.runner import Experiment, torch_generator
 from privbench.testing import as_float64
 from tests.conftest import tiny_config
 

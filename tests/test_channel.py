@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from privbench.channel import SERVER, Channel, ClientThreat, ServerThreat, payload_bytes
+from privbench.engine.channel import SERVER, Channel, ClientThreat, ServerThreat, payload_bytes
 
 
 def test_payload_bytes_exact_per_dtype():

@@ -13,7 +13,7 @@ from privbench import registries
 from privbench.defenses import DEFENSES, Defense
 from privbench.defenses.dp import ClientDP, rdp_epsilon
 from privbench.defenses.noise import Prune, sparse_bytes
-from privbench.runner import Experiment
+from privbench.engine.experiment import Experiment
 from tests.conftest import tiny_config
 
 

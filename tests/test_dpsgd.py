@@ -11,8 +11,8 @@ from torch import nn
 import privbench
 from privbench import registries
 from privbench.defenses.dpsgd import DPSGD, DPTrainer, per_sample_grads_microbatch
+from privbench.engine.experiment import Experiment
 from privbench.errors import IncompatibleError
-from privbench.runner import Experiment
 from tests.conftest import tiny_config
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from privbench.federated import (
+from privbench.engine.federated import (
     QFFL,
     ClientResult,
     FedAvg,

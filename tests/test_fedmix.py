@@ -8,7 +8,7 @@ import privbench
 from privbench import registries
 from privbench.attacks.gradient import VictimSimulator
 from privbench.augmenters.fedmix import FedMix, NaiveMix, chunk_means
-from privbench.runner import Experiment
+from privbench.engine.experiment import Experiment
 from tests.conftest import tiny_config
 
 

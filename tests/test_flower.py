@@ -60,7 +60,7 @@ def test_flower_example_prints_a_row_matching_privbench_run():
 
 
 def test_adapter_refuses_what_it_cannot_carry():
-    from privbench.flower import FlowerBench
+    from privbench.integrations.flower import FlowerBench
 
     with pytest.raises(IncompatibleError, match="fedmix.*averaged_data"):
         FlowerBench(_config(method="fedmix"))

@@ -10,20 +10,15 @@ import privbench
 from privbench.attacks.base import ATTACKS
 from privbench.attacks.gradient import Prior, VictimSimulator
 from privbench.augmenters import ClientState
-from privbench.augmenters.cvae import (
-    CVAE,
-    decoder_state,
-    minority_counts,
-    sample,
-    uniform_labels,
-)
+from privbench.augmenters.cvae import minority_counts, uniform_labels
 from privbench.augmenters.synthetic import synthetic_in_batch
-from privbench.augmenters.zsdg import BNStatistics
-from privbench.channel import Observation
 from privbench.config import AttackConfig, RunConfig
+from privbench.engine.channel import Observation
+from privbench.engine.experiment import Experiment
 from privbench.errors import IncompatibleError, PrivbenchError
-from privbench.metrics import psnr
-from privbench.runner import Experiment
+from privbench.evaluation.metrics import psnr
+from privbench.nn.batchnorm import BNStatistics
+from privbench.nn.cvae import CVAE, decoder_state, sample
 from privbench.testing import tiny_config
 
 CVAE_FAST = {"cvae_rounds": 3, "cvae_epochs": 1}
@@ -122,13 +117,11 @@ def test_decoder_inversion_recovers_an_image_the_decoder_can_draw():
         z = torch.randn(2, 8, generator=g) * 0.5
         target = torch.sigmoid(cvae.decode_logits(z, labels))
     exp = Experiment(tiny_config(method="cvae-uniform", method_params=CVAE_FAST))
-    aug = exp.make_augmenter()
     ctx = exp.public_context(
         {k: v for k, v in exp.build_model().state_dict().items()},
         steps=0,
         batch=0,
         num_images=0,
-        augmenter=aug,
         algorithm=None,
         received={},
         defenses=[],
@@ -192,7 +185,7 @@ def test_client_models_are_broadcast_weights_plus_the_received_update():
     exp = Experiment(cfg)
     model = exp.build_model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    from privbench.federated import ClientResult
+    from privbench.engine.federated import ClientResult
 
     delta = {k: torch.ones_like(v) for k, v in state.items()}
     (got,) = exp.client_models(state, [ClientResult(2, delta, 1.0, 0.0)]).items()
@@ -232,7 +225,7 @@ def test_simulated_loss_is_real_plus_synthetic_and_exact_with_the_victims_sample
     n0 = len(exp.client_data(0)[1])
     assert ctx.num_images == 2 and ctx.num_synthetic == synthetic_in_batch(2, n0, 40)
     victim = outcome.victims[0]
-    aug = ctx.augmenter
+    aug = exp.augmenter  # the run's live method (engine side): the victim's synthetic set
     # The victim's own synthetic samples in that step (its training_data, replayed).
     state = ClientState(0, *exp.client_data(0))
     x_all, y_all = aug.training_data(cfg.attack.round, state, victim.images, victim.labels)
@@ -274,7 +267,7 @@ def test_generator_prior_is_zero_on_the_decoders_own_image_and_needs_a_decoder()
     cfg = tiny_config(method="cvae-uniform", method_params=CVAE_FAST, attack=dict(names=("dlg",)))
     _, _, obs = _victim_observation(cfg)
     prior = Prior("generator", 1.0 - 1e-9, obs, [obs])
-    decoder = obs.context.augmenter.client_decoder(obs.context.received)
+    decoder = obs.context.method.client_decoder(obs.context.received)
     labels = torch.tensor([4])
     with torch.no_grad():
         own = torch.sigmoid(decoder.decode_logits(torch.zeros(1, 8), labels))

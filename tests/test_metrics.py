@@ -7,7 +7,7 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import f1_score
 
-from privbench.metrics import (
+from privbench.evaluation.metrics import (
     PSNR_CAP,
     macro_f1,
     match,

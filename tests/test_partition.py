@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from privbench.data.partition import partition, split_clients
 from privbench.errors import ParameterError
-from privbench.partition import partition, split_clients
 
 LABELS = np.repeat(np.arange(10), 50)  # 500 samples, 10 balanced classes
 

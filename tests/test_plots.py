@@ -5,7 +5,7 @@ import pytest
 
 import privbench
 from privbench.cli import main
-from privbench.plots import pareto_front
+from privbench.results.plots import pareto_front
 from tests.conftest import tiny_config
 
 pytest.importorskip("matplotlib")

@@ -61,7 +61,7 @@ def test_decorator_registers_a_method_that_runs_and_is_attacked_method_aware(fli
     assert row.status == "ok" and row.method == "flip"
     # The attacker rebuilds the victim's message with the plugin's own loss: exact here.
     from privbench.attacks.gradient import VictimSimulator
-    from privbench.runner import Experiment
+    from privbench.engine.experiment import Experiment
 
     exp = Experiment(tiny_config(method="flip", attack=dict(names=("idlg",))))
     out = exp.train()

@@ -8,8 +8,8 @@ import pytest
 import privbench
 from privbench.cli import main
 from privbench.errors import ParameterError
-from privbench.report import check, format_table, make_baseline, summarize
 from privbench.results import ResultStore
+from privbench.results.report import check, format_table, make_baseline, summarize
 from privbench.testing import assert_no_leakage_regression
 from tests.conftest import tiny_config
 

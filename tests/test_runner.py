@@ -112,7 +112,9 @@ def test_row_has_every_field_with_real_values(tmp_path):
     assert d["status"] == "ok" and d["error"] is None
     assert 0.0 <= d["accuracy"] <= 1.0 and d["psnr"] > 0 and -1 <= d["ssim"] <= 1
     # Bytes: every sampled client gets the model each round and uploads one message.
-    n_params = sum(p.numel() for p in privbench.runner.Experiment(cfg).build_model().parameters())
+    n_params = sum(
+        p.numel() for p in privbench.engine.experiment.Experiment(cfg).build_model().parameters()
+    )
     per_model = n_params * 4
     assert d["bytes_down"] == cfg.fed.clients * cfg.fed.rounds * per_model
     assert d["bytes_up"] == cfg.fed.clients * cfg.fed.rounds * per_model

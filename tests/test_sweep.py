@@ -12,7 +12,7 @@ import pytest
 
 from privbench.errors import PrivbenchError
 from privbench.results import ResultStore
-from privbench.sweep import expand, pending, run_sweep
+from privbench.results.sweep import expand, pending, run_sweep
 
 FAST = {
     "dataset": "digits",
@@ -142,7 +142,7 @@ def test_exclude_skips_matching_points_and_names_unknown_keys():
 
 
 def test_headline_grid_is_valid():
-    from privbench.sweep import load_grid
+    from privbench.results.sweep import load_grid
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     points, problems = expand(load_grid(os.path.join(root, "benchmarks", "headline.toml")))

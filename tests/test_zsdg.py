@@ -6,12 +6,12 @@ import torch.nn.functional as F
 
 from privbench.attacks.base import ATTACKS
 from privbench.augmenters.base import Augmenter
-from privbench.augmenters.zsdg import BNStatistics, zsdg, zsdg_many
-from privbench.channel import Observation, PublicContext
 from privbench.data import load_dataset
+from privbench.engine.channel import Observation, PublicContext
 from privbench.errors import IncompatibleError
-from privbench.metrics import psnr
+from privbench.evaluation.metrics import psnr
 from privbench.models import MODELS
+from privbench.nn.batchnorm import BNStatistics, zsdg, zsdg_many
 
 
 def _cnn_bn():
@@ -94,7 +94,7 @@ def _observation(model_before, model_after, value_range=(0.0, 1.0)):
         num_classes=10,
         input_shape=(1, 8, 8),
         value_range=value_range,
-        augmenter=Augmenter(),
+        method=Augmenter(),
         augmenter_params={},
     )
     delta = {k: after[k] - before[k] for k in before}

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from privbench.errors import ParameterError, PrivbenchError
-from privbench.report import latest, summarize
+from privbench.results.report import latest, summarize
 
 KINDS = ("frontier", "reconstructions", "curves")
 

@@ -84,7 +84,7 @@ def _argv(options: Mapping[str, Any], no_value_flags: set[str]) -> list[str]:
 
 def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
     """Every point of the grid, resolved; and the problems found (empty when valid)."""
-    from privbench.cli import UsageError, build_parser, config_from_args
+    from privbench.cli.parser import UsageError, build_parser, config_from_args
 
     problems: list[str] = []
     unknown_sections = set(grid) - {"sweep", "grid", "exclude"}
@@ -156,9 +156,9 @@ def _run_point(argv: list[str], out: str, threads: int) -> list[str]:
     import torch
 
     from privbench import progress
-    from privbench.cli import build_parser, config_from_args
+    from privbench.cli.parser import build_parser, config_from_args
+    from privbench.pipeline import run
     from privbench.results import ResultStore
-    from privbench.runner import run
 
     torch.set_num_threads(threads)
     progress.set_enabled(False)
@@ -168,12 +168,12 @@ def _run_point(argv: list[str], out: str, threads: int) -> list[str]:
 
 def _record_crash(point: Point, out: str, err: BaseException) -> None:
     """A point whose process died (killed, out of memory) still leaves error rows."""
+    from privbench.pipeline import base_row
     from privbench.results import ResultStore
-    from privbench.runner import _base_row
 
     rows = []
     for name in point.attacks:
-        row = _base_row(point.config, name)
+        row = base_row(point.config, name)
         row.status, row.error = "error", f"worker failed: {type(err).__name__}: {err}"
         rows.append(row)
     ResultStore(out).append(rows)

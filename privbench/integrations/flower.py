@@ -8,7 +8,7 @@
   train on their attacked batch, exactly as in ``privbench run``);
 - :meth:`FlowerBench.strategy`: wraps any message-API Flower strategy (FedAvg by
   default). Every model it sends and every reply it receives goes through privbench's
-  :class:`~privbench.channel.Channel`: bytes are Flower's own serialised array bytes,
+  :class:`~privbench.engine.channel.Channel`: bytes are Flower's own serialised array bytes,
   and the threat model's observations carry the public context an attacker needs;
 - :meth:`FlowerBench.server_app`, and :meth:`FlowerBench.run_simulation` that runs
   Flower's simulation runtime and returns privbench result rows (accuracy, PSNR/SSIM
@@ -32,22 +32,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402  (flwr's torch helpers need torch imported first)
 
-from privbench.augmenters import ClientState  # noqa: E402
-from privbench.augmenters.base import Augmenter  # noqa: E402
-from privbench.channel import SERVER, Channel  # noqa: E402
 from privbench.config import RunConfig  # noqa: E402
-from privbench.errors import IncompatibleError  # noqa: E402
-from privbench.federated import clone_state  # noqa: E402
-from privbench.results import Results  # noqa: E402
-from privbench.runner import (  # noqa: E402
-    Experiment,
-    TrainingOutcome,
-    Victim,
-    _base_row,
-    derive_seed,
-    fail_rows,
-    finish_rows,
+from privbench.engine.case import TrainingOutcome, Victim  # noqa: E402
+from privbench.engine.channel import SERVER, Channel  # noqa: E402
+from privbench.engine.experiment import Experiment  # noqa: E402
+from privbench.engine.federated import clone_state  # noqa: E402
+from privbench.engine.method import (
+    Augmenter,  # noqa: E402
+    ClientState,  # noqa: E402
 )
+from privbench.engine.seeding import derive_seed  # noqa: E402
+from privbench.errors import IncompatibleError  # noqa: E402
+from privbench.pipeline import base_row, fail_rows, finish_rows  # noqa: E402
+from privbench.results import Results  # noqa: E402
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -56,7 +53,8 @@ try:
     from flwr.serverapp.strategy import FedAvg, Strategy
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "privbench.flower needs Flower with its simulation runtime: pip install 'privbench[flower]'"
+        "privbench.integrations.flower needs Flower with its simulation runtime: "
+        "pip install 'privbench[flower]'"
     ) from err
 
 ATTACK_KEY = "privbench-attack"  # train config: 1 in the attacked round
@@ -193,7 +191,6 @@ class PrivbenchStrategy(Strategy):
                 steps=int(metrics["local-steps"]),
                 batch=int(metrics["batch-size"]),
                 num_images=int(metrics["num-examples"]),
-                augmenter=bench.augmenter,
                 algorithm=bench.algorithm,
                 received={},
                 defenses=[],
@@ -300,7 +297,7 @@ class FlowerBench:
 
         t0 = time.perf_counter()
         store = ResultStore(out) if out else None
-        rows = Results(_base_row(self.cfg, n) for n in (self.cfg.attack.names or ("none",)))
+        rows = Results(base_row(self.cfg, n) for n in (self.cfg.attack.names or ("none",)))
         server = self.server_app(strategy)
         for row in rows:
             row.algorithm = f"flower-{self.strategy_name}"

@@ -59,7 +59,10 @@ class PublicContext:
     num_classes: int
     input_shape: tuple[int, int, int]
     value_range: tuple[float, float]
-    augmenter: Any  # the public algorithm object: its local_loss is what the victim minimised
+    # The method as an outsider knows it: a fresh instance built from its public
+    # parameters (never the run's live object, which holds clients' private state); its
+    # local_loss is what the victim minimised.
+    method: Any
     augmenter_params: Mapping[str, Any]
     received: Mapping[str, Payload] = field(default_factory=dict)  # broadcasts it was sent
     algorithm: Any = None  # the public trainer (FedProx's penalty is part of the local loss)
@@ -73,6 +76,11 @@ class PublicContext:
     # Synthetic samples the method mixed into the message's batch besides the
     # num_images real ones (Fed-ZDAC, CVAE imputation); their count is public recipe.
     num_synthetic: int = 0
+
+    @property
+    def augmenter(self) -> Any:
+        """The public method (the field's former name, kept for attack plugins)."""
+        return self.method
 
 
 @dataclass(frozen=True)

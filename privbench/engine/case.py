@@ -1,0 +1,326 @@
+"""The case: a resolved configuration built into data, clients, model and threat model.
+
+Like breaching's ``cases``: the case holds the ground truth and builds the public recipe
+an adversary gets (:meth:`Case.public_context`); the round loop trains on it
+(:mod:`privbench.engine.experiment`); the evaluation scores against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from privbench import registries
+from privbench.config import RunConfig
+from privbench.data import DataBundle, as_bundle, load_dataset
+from privbench.data.partition import ClientSplit, partition, split_clients
+from privbench.engine.channel import Channel, PublicContext
+from privbench.engine.federated import predict
+from privbench.engine.seeding import derive_seed
+from privbench.errors import IncompatibleError, ParameterError
+from privbench.evaluation.metrics import utility
+from privbench.models import check_model_output, model_factory
+from privbench.nn.batchnorm import batchnorm_layers
+
+log = logging.getLogger("privbench")
+
+ATTACKER_STREAM = 12  # derive_seed(seed, ATTACKER_STREAM): the public method's seed
+
+
+@dataclass
+class Victim:
+    """Ground truth of one attacked client. Never given to an attack."""
+
+    client_id: int
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class LocalUpdate:
+    """A client's message before defenses, with the public recipe that produced it."""
+
+    kind: str  # "gradient" (one FedSGD step) or "update" (new weights - global weights)
+    payload: dict[str, torch.Tensor]
+    steps: int
+    batch: int
+    num_images: int  # the client's real records behind the message (its FedAvg weight)
+    victim: Victim | None
+    loss_at_global: float
+    num_synthetic: int = 0  # synthetic samples the method mixed into that training set
+
+
+@dataclass
+class TrainingOutcome:
+    channel: Channel
+    victims: dict[int, Victim]
+    utility: object
+    history: list[dict[str, float]] = field(default_factory=list)
+    spend: tuple[float | None, float | None, str | None] = (None, None, None)
+    seconds: float = 0.0
+    synthetic_share: float | None = None  # mean over clients of synthetic / training set
+
+
+@dataclass(frozen=True)
+class ModelBuilder:
+    """The model every party builds: the factory, the data's shape and class count, the
+    model's parameters, then each defense's layer replacement (e.g. BatchNorm ->
+    GroupNorm under DP-SGD). A standalone public recipe: calling it reaches nothing of
+    the run."""
+
+    factory: Callable[..., torch.nn.Module]
+    shape: tuple[int, ...]
+    num_classes: int
+    params: Mapping[str, Any]
+    fixers: tuple[Callable[[torch.nn.Module], tuple[torch.nn.Module, bool]], ...] = ()
+
+    def __call__(self) -> torch.nn.Module:
+        model = self.factory(self.shape, self.num_classes, **self.params)
+        for fix in self.fixers:
+            model = fix(model)[0]
+        return model
+
+
+class Case:
+    """One resolved configuration built into a case: the data and its partition, the
+    model every party builds, the threat model; checked before anything trains.
+
+    The case keeps the ground truth (every client's records); the round loop
+    (:class:`~privbench.engine.experiment.Experiment`) trains on it and the evaluation
+    scores against it. Attacks get none of it: they see :class:`PublicContext` records,
+    built by :meth:`public_context` from public information only.
+    """
+
+    def __init__(self, config: RunConfig, *, model=None, data=None):
+        """``model``/``data``: a user's own model factory (or module) and data (anything
+        :func:`~privbench.data.as_bundle` takes) instead of registered names; the
+        config's ``model``/``dataset`` fields are then only their labels in the rows."""
+        provided = frozenset(k for k, v in (("model", model), ("dataset", data)) if v is not None)
+        self.cfg = config.resolve(provided=provided)
+        regs = registries()
+        self.regs = regs
+        cfg = self.cfg
+        if data is not None:
+            self.data: DataBundle = as_bundle(data, name=cfg.dataset)
+        else:
+            self.data = load_dataset(
+                cfg.dataset, cfg.dataset_params, root=cfg.data_root, download=cfg.download
+            )
+        if model is not None:
+            self._factory = model_factory(model, cfg.model)
+        else:
+            self._factory = regs["model"].entry(cfg.model).factory
+        check_model_output(
+            self._factory(self.data.shape, self.data.num_classes, **cfg.model_params),
+            self.data.x_train[:2],
+            self.data.num_classes,
+            cfg.model,
+        )
+        parts = partition(
+            cfg.partition,
+            self.data.y_train.numpy(),
+            cfg.fed.clients,
+            seed=cfg.seed,
+            params=cfg.partition_params,
+        )
+        self.clients: list[ClientSplit] = split_clients(
+            parts, test_fraction=cfg.fed.local_test_fraction, seed=cfg.seed
+        )
+        self._check_sizes()
+        # Threat models are validated against the run (a curious client must exist).
+        self.threat = self.regs["threat"].create(cfg.attack.threat, **cfg.attack.threat_params)
+        if hasattr(self.threat, "bind"):
+            self.threat.bind(cfg.fed.clients)
+        self._check_defenses()
+        self._check_batchnorm()
+        self.public_method = self._public_method()  # before any party's state exists
+
+    def _check_batchnorm(self) -> None:
+        """Methods and attacks that invert BatchNorm statistics (ZSDG) need a model that
+        keeps them; say so before anything trains."""
+        needs = []
+        if getattr(self.regs["method"].entry(self.cfg.method).factory, "needs_batchnorm", False):
+            needs.append(f"method '{self.cfg.method}'")
+        for name in self.cfg.attack.names:
+            if getattr(self.regs["attack"].entry(name).factory, "needs_batchnorm", False):
+                needs.append(f"attack '{name}'")
+        if needs and not batchnorm_layers(self.build_model()):
+            raise IncompatibleError(
+                f"{' and '.join(needs)} {'need' if len(needs) > 1 else 'needs'} BatchNorm "
+                f"running statistics (ZSDG inverts them), and model "
+                f"'{self.cfg.model}' has no BatchNorm layers that keep them; use a model "
+                "with BatchNorm (e.g. --model cnn-bn)."
+            )
+
+    def _check_defenses(self) -> None:
+        """At most one defense may take over local training, and it must accept the run's
+        trainer and method; model-changing defenses announce the change once."""
+        classes = [self.regs["defense"].entry(n).factory for n in self.cfg.defenses]
+        trainers = [n for n, c in zip(self.cfg.defenses, classes, strict=True) if c.trains_locally]
+        if len(trainers) > 1:
+            raise IncompatibleError(
+                f"defenses {', '.join(repr(n) for n in trainers)} each replace local "
+                "training; choose one."
+            )
+        self._model_fixers = [c.prepare_model for c in classes]
+        augmenter = self.make_augmenter(setup=False)
+        if trainers and augmenter.trains_locally:
+            raise IncompatibleError(
+                f"defense '{trainers[0]}' replaces local training, and method "
+                f"'{self.cfg.method}' runs its own local training loop (it learns more "
+                "than the model); choose one."
+            )
+        for name, fix in zip(self.cfg.defenses, self._model_fixers, strict=True):
+            if fix(self._raw_model())[1]:
+                log.warning(
+                    "%s: model '%s' has layers that mix records (BatchNorm); every party, "
+                    "the attacker included, uses Opacus' ModuleValidator.fix of it "
+                    "(GroupNorm) instead.",
+                    name,
+                    self.cfg.model,
+                )
+        for n in self.cfg.defenses:
+            self.regs["defense"].create(n, **self.cfg.defense_params.get(n, {})).check(
+                algorithm=self.make_algorithm(), augmenter=augmenter
+            )
+
+    def make_algorithm(self):
+        """The run's federated trainer (FedAvg, FedProx, q-FFL) with its parameters."""
+        return self.regs["algorithm"].create(
+            self.cfg.fed.algorithm, **self.cfg.fed.algorithm_params
+        )
+
+    def make_augmenter(self, *, setup: bool = True):
+        """The run's augmentation method, set up for this data and client count."""
+        augmenter = self.regs["method"].create(self.cfg.method, **self.cfg.method_params)
+        augmenter.value_range = self.data.value_range
+        if setup:
+            augmenter.setup(
+                num_classes=self.data.num_classes,
+                input_shape=self.data.shape,
+                num_clients=self.cfg.fed.clients,
+                seed=self.cfg.seed,
+            )
+        return augmenter
+
+    def evaluates_after(self, rounds_done: int) -> bool:
+        """Whether utility is measured after ``rounds_done`` rounds (always after the last:
+        it is the row's utility)."""
+        fed = self.cfg.fed
+        return rounds_done == fed.rounds or bool(
+            fed.eval_every and rounds_done % fed.eval_every == 0
+        )
+
+    @staticmethod
+    def history_entry(rounds_done: int, u, channel: Channel) -> dict[str, float]:
+        return {
+            "round": rounds_done,
+            **u.__dict__,
+            "bytes_up": channel.bytes_up,
+            "bytes_down": channel.bytes_down,
+        }
+
+    def _check_sizes(self) -> None:
+        smallest = min(len(c.train) for c in self.clients)
+        victims = self.clients[: self.cfg.attack.victims]
+        smallest_victim = min(len(c.train) for c in victims)
+        if self.cfg.fed.batch_size > smallest:
+            raise ParameterError(
+                f"The 'batch_size' parameter must be <= {smallest} (the smallest client's "
+                f"training set). Got {self.cfg.fed.batch_size} instead."
+            )
+        if self.cfg.attack.names and self.cfg.attack.batch > smallest_victim:
+            raise ParameterError(
+                f"The 'attack_batch' parameter must be <= {smallest_victim} (the smallest "
+                f"victim's training set). Got {self.cfg.attack.batch} instead."
+            )
+
+    def _raw_model(self) -> torch.nn.Module:
+        return self._factory(self.data.shape, self.data.num_classes, **self.cfg.model_params)
+
+    @functools.cached_property
+    def model_builder(self) -> ModelBuilder:
+        """The model as every party builds it, as a standalone public recipe."""
+        return ModelBuilder(
+            self._factory,
+            tuple(self.data.shape),
+            self.data.num_classes,
+            MappingProxyType(dict(self.cfg.model_params)),
+            tuple(self._model_fixers),
+        )
+
+    def build_model(self) -> torch.nn.Module:
+        """The model as every party builds it (after any defense's layer replacement)."""
+        return self.model_builder()
+
+    def _public_method(self):
+        """The method as an outsider knows it: a fresh instance built from its public
+        parameters and the data's public shape. It never plays a client or the server,
+        so it holds no client's records, synthetic set or local policy; attacks get this
+        object, never the run's live one. Its seed is the attacker's own stream: the
+        run's seed (which derives every party's private randomness) is not public."""
+        method = self.make_augmenter(setup=False)
+        method.setup(
+            num_classes=self.data.num_classes,
+            input_shape=self.data.shape,
+            num_clients=self.cfg.fed.clients,
+            seed=derive_seed(self.cfg.seed, ATTACKER_STREAM) % 2**31,
+        )
+        return method
+
+    # -- training -----------------------------------------------------------------------
+
+    def public_context(
+        self,
+        global_state,
+        *,
+        steps,
+        batch,
+        num_images,
+        algorithm,
+        received,
+        defenses,
+        num_synthetic=0,
+    ) -> PublicContext:
+        """The public recipe behind a client's message: what an attacker knows."""
+        trainer = next((d for d in defenses if d.trains_locally), None)
+        return PublicContext(
+            model_name=self.cfg.model,
+            build_model=self.model_builder,
+            weights_before=global_state,
+            lr=self.cfg.fed.lr,
+            local_steps=steps,
+            batch_size=batch,
+            num_images=num_images,
+            num_synthetic=num_synthetic,
+            num_classes=self.data.num_classes,
+            input_shape=self.data.shape,
+            value_range=self.data.value_range,
+            method=self.public_method,
+            augmenter_params=MappingProxyType(dict(self.cfg.method_params)),
+            received=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in received.items()}),
+            algorithm=algorithm,
+            record_clip=trainer.record_clip if trainer is not None else None,
+            update_clip=min((d.update_clip for d in defenses if d.update_clip), default=None),
+            public_data=(self.data.x_test, self.data.y_test),
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module):
+        pred = predict(model, self.data.x_test).numpy()
+        local_accs = []
+        x, y = self.data.x_train, self.data.y_train
+        for c in self.clients:
+            if len(c.test):
+                local_accs.append(float((predict(model, x[c.test]) == y[c.test]).float().mean()))
+        return utility(self.data.y_test.numpy(), pred, self.data.num_classes, local_accs)
+
+    def client_data(self, cid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        split = self.clients[cid].train
+        return self.data.x_train[split], self.data.y_train[split]

@@ -1,0 +1,276 @@
+"""A client's side of a round: its local computation (one by one, or many clients as one
+vectorised computation), the defenses on its message, the upload through the channel."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from privbench.engine.case import Case, LocalUpdate, Victim
+from privbench.engine.channel import SERVER
+from privbench.engine.federated import (
+    ClientResult,
+    can_vectorise,
+    clone_state,
+    local_train,
+    mean_loss,
+    state_delta,
+    vectorised_local_train,
+)
+from privbench.engine.method import Augmenter, ClientState
+from privbench.engine.seeding import torch_generator
+
+
+class ClientWork(Case):
+    """The clients' work on a case (the round loop calls it for every sampled client)."""
+
+    def round_generator(self, rnd: int, cid: int) -> torch.Generator:
+        """Client ``cid``'s generator for round ``rnd``: its attacked batch and its local
+        SGD shuffles (one-by-one and vectorised training draw from it alike)."""
+        return torch_generator(self.cfg.seed, 1, rnd, cid)
+
+    @staticmethod
+    def loss_at_global(model, state, loss_fn, algorithm) -> float:
+        """F_k(w^t), the client's loss at the global weights: only q-FFL needs it."""
+        if not getattr(algorithm, "needs_loss", False):
+            return 0.0
+        return mean_loss(model, state.x, state.y, loss_fn)
+
+    def victim_batch(
+        self, rnd: int, state: ClientState, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch a victim trains on in the attacked round: the first draw of the
+        client's round generator, so the metrics and an outside runtime (Flower's)
+        agree on it. Pass the client's generator to advance it."""
+        gen = generator or self.round_generator(rnd, state.client_id)
+        pick = torch.randperm(len(state.y), generator=gen)[: self.cfg.attack.batch]
+        return state.x[pick], state.y[pick]
+
+    def local_update(
+        self, rnd, state, global_state, algorithm, augmenter, defenses, *, is_victim
+    ) -> LocalUpdate:
+        """One client's local computation from the global weights: what it would send
+        (before any defense touches the message) and its public recipe."""
+        cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
+        model = self.build_model()
+        model.load_state_dict(global_state)
+        gen = self.round_generator(rnd, state.client_id)
+        private = torch_generator(cfg.seed, 4, rnd, state.client_id)  # the method's randomness
+
+        def loss_fn(mdl, x, y):
+            return augmenter.local_loss(mdl, x, y, received=state.received, generator=private)
+
+        loss_at_global = self.loss_at_global(model, state, loss_fn, algorithm)
+        victim = None
+        if is_victim:
+            x, y = self.victim_batch(rnd, state, gen)
+            victim = Victim(state.client_id, x.clone(), y.clone())
+            real = len(y)
+            x, y = augmenter.training_data(rnd, state, x, y)
+            steps, batch = atk.steps, len(y)
+            kind = "gradient" if steps == 1 else "update"
+        else:
+            real = len(state.y)
+            x, y = augmenter.training_data(rnd, state, state.x, state.y)
+            steps, batch = None, fed.batch_size
+            kind = "update"
+        trainer = next((d for d in defenses if d.trains_locally), None)
+        if kind == "gradient" and trainer is not None:
+            payload = trainer.local_gradient(
+                rnd,
+                state.client_id,
+                model,
+                x,
+                y,
+                loss_fn=loss_fn,
+                num_records=len(state.y),
+                per_sample=augmenter.per_sample_grads,
+            )
+        elif kind == "gradient":
+            # FedSGD: one full-batch gradient at the global weights; the server applies it.
+            model.train()
+            params = dict(model.named_parameters())
+            loss = loss_fn(model, x, y)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            payload = {n: g.detach() for n, g in zip(params, grads, strict=True)}
+        else:
+            common = dict(
+                loss_fn=loss_fn,
+                epochs=steps if steps else fed.local_epochs,
+                batch_size=batch,
+                lr=fed.lr,
+                generator=gen,
+                algorithm=algorithm,
+            )
+            if trainer is not None:  # e.g. DP-SGD replaces plain local SGD
+                taken = trainer.local_train(
+                    rnd,
+                    state.client_id,
+                    model,
+                    x,
+                    y,
+                    **common,
+                    per_sample=augmenter.per_sample_grads,
+                    num_records=len(state.y),
+                    fixed_batch=is_victim,
+                )
+            elif augmenter.trains_locally:  # e.g. FedAvP learns its policy alongside
+                del common["loss_fn"]
+                taken = augmenter.local_train(
+                    model, x, y, client=state, round=rnd, private=private, **common
+                )
+            else:
+                taken = local_train(model, x, y, **common)
+            steps = steps or taken
+            payload = state_delta(clone_state(model), global_state)
+        return LocalUpdate(kind, payload, steps, batch, real, victim, loss_at_global, len(y) - real)
+
+    def vectorises(self, augmenter, defenses) -> bool:
+        """Whether this run's clients can train as one computation: plain local SGD on a
+        loss that is the same function for every client (the base cross-entropy; a
+        method may change the data via ``training_data``), no defense replacing local
+        training, no randomness inside the model."""
+        return (
+            self.cfg.fed.vectorise
+            and type(augmenter).local_loss is Augmenter.local_loss
+            and not augmenter.trains_locally
+            and not any(d.trains_locally for d in defenses)
+            and self._model_vectorises
+        )
+
+    @functools.cached_property
+    def _model_vectorises(self) -> bool:
+        return can_vectorise(self.build_model())
+
+    def vectorised_updates(
+        self, rnd, clients, global_state, algorithm, augmenter, defenses
+    ) -> dict[int, LocalUpdate]:
+        """:meth:`local_update` for ``clients`` (none of them attacked) as one vectorised
+        computation, when :meth:`vectorises`; {} otherwise (they train one by one)."""
+        if len(clients) < 2 or not self.vectorises(augmenter, defenses):
+            return {}
+        fed = self.cfg.fed
+        model = self.build_model()
+        model.load_state_dict(global_state)
+
+        # The base loss reads neither the client's received messages nor its private
+        # generator: one function serves every client.
+        def loss_fn(mdl, x, y):
+            return augmenter.local_loss(mdl, x, y, received={})
+
+        datasets, generators, losses = [], [], []
+        for state in clients:
+            losses.append(self.loss_at_global(model, state, loss_fn, algorithm))
+            generators.append(self.round_generator(rnd, state.client_id))
+            datasets.append(augmenter.training_data(rnd, state, state.x, state.y))
+        new_states, steps = vectorised_local_train(
+            model,
+            global_state,
+            datasets,
+            loss_fn=loss_fn,
+            epochs=fed.local_epochs,
+            batch_size=fed.batch_size,
+            lr=fed.lr,
+            generators=generators,
+            algorithm=algorithm,
+        )
+        return {
+            state.client_id: LocalUpdate(
+                "update",
+                state_delta(new, global_state),
+                taken,
+                fed.batch_size,
+                len(state.y),
+                None,
+                loss,
+                len(data[1]) - len(state.y),
+            )
+            for state, new, taken, data, loss in zip(
+                clients, new_states, steps, datasets, losses, strict=True
+            )
+        }
+
+    @staticmethod
+    def send_artifacts(rnd, cid, messages, augmenter, defenses, channel, *, context=None):
+        """Client ``cid``'s artifacts to the server: each defense privatises them, the
+        channel counts and records them, the server side of the method receives them."""
+        for kind, payload in messages.items():
+            for d in defenses:
+                payload = d.privatize_artifact(rnd, cid, kind, payload)
+            got = channel.send(rnd, cid, SERVER, kind, payload, context=context)
+            augmenter.server_receive(rnd, cid, kind, got)
+
+    def _client_round(
+        self,
+        rnd,
+        state,
+        global_state,
+        algorithm,
+        augmenter,
+        defenses,
+        channel,
+        victims,
+        *,
+        is_victim,
+        local: LocalUpdate | None = None,
+    ) -> ClientResult:
+        """One client's round: local computation (unless ``local`` was computed already,
+        vectorised with others), defenses, the upload through the channel."""
+        fed = self.cfg.fed
+        if local is None:
+            local = self.local_update(
+                rnd, state, global_state, algorithm, augmenter, defenses, is_victim=is_victim
+            )
+        if local.victim is not None:
+            victims[state.client_id] = local.victim
+        else:
+            self._training_sets[state.client_id] = (local.num_images, local.num_synthetic)
+        kind, payload = local.kind, local.payload
+        for d in defenses:
+            payload = d.privatize_update(rnd, state.client_id, kind, payload)
+        context = self.public_context(
+            global_state,
+            steps=local.steps,
+            batch=local.batch,
+            num_images=local.num_images,
+            num_synthetic=local.num_synthetic,
+            algorithm=algorithm,
+            received=state.received,
+            defenses=defenses,
+        )
+        encoding, nbytes = "dense", None
+        for d in defenses:  # the last defense that re-encodes the payload decides
+            encoded = d.encoding(kind, payload)
+            if encoded is not None:
+                encoding, nbytes = encoded
+        got = channel.send(
+            rnd,
+            state.client_id,
+            SERVER,
+            kind,
+            payload,
+            context=context,
+            encoding=encoding,
+            nbytes=nbytes,
+        )
+        # Uploads after local training besides the update (FedAvP's policy update).
+        self.send_artifacts(
+            rnd,
+            state.client_id,
+            augmenter.upload(rnd, state),
+            augmenter,
+            defenses,
+            channel,
+            context=context,
+        )
+        if kind == "gradient":
+            delta = {k: torch.zeros_like(v) for k, v in global_state.items()}
+            for n, g in got.items():
+                delta[n] = -fed.lr * g
+        else:
+            delta = dict(got)
+        weight = float(local.num_images)
+        for d in defenses:
+            weight = d.aggregation_weight(state.client_id, weight)
+        return ClientResult(state.client_id, delta, weight, local.loss_at_global)

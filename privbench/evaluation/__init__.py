@@ -1,0 +1,2 @@
+"""Evaluation: which messages each attack gets, scoring reconstructions against the
+ground truth the engine kept aside, and utility metrics."""

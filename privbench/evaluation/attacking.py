@@ -1,0 +1,129 @@
+"""Attack scheduling and per-target scoring: which observations each attack gets against
+each victim, the attack's reconstructions, and their scores against the ground truth the
+case kept aside (the attack never sees it; ``audit`` attacks are handed a victim's records
+on purpose and say so)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from privbench.engine.case import TrainingOutcome
+from privbench.engine.channel import SERVER
+from privbench.engine.experiment import Experiment
+from privbench.engine.seeding import torch_generator
+from privbench.errors import IncompatibleError
+from privbench.evaluation.metrics import (
+    combine_scores,
+    label_distribution_error,
+    score_nearest,
+    score_pairs,
+    score_reconstruction,
+)
+from privbench.results import ResultStore
+
+
+def attack_victims(exp: Experiment, name: str, outcome: TrainingOutcome, store: ResultStore | None):
+    """Run attack ``name`` on every victim; return (score, label-distribution error,
+    reconstruction file)."""
+    cfg = exp.cfg
+    attack = exp.regs["attack"].create(name, **cfg.attack.params.get(name, {}))
+    seen = outcome.channel.observations
+    scores, label_errors, arrays = [], [], {}
+    observed = [
+        observed_messages(exp, attack, name, vid, seen) for vid in range(cfg.attack.victims)
+    ]
+    generators = [torch_generator(cfg.seed, 2, vid) for vid in range(cfg.attack.victims)]
+    if attack.target == "audit":  # handed each victim's records; scored pairwise
+        recs = []
+        for vid, (obs, gen) in enumerate(zip(observed, generators, strict=True)):
+            gt, gt_labels = exp.client_data(vid)
+            rec = attack.audit(obs[0], images=gt, labels=gt_labels, generator=gen, seen=seen)
+            scores.append(score_pairs(gt, rec.images, gt_labels, rec.labels, exp.data.value_range))
+            recs.append(rec)
+    else:  # every victim in one call: batched attacks run their trials as one computation
+        recs = attack.reconstruct_batch(
+            [obs[0] for obs in observed], generators=generators, seen=seen
+        )
+    for vid, (obs, rec) in enumerate(zip(observed, recs, strict=True)):
+        if attack.target == "labels":  # scored by label-distribution error only
+            truth = label_hist(exp, vid)
+            label_errors.append(label_distribution_error(rec.meta["label_hist"], truth))
+            arrays[f"label_hist_{vid}"] = np.asarray(rec.meta["label_hist"], dtype=float)
+            arrays[f"true_hist_{vid}"] = truth.numpy()
+            continue
+        images = rec.images.detach().clamp(*exp.data.value_range)
+        if attack.target == "audit":
+            gt, _ = exp.client_data(vid)
+        elif attack.target == "batch":
+            victim = outcome.victims[vid]
+            gt = victim.images
+            scores.append(
+                score_reconstruction(
+                    victim.images, images, victim.labels, rec.labels, exp.data.value_range
+                )
+            )
+        else:
+            gt, _ = exp.client_data(vid)
+            population = None
+            if obs[0].sender != vid:  # unattributed entries: score those nearest to vid
+                population = (exp.data.x_train, owners(exp))
+            scores.append(
+                score_nearest(gt, images, exp.data.value_range, owner=vid, population=population)
+            )
+            if "label_hist" in rec.meta and obs[0].sender == vid:
+                label_errors.append(
+                    label_distribution_error(rec.meta["label_hist"], label_hist(exp, vid))
+                )
+        arrays[f"ground_truth_{vid}"] = gt.numpy()
+        arrays[f"reconstruction_{vid}"] = images.numpy()
+    path = None
+    if store is not None:
+        if attack.target == "batch":  # equal shapes: one (victims, B, C, H, W) array each
+            arrays = {
+                "ground_truth": np.stack([v for k, v in arrays.items() if k.startswith("ground")]),
+                "reconstruction": np.stack([v for k, v in arrays.items() if k.startswith("recon")]),
+            }
+        path = store.save_arrays(f"{cfg.hash()}-{name}", **arrays)
+    label_error = float(np.mean(label_errors)) if label_errors else None
+    return (combine_scores(scores) if scores else None), label_error, path
+
+
+def observed_messages(exp: Experiment, attack, name: str, vid: int, seen) -> list:
+    """The messages attack ``name`` may use against victim ``vid`` (it attacks the
+    first)."""
+    cfg = exp.cfg
+    if attack.target == "batch":
+        # The victim's message of the attacked round.
+        obs = [
+            o
+            for o in seen
+            if o.sender == vid and o.round == cfg.attack.round and o.kind in attack.consumes
+        ]
+    elif attack.target == "labels":  # the victim's own upload, nothing else
+        obs = [o for o in seen if o.sender == vid and o.kind in attack.consumes]
+    else:
+        # Any artifact of the victim; a curious client gets only the server's
+        # broadcasts (which mix everyone's entries, with no owner attached).
+        obs = [o for o in seen if o.sender == vid and o.kind in attack.consumes] or [
+            o for o in seen if o.sender == SERVER and o.kind in attack.consumes
+        ]
+    if not obs:
+        raise IncompatibleError(
+            f"attack '{name}' needs a {'/'.join(attack.consumes)} message from client "
+            f"{vid}, which threat model '{cfg.attack.threat}' never sees in this run "
+            f"(method '{cfg.method}'); see `privbench list` for what each attack needs."
+        )
+    return obs
+
+
+def label_hist(exp: Experiment, cid: int) -> torch.Tensor:
+    """Client ``cid``'s true label counts over its training data."""
+    return torch.bincount(exp.client_data(cid)[1], minlength=exp.data.num_classes).double()
+
+
+def owners(exp: Experiment) -> torch.Tensor:
+    owners = torch.full((len(exp.data.y_train),), -1, dtype=torch.long)
+    for c in exp.clients:
+        owners[torch.as_tensor(c.train)] = c.client_id
+    return owners

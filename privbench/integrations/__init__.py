@@ -1,0 +1,1 @@
+"""Outside runtimes: the Flower adapter (the Ray sweep backend lives with the sweeps)."""

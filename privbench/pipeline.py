@@ -1,0 +1,130 @@
+"""The flow of one experiment: case -> round loop -> attacks -> rows.
+
+:func:`run` builds the case (:class:`~privbench.engine.experiment.Experiment`), trains
+it, hands each attack its observations (:mod:`privbench.evaluation.attacking`) and
+writes one row per attack. Configuration errors raise before anything runs; a failure
+during training or an attack becomes an error row with the message, never silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+from privbench.config import RunConfig
+from privbench.engine.case import TrainingOutcome
+from privbench.engine.experiment import Experiment
+from privbench.errors import PrivbenchError
+from privbench.evaluation.attacking import attack_victims
+from privbench.results import Result, Results, ResultStore, versions
+
+log = logging.getLogger("privbench")
+
+
+def base_row(cfg: RunConfig, attack: str) -> Result:
+    return Result(
+        method=cfg.method,
+        attack=attack,
+        defense="+".join(cfg.defenses) or "none",
+        threat=cfg.attack.threat,
+        dataset=cfg.dataset,
+        partition=cfg.partition,
+        model=cfg.model,
+        algorithm=cfg.fed.algorithm,
+        seed=cfg.seed,
+        rounds=cfg.fed.rounds,
+        clients=cfg.fed.clients,
+        clients_per_round=cfg.fed.clients_per_round,
+        attack_round=cfg.attack.round,
+        victims=cfg.attack.victims,
+        attack_batch=cfg.attack.batch,
+        victim_steps=cfg.attack.steps,
+        config_hash=cfg.hash(),
+        versions=versions(),
+        config=cfg.to_dict(),
+    )
+
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def run(config: RunConfig, *, store: ResultStore | None = None, model=None, data=None) -> Results:
+    """Train once, run every configured attack, return (and store) one row per attack.
+
+    Configuration errors raise before anything runs. A failure during training or an
+    attack becomes a row with ``status="error"`` and the message, never silence.
+    """
+    t0 = time.perf_counter()
+    exp = Experiment(config, model=model, data=data)  # raises PrivbenchError on bad input
+    cfg = exp.cfg
+    names = cfg.attack.names or ("none",)
+    rows = Results(base_row(cfg, n) for n in names)
+    try:
+        outcome = exp.train()
+    except Exception as err:  # a failed trial is a row, not silence
+        return fail_rows(rows, err, store, t0)
+    return finish_rows(exp, outcome, rows, store, t0)
+
+
+def fail_rows(rows: Results, err: Exception, store: ResultStore | None, t0: float) -> Results:
+    """Training failed: every row becomes an error row with the message (and is stored)."""
+    for row in rows:
+        row.status, row.error = "error", _error_text(err)
+        row.wall_s = time.perf_counter() - t0
+    _log_traceback(err)
+    if store is not None:
+        store.append(rows)
+    return rows
+
+
+def finish_rows(
+    exp: Experiment,
+    outcome: TrainingOutcome,
+    rows: Results,
+    store: ResultStore | None,
+    t0: float,
+) -> Results:
+    """Fill the rows from a finished training run, run each attack, store the rows."""
+    u = outcome.utility
+    for row in rows:
+        row.accuracy, row.client_acc_mean, row.client_acc_var = (
+            u.accuracy,
+            u.client_acc_mean,
+            u.client_acc_var,
+        )
+        row.class_acc_var, row.macro_f1 = u.class_acc_var, u.macro_f1
+        row.bytes_up, row.bytes_down = outcome.channel.bytes_up, outcome.channel.bytes_down
+        row.bytes_by_kind = outcome.channel.bytes_by_kind()
+        row.epsilon, row.delta, row.accountant = outcome.spend
+        row.history = outcome.history
+        row.synthetic_share = outcome.synthetic_share
+        row.train_s = outcome.seconds
+        if row.attack == "none":
+            continue
+        ta = time.perf_counter()
+        try:
+            score, row.label_dist_error, path = attack_victims(exp, row.attack, outcome, store)
+            if score is not None:  # None: a label-distribution attack, no images
+                row.psnr, row.ssim, row.mse = score.psnr, score.ssim, score.mse
+                row.label_acc, row.n_images = score.label_acc, score.num_images
+            row.reconstruction_file = path
+        except Exception as err:  # record the failed attack as an error row
+            row.status, row.error = "error", _error_text(err)
+            _log_traceback(err)
+        row.attack_s = time.perf_counter() - ta
+    wall = time.perf_counter() - t0
+    for row in rows:
+        row.wall_s = wall
+    if store is not None:
+        store.append(rows)
+    return rows
+
+
+def _log_traceback(err: BaseException) -> None:
+    if isinstance(err, PrivbenchError):
+        return  # a known, explained failure: the row's message says it all
+
+    # The row carries the message; the traceback goes to stderr for whoever debugs it.
+    log.warning("trial failed:\n%s", traceback.format_exc())
