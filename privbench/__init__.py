@@ -61,7 +61,12 @@ def registries() -> dict:
 
 
 def run(
-    config: RunConfig | None = None, *, model=None, data=None, out: str | ResultStore | None = None
+    config: RunConfig | None = None,
+    *,
+    params: dict | None = None,
+    model=None,
+    data=None,
+    out: str | ResultStore | None = None,
 ) -> Results:
     """Run one experiment; return one :class:`Result` per attack (appended to ``out``, a
     result folder or a :class:`ResultStore`).
@@ -69,12 +74,17 @@ def run(
     ``model``: your own model factory ``(shape, num_classes) -> nn.Module``, an
     ``nn.Module`` class or instance, instead of ``config.model`` (which then only labels
     the rows). ``data``: your own data, anything :func:`as_bundle` takes, instead of
-    ``config.dataset``. The CLI runs exactly this function.
+    ``config.dataset``. ``params``: plugin parameters under their plugin's name,
+    ``{"fedmix": {"lam": 0.1}, "dlg": {"iters": 50}}`` (see
+    :meth:`RunConfig.with_params`). The CLI runs exactly this function.
     """
     from privbench.pipeline import run as _run
 
     store = out if isinstance(out, ResultStore) else (ResultStore(out) if out else None)
-    return _run(config or RunConfig(), store=store, model=model, data=data)
+    config = config or RunConfig()
+    if params:
+        config = config.with_params(params)
+    return _run(config, store=store, model=model, data=data)
 
 
 __all__ = [

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from privbench.errors import PrivbenchError
+from privbench.errors import ParameterError, PrivbenchError
 
 DEFAULT_MODEL = "lenet-sigmoid"  # DLG's model; a method that needs another sets default_model
 
@@ -184,6 +185,77 @@ class RunConfig:
             attack=replace(atk, params=attack_params, threat_params=threat_params),
         )
 
+    def chosen_plugins(self) -> list[tuple[str, str]]:
+        """(kind, name) of every plugin this configuration chooses."""
+        model = self.model if self.model is not None else default_model_for(self.method)
+        return [
+            ("method", self.method),
+            ("dataset", self.dataset),
+            ("partition", self.partition),
+            ("model", model),
+            ("algorithm", self.fed.algorithm),
+            ("threat", self.attack.threat),
+            *(("attack", n) for n in self.attack.names),
+            *(("defense", n) for n in self.defenses),
+        ]
+
+    def with_params(self, params: Mapping[str, Any]) -> RunConfig:
+        """This configuration with plugin parameters set under their plugin's name:
+        ``{"fedmix": {"lam": 0.1}, "dlg": {"iters": 50}}`` or ``{"fedmix.lam": 0.1}``.
+
+        The name is a chosen plugin's (the method, dataset, partition, model, algorithm,
+        threat model, or one of the attacks or defenses); the parameter must be one of
+        its own. Values are validated with the rest when the run resolves the config.
+        """
+        from privbench import registries
+
+        regs = registries()
+        chosen = self.chosen_plugins()
+        slots = {
+            "method": dict(self.method_params),
+            "dataset": dict(self.dataset_params),
+            "partition": dict(self.partition_params),
+            "model": dict(self.model_params),
+            "algorithm": dict(self.fed.algorithm_params),
+            "threat": dict(self.attack.threat_params),
+            "attack": per_plugin("attack", self.attack.names, self.attack.params)[0],
+            "defense": per_plugin("defense", self.defenses, self.defense_params)[0],
+        }
+        for plugin, param, value in namespaced_items(params):
+            kinds = [k for k, n in chosen if n == plugin]
+            declared = [
+                k
+                for k in kinds
+                if plugin not in regs[k]
+                or any(q.name == param for q in regs[k].entry(plugin).params)
+            ]
+            if not kinds:
+                names = ", ".join(f"{k} '{n}'" for k, n in chosen)
+                raise ParameterError(
+                    f"'{plugin}.{param}': '{plugin}' is not a plugin of this run (chosen: {names})."
+                )
+            if not declared:
+                own = sorted({q.name for k in kinds for q in regs[k].entry(plugin).params})
+                raise ParameterError(
+                    f"'{plugin}.{param}': {kinds[0]} '{plugin}' has no parameter '{param}' "
+                    f"(its parameters: {', '.join(own) or 'none'})."
+                )
+            for k in declared:
+                if k in ("attack", "defense"):
+                    slots[k].setdefault(plugin, {})[param] = value
+                else:
+                    slots[k][param] = value
+        return replace(
+            self,
+            method_params=slots["method"],
+            dataset_params=slots["dataset"],
+            partition_params=slots["partition"],
+            model_params=slots["model"],
+            defense_params=slots["defense"],
+            fed=replace(self.fed, algorithm_params=slots["algorithm"]),
+            attack=replace(self.attack, params=slots["attack"], threat_params=slots["threat"]),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["defenses"] = list(self.defenses)
@@ -200,29 +272,54 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _resolve_shared(plugin, kind, names, params, problems) -> dict[str, dict[str, Any]]:
-    """Per-plugin params for a list of plugins of one kind that share flat parameter names.
+def namespaced_items(params: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """(plugin, parameter, value) from ``{"fedmix": {"lam": 0.1}}`` or
+    ``{"fedmix.lam": 0.1}``; hyphens in a parameter name read as underscores."""
+    items = []
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            items += [(str(key), str(p).replace("-", "_"), v) for p, v in value.items()]
+            continue
+        plugin, dot, param = str(key).rpartition(".")
+        if not dot or not plugin or not param:
+            raise ParameterError(
+                f"The plugin parameter {key!r} must be named PLUGIN.PARAM (e.g. 'fedmix.lam') "
+                "or given as {PLUGIN: {PARAM: value}}."
+            )
+        items.append((plugin, param.replace("-", "_"), value))
+    return items
 
-    ``params`` may be flat (``{"iters": 10}``, given to every chosen plugin that has it) or
-    already per plugin (``{"dlg": {"iters": 10}}``). A flat name that no chosen plugin
-    accepts is an error.
+
+def per_plugin(
+    kind: str, names: tuple[str, ...], params: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """Params of several chosen plugins of one kind, per plugin; and the flat names that
+    no chosen plugin declares.
+
+    ``params`` may be per plugin (``{"dlg": {"iters": 10}}``) or flat (``{"iters": 10}``:
+    given to every chosen plugin that declares it).
     """
     from privbench import registries
 
     reg = registries()[kind]
     if params and all(isinstance(v, dict) for v in params.values()) and set(params) <= set(names):
-        per = {n: dict(params.get(n, {})) for n in names}
-        flat: dict[str, Any] = {}
-    else:
-        per, flat = {n: {} for n in names}, dict(params)
+        return {n: dict(params.get(n, {})) for n in names}, set()
+    per: dict[str, dict[str, Any]] = {n: {} for n in names}
     accepted: set[str] = set()
     for n in names:
         if n not in reg:
             continue
         own = {p.name for p in reg.entry(n).params}
-        accepted |= own & set(flat)
-        per[n].update({k: v for k, v in flat.items() if k in own})
-    for key in sorted(set(flat) - accepted):
+        accepted |= own & set(params)
+        per[n].update({k: v for k, v in params.items() if k in own})
+    return per, set(params) - accepted
+
+
+def _resolve_shared(plugin, kind, names, params, problems) -> dict[str, dict[str, Any]]:
+    """Resolved params of several chosen plugins of one kind (see :func:`per_plugin`); a
+    flat name that no chosen plugin accepts is an error."""
+    per, unknown = per_plugin(kind, names, params)
+    for key in sorted(unknown):
         chosen = ", ".join(f"'{n}'" for n in names) or "none chosen"
         problems.append(f"'{key}' is not a parameter of the chosen {kind}s ({chosen}).")
     return {n: plugin(kind, n, per[n]) for n in names}

@@ -8,6 +8,7 @@ a plugin or a parameter by hand. Bad input exits 2 with one line on stderr.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from privbench import registries
@@ -33,6 +34,10 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, no usage dump
         raise UsageError(message)
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_args(expand_namespaced(args), namespace)
 
 
 def plugin_flags() -> dict[str, tuple[str, Any]]:
@@ -135,7 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-save", action="store_true", help="do not write results")
     o.add_argument("--json", action="store_true", help="print rows as a JSON list only")
     o.add_argument("--no-progress", action="store_true")
-    p = run.add_argument_group("plugin parameters (apply to the chosen plugin that has them)")
+    p = run.add_argument_group(
+        "plugin parameters",
+        "PLUGIN.PARAM names one chosen plugin's parameter: --set fedmix.lam=0.1 or "
+        "--fedmix.lam 0.1 (repeatable). The flat flags below reach the chosen plugin that "
+        "declares them; one that two chosen plugins declare must be given namespaced.",
+    )
+    p.add_argument(
+        "--set",
+        dest="namespaced",
+        action="append",
+        default=[],
+        metavar="PLUGIN.PARAM=VALUE",
+        help="a parameter of one chosen plugin (also --PLUGIN.PARAM VALUE)",
+    )
     taken = {a.dest for a in run._actions}
     for dest, (kind, spec) in sorted(plugin_flags().items()):
         if dest in taken:
@@ -194,6 +212,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expand_namespaced(argv: list[str]) -> list[str]:
+    """``--PLUGIN.PARAM VALUE`` and ``--PLUGIN.PARAM=VALUE`` as ``--set PLUGIN.PARAM=VALUE``
+    (argparse cannot declare a flag per plugin and parameter)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if "." not in name:
+            out.append(token)
+        elif eq:
+            out += ["--set", f"{name}={value}"]
+        elif i + 1 < len(argv):
+            out += ["--set", f"{name}={argv[i + 1]}"]
+            i += 1
+        else:
+            raise UsageError(f"argument --{name}: expected one argument")
+        i += 1
+    return out
+
+
+def _namespaced(entries: list[str]) -> dict[str, str]:
+    """``["fedmix.lam=0.1"]`` -> ``{"fedmix.lam": "0.1"}`` (a later entry wins)."""
+    out = {}
+    for entry in entries:
+        key, eq, value = entry.partition("=")
+        plugin, dot, param = key.strip().rpartition(".")
+        if not (eq and dot and plugin and param):
+            raise UsageError(
+                f"argument --set: expected PLUGIN.PARAM=VALUE (e.g. fedmix.lam=0.1), got {entry!r}"
+            )
+        out[f"{plugin}.{param.replace('-', '_')}"] = value
+    return out
+
+
 def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None) -> RunConfig:
     """The run's configuration. A plugin flag that no chosen plugin declares is an error,
     or, when ``unused`` is a set (sweeps crossing plugins), dropped and added to it."""
@@ -214,14 +267,22 @@ def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None
         value = getattr(args, dest)
         if value is None:
             continue
-        # A flag goes to every chosen plugin (of any kind) that declares it.
-        kinds = [
-            k
+        # A flat flag goes to the one chosen plugin (of any kind) that declares it.
+        owners = [
+            (k, n)
             for k, names in chosen.items()
-            if any(
-                n in regs[k] and any(q.name == dest for q in regs[k].entry(n).params) for n in names
-            )
+            for n in names
+            if n in regs[k] and any(q.name == dest for q in regs[k].entry(n).params)
         ]
+        kinds = [k for k, _ in owners]
+        if len(owners) > 1:
+            flag = dest.replace("_", "-")
+            problems.append(
+                f"--{flag} is a parameter of {' and '.join(f'{k} {n!r}' for k, n in owners)}; "
+                f"name the plugin: {' or '.join(f'--{n}.{flag} {value}' for _, n in owners)} "
+                f"(or --set PLUGIN.{dest}={value})."
+            )
+            continue
         if not kinds and unused is not None:
             unused.add(dest)
             continue
@@ -239,11 +300,20 @@ def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None
                 f"plugin (it belongs to {', '.join(owners)})."
             )
             continue
-        for k in kinds:
-            slots[KIND_FIELDS[k]][dest] = value
+        for k, n in owners:
+            if k in ("attack", "defense"):  # several of a kind: params per plugin
+                slots[KIND_FIELDS[k]].setdefault(n, {})[dest] = value
+            else:
+                slots[KIND_FIELDS[k]][dest] = value
+    namespaced = _namespaced(getattr(args, "namespaced", None) or [])
+    if unused is not None:  # sweeps crossing plugins: drop what no chosen plugin is named
+        names = {n for ns in chosen.values() for n in ns}
+        for key in [k for k in namespaced if k.rpartition(".")[0] not in names]:
+            unused.add(key)
+            del namespaced[key]
     if problems:
         raise PrivbenchError(" ".join(problems))
-    return RunConfig(
+    config = RunConfig(
         method=args.method,
         method_params=slots["method_params"],
         dataset=args.dataset,
@@ -281,3 +351,4 @@ def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None
         data_root=args.data_root,
         download=args.download,
     )
+    return config.with_params(namespaced) if namespaced else config

@@ -137,9 +137,11 @@ class Case:
         self.threat = self.regs["threat"].create(cfg.attack.threat, **cfg.attack.threat_params)
         if hasattr(self.threat, "bind"):
             self.threat.bind(cfg.fed.clients)
+        # The method as an outsider knows it, built before any party's state exists;
+        # the checks below read its public declarations.
+        self.public_method = self._public_method()
         self._check_defenses()
         self._check_batchnorm()
-        self.public_method = self._public_method()  # before any party's state exists
 
     def _check_batchnorm(self) -> None:
         """Methods and attacks that invert BatchNorm statistics (ZSDG) need a model that
@@ -169,7 +171,7 @@ class Case:
                 "training; choose one."
             )
         self._model_fixers = [c.prepare_model for c in classes]
-        augmenter = self.make_augmenter(setup=False)
+        augmenter = self.public_method
         if trainers and augmenter.trains_locally:
             raise IncompatibleError(
                 f"defense '{trainers[0]}' replaces local training, and method "

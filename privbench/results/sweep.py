@@ -65,12 +65,33 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def _key(key: str) -> str:
+    """An option's name as the parser stores it: ``noise_multiplier``, ``dp-sgd.clip``."""
+    plugin, dot, param = key.rpartition(".")
+    return f"{plugin}.{param.replace('-', '_')}" if dot else key.replace("-", "_")
+
+
+def _dotted(table: Mapping[str, Any]) -> dict[str, Any]:
+    """TOML's nested tables (``fedmix.lam = 0.1`` is ``{"fedmix": {"lam": 0.1}}``) as
+    dotted plugin parameters."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{p}": v for p, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def _argv(options: Mapping[str, Any], no_value_flags: set[str]) -> list[str]:
     argv = ["run", str(options["method"])]
     for key, value in options.items():
         if key == "method":
             continue
-        if key in REPEATABLE:
+        if "." in key:  # a namespaced plugin parameter
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            argv += ["--set", f"{key}={text}"]
+        elif key in REPEATABLE:
             for v in [value] if isinstance(value, str) else value:
                 argv += [_flag(key), str(v)]
         elif key.replace("-", "_") in no_value_flags:
@@ -84,21 +105,30 @@ def _argv(options: Mapping[str, Any], no_value_flags: set[str]) -> list[str]:
 
 def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
     """Every point of the grid, resolved; and the problems found (empty when valid)."""
+    from privbench import registries
     from privbench.cli.parser import UsageError, build_parser, config_from_args
 
     problems: list[str] = []
-    unknown_sections = set(grid) - {"sweep", "grid", "exclude"}
+    plugins = {n: kind for kind, reg in registries().items() for n in reg.names()}
+    unknown_sections = set(grid) - {"sweep", "grid", "exclude"} - set(plugins)
     if unknown_sections:
         problems.append(
             f"unknown section(s) {', '.join(sorted(unknown_sections))}; "
-            "use [sweep], [grid] and [[exclude]]."
+            "use [sweep], [grid], [[exclude]] and tables named after a plugin "
+            "([fedmix] lam = 0.1)."
         )
     excludes = grid.get("exclude", [])
     if not isinstance(excludes, list) or not all(isinstance(e, dict) and e for e in excludes):
         problems.append("[[exclude]] entries must be non-empty tables of option = value.")
         excludes = []
-    fixed = dict(grid.get("sweep", {}))
-    axes = dict(grid.get("grid", {}))
+    fixed = _dotted(grid.get("sweep", {}))
+    for name in sorted(set(grid) & set(plugins)):  # [fedmix] lam = 0.1: fixed, namespaced
+        table = grid[name]
+        if not isinstance(table, Mapping):
+            problems.append(f"'{name}' must be a table of its parameters ([{name}]).")
+            continue
+        fixed.update({f"{name}.{p}": v for p, v in table.items()})
+    axes = _dotted(grid.get("grid", {}))
     for key, values in axes.items():
         if not isinstance(values, list):
             problems.append(f"grid '{key}' must be a list of values, got {values!r}.")
@@ -113,14 +143,28 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
     known = {a.dest for a in run_parser._actions} | {"method"}
     no_value = {a.dest for a in run_parser._actions if a.nargs == 0}
     for key in list(fixed) + list(axes):
-        if key.replace("-", "_") not in known or key in ("help", "json", "no_save", "out"):
+        plugin, dot, param = _key(key).rpartition(".")
+        if dot:
+            if plugin not in plugins:
+                problems.append(f"'{key}': no plugin is named '{plugin}'.")
+            elif not any(
+                q.name == param
+                for kind, reg in registries().items()
+                if plugin in reg
+                for q in reg.entry(plugin).params
+            ):
+                problems.append(
+                    f"'{key}': {plugins[plugin]} '{plugin}' has no parameter '{param}'."
+                )
+        elif _key(key) not in known or key in ("help", "json", "no_save", "out", "set"):
             problems.append(f"'{key}' is not an option of `privbench run`.")
     if problems:
         return [], problems
     keys = list(axes)
     points: list[Point] = []
+    hashes: set[str] = set()
     used: dict[str, bool] = {}
-    plugin_keys = {k.replace("-", "_") for k in list(fixed) + keys}
+    plugin_keys = {_key(k) for k in list(fixed) + keys}
     for key in {k for e in excludes for k in e} - set(keys) - set(fixed):
         problems.append(f"[[exclude]] names '{key}', which neither [sweep] nor [grid] sets.")
     for i, combo in enumerate(itertools.product(*(axes[k] for k in keys))):
@@ -139,9 +183,10 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
             problems.append(f"point {i} ({shown}): {err}")
             continue
         # The point's own command line, without flags none of its plugins take.
-        argv = _argv(
-            {k: v for k, v in options.items() if k.replace("-", "_") not in unused}, no_value
-        )
+        argv = _argv({k: v for k, v in options.items() if _key(k) not in unused}, no_value)
+        if cfg.hash() in hashes:  # e.g. a plugin axis crossed with points that lack it
+            continue  # the same configuration once: a second copy would duplicate rows
+        hashes.add(cfg.hash())
         points.append(Point(i, options, argv, cfg, cfg.hash(), cfg.attack.names or ("none",)))
     if not points and not problems:
         problems.append("[[exclude]] removes every point of the grid: nothing would run.")
