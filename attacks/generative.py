@@ -20,7 +20,7 @@ import torch
 
 from privbench.attacks.base import ATTACKS, Attack, Reconstruction
 from privbench.errors import IncompatibleError
-from privbench.nn.cvae import CVAE, from_unit, load_decoder, sample, to_unit
+from privbench.nn.cvae import CVAE, from_unit, sample, to_unit
 from privbench.registry import Param
 
 
@@ -33,12 +33,12 @@ def latest(observation, seen):
 def shared_decoder(observation, seen) -> CVAE:
     """The CVAE (architecture from the public method) with the observed decoder weights."""
     obs = latest(observation, seen)
-    augmenter = obs.context.method if obs.context is not None else None
-    if augmenter is None or not hasattr(augmenter, "new_cvae"):
+    decoder = obs.context.method.decoder(obs.payload) if obs.context is not None else None
+    if decoder is None:
         raise IncompatibleError(
             "this generator message carries no CVAE recipe (use a cvae-* method)"
         )
-    return load_decoder(augmenter.new_cvae(0), obs.payload)
+    return decoder
 
 
 @ATTACKS.register(

@@ -247,13 +247,14 @@ class GeneratorPrior:
     generator draws for its label."""
 
     def __init__(self, context: PublicContext):
-        decoder = context.received.get("generator")
-        if decoder is None or not hasattr(context.method, "client_decoder"):
+        weights = context.received.get("generator")
+        decoder = context.method.decoder(weights) if weights is not None else None
+        if decoder is None:
             raise IncompatibleError(
                 "prior 'generator' needs the shared CVAE decoder the victim received "
                 "(use a cvae-* method)"
             )
-        self.decoder = context.method.client_decoder(context.received)
+        self.decoder = decoder
         for p in self.decoder.parameters():
             p.requires_grad_(False)
         lo, hi = context.value_range

@@ -55,18 +55,14 @@ class PolicyInference(Attack):
     def reconstruct(self, observation, *, generator, seen=()):
         ctx = observation.context
         method = ctx.method if ctx is not None else None
-        if (
-            method is None
-            or not hasattr(method, "train_policy")
-            or "num_samples" not in (observation.payload)
-        ):
+        theta = method.policy_state(ctx.received) if method is not None else None
+        if theta is None or "num_samples" not in observation.payload:
             raise IncompatibleError(
                 "policy-inference needs a client's policy update with its training recipe "
                 "(method fedavp, --threat server)"
             )
         if ctx.public_data is None:
             raise IncompatibleError("policy-inference needs public data of the distribution")
-        theta = method.policy_state(ctx.received)
         keys = list(theta)
         target = flatten(observation.payload, keys)  # (d,)
         n = int(observation.payload["num_samples"])

@@ -145,9 +145,13 @@ class _FederatedCVAE(SyntheticAugmenter):
             n += len(c.y)
         return total / n
 
+    def decoder(self, weights) -> CVAE:
+        """The CVAE architecture with these decoder weights (encoder unused)."""
+        return load_decoder(self.new_cvae(0), weights)
+
     def client_decoder(self, received) -> CVAE:
-        """The CVAE architecture with the received decoder weights (encoder unused)."""
-        return load_decoder(self.new_cvae(0), received["generator"])
+        """The decoder a client received."""
+        return self.decoder(received["generator"])
 
     def impute(self, phase: Preparation, labels_for) -> None:
         """Each client samples its synthetic set from the decoder it received."""

@@ -50,6 +50,7 @@ from privbench.augmenters.ops import (
     sampling_probs,
 )
 from privbench.engine.federated import minibatches
+from privbench.engine.training import LocalTask, LocalTraining
 from privbench.errors import IncompatibleError, ParameterError
 from privbench.registry import Param
 
@@ -165,7 +166,6 @@ _PARAMS = (
 class FedAvP(Augmenter):
     name = "fedavp"
     shares = ("policy",)
-    trains_locally = True
     # Its loss is a mean of per-record terms (constant weights w.r.t. the model), but
     # DP-SGD is refused anyway: it would replace the local loop that trains the policy.
     per_sample_grads = "microbatch"
@@ -381,6 +381,9 @@ class FedAvP(Augmenter):
         self._trained[cid] = len(y)
         return steps
 
+    def local_training(self) -> PolicyTraining:
+        return PolicyTraining(self)
+
     # -- what a gradient attacker simulates ----------------------------------------------
 
     def attack_view(self, guess, generator):
@@ -389,6 +392,33 @@ class FedAvP(Augmenter):
                 f"The 'guess' parameter must be one of {', '.join(GUESSES)}. Got {guess!r}."
             )
         return PolicyGuess(self, guess, generator)
+
+
+class PolicyTraining(LocalTraining):
+    """FedAvP's local training: model steps and policy steps alternate (Algorithm 2), so
+    it replaces plain SGD; a FedSGD step is a plain gradient of the policy loss."""
+
+    def __init__(self, method: FedAvP):
+        self.method = method
+        self.replaces = (
+            f"method '{method.name}' runs its own local training loop (it learns more than "
+            "the model)"
+        )
+
+    def train(self, model, task: LocalTask) -> int:
+        return self.method.local_train(
+            model,
+            task.x,
+            task.y,
+            client=task.client,
+            round=task.round,
+            epochs=task.epochs,
+            batch_size=task.batch_size,
+            lr=task.lr,
+            generator=task.generator,
+            private=task.private,
+            algorithm=task.algorithm,
+        )
 
 
 class PolicyGuess(Augmenter):

@@ -13,8 +13,9 @@ Hooks (all optional), applied in the order the defenses were given
   model after aggregation (central noise);
 - ``privacy_spent()``: the formal guarantee, or ``None`` when there is none.
 
-A defense that changes how a client trains (DP-SGD) sets ``trains_locally`` and
-implements ``local_train`` / ``local_gradient``; at most one such defense per run.
+A defense that changes how a client trains (DP-SGD) wraps the run's local-training
+strategy in ``wrap_training(inner)`` (plain SGD, or the method's own); two strategies
+that each replace plain SGD are refused (:func:`~privbench.engine.training.training_chain`).
 ``prepare_model(model)`` may replace layers in every copy of the model (global, client,
 attacker's), and ``check(algorithm=, augmenter=)`` refuses combinations it cannot serve.
 """
@@ -39,7 +40,6 @@ class PrivacySpend:
 
 class Defense:
     name = "defense"
-    trains_locally = False  # True: local_train/local_gradient replace the client's SGD
     # Public knobs an attacker knows and simulates: per-record gradient clip (DP-SGD) and
     # whole-update clip (DP-FedAvg), in update units (lr * gradient for FedSGD).
     record_clip: float | None = None
@@ -71,6 +71,10 @@ class Defense:
     def prepare_model(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
         """The model every party builds under this defense, and whether it was changed."""
         return model, False
+
+    def wrap_training(self, inner: Any) -> Any:
+        """The local-training strategy under this defense (default: ``inner`` as is)."""
+        return inner
 
     def check(self, *, algorithm: Any, augmenter: Any) -> None:
         """Raise ``IncompatibleError`` for a trainer or method this defense cannot serve."""

@@ -33,6 +33,7 @@ from torch import nn
 
 from privbench.defenses.base import DEFENSES, Defense, PrivacySpend
 from privbench.defenses.dp import DELTA
+from privbench.engine.training import LocalTask, LocalTraining
 from privbench.errors import IncompatibleError
 from privbench.registry import Param
 
@@ -182,7 +183,6 @@ class DPTrainer:
 )
 class DPSGD(Defense):
     name = "dp-sgd"
-    trains_locally = True
 
     def __init__(self, *, noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=None, delta=1e-5):
         super().__init__(
@@ -282,6 +282,9 @@ class DPSGD(Defense):
             penalty=pen,
         )
 
+    def wrap_training(self, inner: LocalTraining) -> DPTraining:
+        return DPTraining(self)
+
     def local_gradient(self, round, client_id, model, x, y, *, loss_fn, num_records, per_sample):
         """FedSGD: one noisy gradient of the fixed batch (x, y) of a client holding
         ``num_records`` records."""
@@ -357,3 +360,42 @@ class DPSGD(Defense):
         t.close()
         self._account(client_id, sigma, q, steps)
         return steps
+
+
+class DPTraining(LocalTraining):
+    """Local training under DP-SGD: it replaces plain SGD (and refuses to meet another
+    strategy that does, such as FedAvP's policy loop)."""
+
+    def __init__(self, defense: DPSGD):
+        self.defense = defense
+        self.replaces = f"defense '{defense.name}' replaces local training"
+
+    def gradient(self, model, task: LocalTask):
+        return self.defense.local_gradient(
+            task.round,
+            task.client.client_id,
+            model,
+            task.x,
+            task.y,
+            loss_fn=task.loss_fn,
+            num_records=task.num_records,
+            per_sample=task.per_sample,
+        )
+
+    def train(self, model, task: LocalTask) -> int:
+        return self.defense.local_train(
+            task.round,
+            task.client.client_id,
+            model,
+            task.x,
+            task.y,
+            loss_fn=task.loss_fn,
+            epochs=task.epochs,
+            batch_size=task.batch_size,
+            lr=task.lr,
+            generator=task.generator,
+            algorithm=task.algorithm,
+            per_sample=task.per_sample,
+            num_records=task.num_records,
+            fixed_batch=task.fixed_batch,
+        )

@@ -12,6 +12,7 @@ import privbench
 from privbench import registries
 from privbench.defenses.dpsgd import DPSGD, DPTrainer, per_sample_grads_microbatch
 from privbench.engine.experiment import Experiment
+from privbench.engine.training import LocalTraining
 from privbench.errors import IncompatibleError
 from tests.conftest import tiny_config
 
@@ -204,10 +205,16 @@ def test_refused_combinations_say_why(overrides, match):
         Experiment(tiny_config(defenses=("dp-sgd",), **overrides))
 
 
-def test_two_defenses_that_train_are_refused(monkeypatch):
-    monkeypatch.setattr(registries()["defense"].entry("prune").factory, "trains_locally", True)
+class _Replacing(LocalTraining):
+    replaces = "defense 'prune' replaces local training"
+
+
+@pytest.mark.parametrize("order", [("dp-sgd", "prune"), ("prune", "dp-sgd")])
+def test_two_defenses_that_train_are_refused(monkeypatch, order):
+    prune = registries()["defense"].entry("prune").factory
+    monkeypatch.setattr(prune, "wrap_training", lambda self, inner: _Replacing())
     with pytest.raises(IncompatibleError, match="choose one"):
-        Experiment(tiny_config(defenses=("dp-sgd", "prune")))
+        Experiment(tiny_config(defenses=order))
 
 
 def test_sigma_for_target_epsilon_is_opacus_choice():

@@ -118,3 +118,13 @@ def test_the_walk_sees_an_import():
     """The checks above can fail: the parser sees both import forms at module level."""
     imports = module_level_imports(CORE / "engine" / "experiment.py")
     assert "privbench.engine.client" in imports and "numpy" in imports
+
+
+def test_no_hook_is_discovered_with_hasattr():
+    """Every hook of a method, attack, defense or threat model is declared on its base
+    class; the engine and the plugins call it, they do not probe for it."""
+    folders = [CORE / "engine", CORE / "evaluation", ROOT / "attacks", ROOT / "augmenters"]
+    files = [CORE / "pipeline.py", *(p for f in folders for p in sorted(f.glob("*.py")))]
+    files += sorted((ROOT / "defenses").glob("*.py"))
+    probing = [str(p.relative_to(ROOT)) for p in files if "hasattr(" in p.read_text()]
+    assert not probing

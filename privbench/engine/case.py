@@ -23,6 +23,7 @@ from privbench.data.partition import ClientSplit, partition, split_clients
 from privbench.engine.channel import Channel, PublicContext
 from privbench.engine.federated import predict
 from privbench.engine.seeding import derive_seed
+from privbench.engine.training import training_chain
 from privbench.errors import IncompatibleError, ParameterError
 from privbench.evaluation.metrics import utility
 from privbench.models import check_model_output, model_factory
@@ -135,8 +136,7 @@ class Case:
         self._check_sizes()
         # Threat models are validated against the run (a curious client must exist).
         self.threat = self.regs["threat"].create(cfg.attack.threat, **cfg.attack.threat_params)
-        if hasattr(self.threat, "bind"):
-            self.threat.bind(cfg.fed.clients)
+        self.threat.bind(cfg.fed.clients)
         # The method as an outsider knows it, built before any party's state exists;
         # the checks below read its public declarations.
         self.public_method = self._public_method()
@@ -147,10 +147,11 @@ class Case:
         """Methods and attacks that invert BatchNorm statistics (ZSDG) need a model that
         keeps them; say so before anything trains."""
         needs = []
-        if getattr(self.regs["method"].entry(self.cfg.method).factory, "needs_batchnorm", False):
+        if self.public_method.needs_batchnorm:
             needs.append(f"method '{self.cfg.method}'")
         for name in self.cfg.attack.names:
-            if getattr(self.regs["attack"].entry(name).factory, "needs_batchnorm", False):
+            attack = self.regs["attack"].create(name, **self.cfg.attack.params.get(name, {}))
+            if attack.needs_batchnorm:
                 needs.append(f"attack '{name}'")
         if needs and not batchnorm_layers(self.build_model()):
             raise IncompatibleError(
@@ -161,23 +162,16 @@ class Case:
             )
 
     def _check_defenses(self) -> None:
-        """At most one defense may take over local training, and it must accept the run's
-        trainer and method; model-changing defenses announce the change once."""
+        """The defenses must accept the run's trainer and method, and their local-training
+        strategies must compose (at most one replaces plain SGD); model-changing defenses
+        announce the change once."""
         classes = [self.regs["defense"].entry(n).factory for n in self.cfg.defenses]
-        trainers = [n for n, c in zip(self.cfg.defenses, classes, strict=True) if c.trains_locally]
-        if len(trainers) > 1:
-            raise IncompatibleError(
-                f"defenses {', '.join(repr(n) for n in trainers)} each replace local "
-                "training; choose one."
-            )
+        defenses = [
+            self.regs["defense"].create(n, **self.cfg.defense_params.get(n, {}))
+            for n in self.cfg.defenses
+        ]
+        training_chain(self.public_method, defenses)  # raises when two replace local SGD
         self._model_fixers = [c.prepare_model for c in classes]
-        augmenter = self.public_method
-        if trainers and augmenter.trains_locally:
-            raise IncompatibleError(
-                f"defense '{trainers[0]}' replaces local training, and method "
-                f"'{self.cfg.method}' runs its own local training loop (it learns more "
-                "than the model); choose one."
-            )
         for name, fix in zip(self.cfg.defenses, self._model_fixers, strict=True):
             if fix(self._raw_model())[1]:
                 log.warning(
@@ -187,10 +181,8 @@ class Case:
                     name,
                     self.cfg.model,
                 )
-        for n in self.cfg.defenses:
-            self.regs["defense"].create(n, **self.cfg.defense_params.get(n, {})).check(
-                algorithm=self.make_algorithm(), augmenter=augmenter
-            )
+        for d in defenses:
+            d.check(algorithm=self.make_algorithm(), augmenter=self.public_method)
 
     def make_algorithm(self):
         """The run's federated trainer (FedAvg, FedProx, q-FFL) with its parameters."""
@@ -291,7 +283,6 @@ class Case:
         num_synthetic=0,
     ) -> PublicContext:
         """The public recipe behind a client's message: what an attacker knows."""
-        trainer = next((d for d in defenses if d.trains_locally), None)
         return PublicContext(
             model_name=self.cfg.model,
             build_model=self.model_builder,
@@ -308,7 +299,7 @@ class Case:
             augmenter_params=MappingProxyType(dict(self.cfg.method_params)),
             received=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in received.items()}),
             algorithm=algorithm,
-            record_clip=trainer.record_clip if trainer is not None else None,
+            record_clip=min((d.record_clip for d in defenses if d.record_clip), default=None),
             update_clip=min((d.update_clip for d in defenses if d.update_clip), default=None),
             public_data=(self.data.x_test, self.data.y_test),
         )

@@ -111,6 +111,10 @@ class ThreatModel:
 
     name = "threat"
 
+    def bind(self, num_clients: int) -> None:
+        """Check the threat model against the run (e.g. the curious client exists)."""
+        return None
+
     def sees(self, message: Message) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 

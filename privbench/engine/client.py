@@ -13,13 +13,13 @@ from privbench.engine.federated import (
     ClientResult,
     can_vectorise,
     clone_state,
-    local_train,
     mean_loss,
     state_delta,
     vectorised_local_train,
 )
 from privbench.engine.method import Augmenter, ClientState
 from privbench.engine.seeding import torch_generator
+from privbench.engine.training import LocalTask, training_chain
 
 
 class ClientWork(Case):
@@ -33,7 +33,7 @@ class ClientWork(Case):
     @staticmethod
     def loss_at_global(model, state, loss_fn, algorithm) -> float:
         """F_k(w^t), the client's loss at the global weights: only q-FFL needs it."""
-        if not getattr(algorithm, "needs_loss", False):
+        if not algorithm.needs_loss:
             return 0.0
         return mean_loss(model, state.x, state.y, loss_fn)
 
@@ -75,53 +75,27 @@ class ClientWork(Case):
             x, y = augmenter.training_data(rnd, state, state.x, state.y)
             steps, batch = None, fed.batch_size
             kind = "update"
-        trainer = next((d for d in defenses if d.trains_locally), None)
-        if kind == "gradient" and trainer is not None:
-            payload = trainer.local_gradient(
-                rnd,
-                state.client_id,
-                model,
-                x,
-                y,
-                loss_fn=loss_fn,
-                num_records=len(state.y),
-                per_sample=augmenter.per_sample_grads,
-            )
-        elif kind == "gradient":
-            # FedSGD: one full-batch gradient at the global weights; the server applies it.
-            model.train()
-            params = dict(model.named_parameters())
-            loss = loss_fn(model, x, y)
-            grads = torch.autograd.grad(loss, list(params.values()))
-            payload = {n: g.detach() for n, g in zip(params, grads, strict=True)}
+        training = training_chain(augmenter, defenses)  # plain SGD, or what replaces it
+        task = LocalTask(
+            round=rnd,
+            client=state,
+            x=x,
+            y=y,
+            loss_fn=loss_fn,
+            epochs=steps if steps else fed.local_epochs,
+            batch_size=batch,
+            lr=fed.lr,
+            generator=gen,
+            private=private,
+            algorithm=algorithm,
+            num_records=len(state.y),
+            per_sample=augmenter.per_sample_grads,
+            fixed_batch=is_victim,
+        )
+        if kind == "gradient":  # FedSGD: one gradient at the global weights
+            payload = training.gradient(model, task)
         else:
-            common = dict(
-                loss_fn=loss_fn,
-                epochs=steps if steps else fed.local_epochs,
-                batch_size=batch,
-                lr=fed.lr,
-                generator=gen,
-                algorithm=algorithm,
-            )
-            if trainer is not None:  # e.g. DP-SGD replaces plain local SGD
-                taken = trainer.local_train(
-                    rnd,
-                    state.client_id,
-                    model,
-                    x,
-                    y,
-                    **common,
-                    per_sample=augmenter.per_sample_grads,
-                    num_records=len(state.y),
-                    fixed_batch=is_victim,
-                )
-            elif augmenter.trains_locally:  # e.g. FedAvP learns its policy alongside
-                del common["loss_fn"]
-                taken = augmenter.local_train(
-                    model, x, y, client=state, round=rnd, private=private, **common
-                )
-            else:
-                taken = local_train(model, x, y, **common)
+            taken = training.train(model, task)
             steps = steps or taken
             payload = state_delta(clone_state(model), global_state)
         return LocalUpdate(kind, payload, steps, batch, real, victim, loss_at_global, len(y) - real)
@@ -134,8 +108,7 @@ class ClientWork(Case):
         return (
             self.cfg.fed.vectorise
             and type(augmenter).local_loss is Augmenter.local_loss
-            and not augmenter.trains_locally
-            and not any(d.trains_locally for d in defenses)
+            and training_chain(augmenter, defenses).is_plain
             and self._model_vectorises
         )
 

@@ -20,8 +20,9 @@ An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
   it over trials), so it must be functional in ``model``'s weights: no
   ``requires_grad_`` and no ``torch.autograd.grad`` inside; a loss that needs an input
   derivative (FedMix) takes it with :func:`input_gradient`;
-- ``local_train(model, x, y, ...)``: only for methods that train something besides the
-  model during local training (FedAvP's policy); set ``trains_locally = True``;
+- ``local_training()``: the method's own local-training strategy
+  (:class:`~privbench.engine.training.LocalTraining`), for methods that train something
+  besides the model (FedAvP's policy); ``None``: plain local SGD. Defenses wrap it;
 - ``upload(round, client)``: what a client sends after local training besides its model
   update (FedAvP's policy update);
 - ``attack_view(guess, generator)``: the loss a gradient attacker simulates when the
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privbench.engine.channel import Payload
+from privbench.errors import IncompatibleError
 
 
 def per_sample_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -131,11 +133,10 @@ class Augmenter:
     # per record; losses that differentiate through their inputs) or None (the loss
     # couples records of a batch: no per-record gradient exists).
     per_sample_grads: str | None = "hooks"
-    # True: the method runs its own local training loop (``local_train``), e.g. to learn
-    # an augmentation policy alongside the model; defenses that replace local training
-    # (DP-SGD) cannot be combined with it.
-    trains_locally = False
     value_range: tuple[float, float] = (0.0, 1.0)  # the dataset's pixel range (set by the run)
+    # True: the method inverts BatchNorm running statistics (ZSDG); the run needs a model
+    # that keeps them.
+    needs_batchnorm = False
     # The model a run uses when the user names none (Fed-ZDA needs BatchNorm: cnn-bn).
     default_model: str | None = None
     # True: ``after_aggregate`` also receives every received client model (Fed-ZDAS).
@@ -180,23 +181,9 @@ class Augmenter:
     ) -> torch.Tensor:
         return cross_entropy(model(x), y)
 
-    def local_train(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        client: ClientState,
-        round: int,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        generator: torch.Generator,
-        private: torch.Generator,
-        algorithm: Any = None,
-    ) -> int:
-        """Train ``model`` in place; return the steps taken (``trains_locally`` only)."""
-        raise NotImplementedError(f"method '{self.name}' uses privbench's local SGD")
+    def local_training(self) -> Any:
+        """This method's local-training strategy, or ``None`` for plain local SGD."""
+        return None
 
     def upload(self, round: int, client: ClientState) -> dict[str, Payload]:
         return {}
@@ -219,3 +206,20 @@ class Augmenter:
         self, context: Any, count: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
+
+    # -- what the method publishes: its shared artifacts, rebuilt from public recipe ------
+
+    def decoder(self, weights: Payload) -> nn.Module | None:
+        """The generator this method shares, with the given (decoder) ``weights``, as any
+        party rebuilds it; ``None``: the method shares no generator."""
+        return None
+
+    def policy_state(self, received: Mapping[str, Payload]) -> Mapping[str, torch.Tensor] | None:
+        """The augmentation policy among the messages a client ``received``; ``None``: the
+        method shares no policy."""
+        return None
+
+    def train_policy(self, model: nn.Module, x, y, theta, **recipe: Any) -> tuple[int, Any]:
+        """A client's local training of model and policy from ``theta`` (what a shadow
+        client replays); only methods that learn a policy have one."""
+        raise IncompatibleError(f"method '{self.name}' learns no augmentation policy")
