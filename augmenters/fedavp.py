@@ -36,7 +36,6 @@ from torch.func import functional_call
 from privbench.augmenters.base import (
     AUGMENTERS,
     Augmenter,
-    ClientState,
     cross_entropy,
     per_sample_cross_entropy,
 )
@@ -346,21 +345,9 @@ class FedAvP(Augmenter):
             steps += 1
         return steps, theta
 
-    def local_train(
-        self,
-        model,
-        x,
-        y,
-        *,
-        client: ClientState,
-        round,
-        epochs,
-        batch_size,
-        lr,
-        generator,
-        private,
-        algorithm=None,
-    ):
+    def local_train(self, model, task: LocalTask) -> int:
+        """A client's local epochs of model and policy steps (``PolicyTraining``)."""
+        client, x, y = task.client, task.x, task.y
         cid = client.client_id
         start = self.policy_state(client.received)
         if self.params["personalize"] and cid in self._local:
@@ -370,12 +357,12 @@ class FedAvP(Augmenter):
             x,
             y,
             start,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            generator=generator,
-            private=private,
-            algorithm=algorithm,
+            epochs=task.epochs,
+            batch_size=task.batch_size,
+            lr=task.lr,
+            generator=task.generator,
+            private=task.private,
+            algorithm=task.algorithm,
         )
         self._local[cid] = theta
         self._trained[cid] = len(y)
@@ -406,19 +393,7 @@ class PolicyTraining(LocalTraining):
         )
 
     def train(self, model, task: LocalTask) -> int:
-        return self.method.local_train(
-            model,
-            task.x,
-            task.y,
-            client=task.client,
-            round=task.round,
-            epochs=task.epochs,
-            batch_size=task.batch_size,
-            lr=task.lr,
-            generator=task.generator,
-            private=task.private,
-            algorithm=task.algorithm,
-        )
+        return self.method.local_train(model, task)
 
 
 class PolicyGuess(Augmenter):

@@ -1,22 +1,8 @@
 """Fed-ZDAC and Fed-ZDAS: federated training with zero-shot generated data (Fed-ZDA).
 
-The generator itself (ZSDG) lives in :mod:`privbench.nn.batchnorm`; what follows is its
-description.
-
-Synthetic labelled images from a trained model alone. For every class n the inputs
-x̄(n) start from N(0, 1) and descend on
-
-    sum_l ||mu_l(x̄) - mu_l||^2 + ||sigma_l(x̄) - sigma_l||^2 + CE(M(x̄), n)
-
-where mu_l, sigma_l are the running mean and standard deviation stored in the model's
-l-th BatchNorm layer and mu_l(x̄), sigma_l(x̄) those of the batch of synthetic inputs
-reaching that layer. Only the inputs move; the model is fixed. All classes form one
-batch (their statistics are matched together, as the paper's Algorithm 1 forward-
-propagates x̄(n) for all n at once).
-
-The same optimisation run by a server on a client's uploaded model is a model-inversion
-attack on that client: its BatchNorm statistics were fitted to the client's data
-(``bn-inversion``).
+Fed-ZDAC's clients, or Fed-ZDAS's server, generate labelled images from a model alone
+with ZSDG (Fed-ZDA's Algorithm 1: inputs optimised to match the model's BatchNorm running
+statistics and a target class; :mod:`privbench.nn.batchnorm`) and train on them.
 """
 
 from __future__ import annotations

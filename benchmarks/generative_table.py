@@ -100,7 +100,8 @@ def membership(seeds: int) -> list[dict]:
             }
             channel = Channel(exp.threat)
             aug = exp.make_augmenter()
-            exp._prepare(exp.build_model(), states, aug, exp.make_algorithm(), [], channel)
+            parts = exp.make_parts(method=aug, defenses=(), channel=channel)
+            exp._prepare(exp.build_model(), states, parts)
             seen = channel.observations
             upload = [o for o in seen if o.sender == 0 and o.kind == "generator"][-1]
             x, y = exp.client_data(0)

@@ -285,9 +285,11 @@ class DPSGD(Defense):
     def wrap_training(self, inner: LocalTraining) -> DPTraining:
         return DPTraining(self)
 
-    def local_gradient(self, round, client_id, model, x, y, *, loss_fn, num_records, per_sample):
-        """FedSGD: one noisy gradient of the fixed batch (x, y) of a client holding
+    def local_gradient(self, model, task: LocalTask) -> dict[str, torch.Tensor]:
+        """FedSGD: one noisy gradient of the task's fixed batch (x, y) of a client holding
         ``num_records`` records."""
+        round, client_id, x, y = task.round, task.client.client_id, task.x, task.y
+        loss_fn, num_records, per_sample = task.loss_fn, task.num_records, task.per_sample
         q = len(y) / num_records
         sigma = self.sigma(num_records)
         t = self._trainer(
@@ -307,26 +309,13 @@ class DPSGD(Defense):
         self._account(client_id, sigma, q, 1)
         return dict(zip(names, grads, strict=True))
 
-    def local_train(
-        self,
-        round,
-        client_id,
-        model,
-        x,
-        y,
-        *,
-        loss_fn,
-        epochs,
-        batch_size,
-        lr,
-        generator,
-        algorithm,
-        per_sample,
-        num_records,
-        fixed_batch,
-    ) -> int:
+    def local_train(self, model, task: LocalTask) -> int:
         """Local DP-SGD. ``fixed_batch``: ``epochs`` steps on all of (x, y) (the attacked
         round); otherwise ``epochs`` local epochs of Poisson-sampled batches."""
+        round, client_id, x, y = task.round, task.client.client_id, task.x, task.y
+        loss_fn, epochs, batch_size, lr = task.loss_fn, task.epochs, task.batch_size, task.lr
+        generator, algorithm, per_sample = task.generator, task.algorithm, task.per_sample
+        num_records, fixed_batch = task.num_records, task.fixed_batch
         n = len(y)
         if fixed_batch:
             q, steps, expected = n / num_records, epochs, float(n)
@@ -371,31 +360,7 @@ class DPTraining(LocalTraining):
         self.replaces = f"defense '{defense.name}' replaces local training"
 
     def gradient(self, model, task: LocalTask):
-        return self.defense.local_gradient(
-            task.round,
-            task.client.client_id,
-            model,
-            task.x,
-            task.y,
-            loss_fn=task.loss_fn,
-            num_records=task.num_records,
-            per_sample=task.per_sample,
-        )
+        return self.defense.local_gradient(model, task)
 
     def train(self, model, task: LocalTask) -> int:
-        return self.defense.local_train(
-            task.round,
-            task.client.client_id,
-            model,
-            task.x,
-            task.y,
-            loss_fn=task.loss_fn,
-            epochs=task.epochs,
-            batch_size=task.batch_size,
-            lr=task.lr,
-            generator=task.generator,
-            algorithm=task.algorithm,
-            per_sample=task.per_sample,
-            num_records=task.num_records,
-            fixed_batch=task.fixed_batch,
-        )
+        return self.defense.local_train(model, task)

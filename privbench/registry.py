@@ -271,3 +271,15 @@ class Registry(Generic[T]):
     def create(self, name: str, **params: Any) -> T:
         resolved = self.resolve_params(name, params)
         return self.entry(name).factory(**resolved)
+
+    def build(self, name: str, resolved: dict[str, Any]) -> T:
+        """Create plugin ``name`` from parameters already validated and completed (by
+        :meth:`resolve_params`, as ``RunConfig.resolve`` does): each parameter is checked
+        once, when the configuration resolves, not again for every object built."""
+        entry = self.entry(name)
+        if set(resolved) != {p.name for p in entry.params}:
+            raise ValueError(
+                f"{self.kind} '{name}': build() takes resolved parameters (all of "
+                f"{sorted(p.name for p in entry.params)}); got {sorted(resolved)}"
+            )
+        return entry.factory(**resolved)

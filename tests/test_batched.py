@@ -226,14 +226,10 @@ def test_a_vectorised_run_aggregates_the_same_weights(overrides):
 def test_methods_and_defenses_that_change_local_training_are_not_vectorised():
     for overrides in (dict(method="fedmix"), dict(method="fedavp"), dict(defenses=("dp-sgd",))):
         exp = Experiment(tiny_config(**overrides))
-        augmenter = exp.make_augmenter()
-        defenses = [exp.regs["defense"].create(n) for n in exp.cfg.defenses]
-        assert not exp.vectorises(augmenter, defenses), overrides
+        assert not exp.vectorises(exp.make_parts()), overrides
     plain = Experiment(tiny_config())
-    assert plain.vectorises(plain.make_augmenter(), [])
-    assert not Experiment(tiny_config(fed=dict(vectorise=False))).vectorises(
-        plain.make_augmenter(), []
-    )
+    assert plain.vectorises(plain.make_parts())
+    assert not Experiment(tiny_config(fed=dict(vectorise=False))).vectorises(plain.make_parts())
 
 
 @pytest.mark.slow

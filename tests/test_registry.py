@@ -69,3 +69,13 @@ def test_duplicate_registration_refused():
     r = make()
     with pytest.raises(ValueError):
         r.register("box")(lambda: None)
+
+
+def test_build_takes_resolved_params_only():
+    from privbench import registries
+
+    reg = registries()["defense"]
+    resolved = reg.resolve_params("prune", {"prune": 0.5})
+    assert reg.build("prune", resolved).params == reg.create("prune", prune=0.5).params
+    with pytest.raises(ValueError, match="resolved parameters"):
+        reg.build("prune", {})

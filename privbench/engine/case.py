@@ -23,7 +23,7 @@ from privbench.data.partition import ClientSplit, partition, split_clients
 from privbench.engine.channel import Channel, PublicContext
 from privbench.engine.federated import predict
 from privbench.engine.seeding import derive_seed
-from privbench.engine.training import training_chain
+from privbench.engine.training import LocalTraining, training_chain
 from privbench.errors import IncompatibleError, ParameterError
 from privbench.evaluation.metrics import utility
 from privbench.models import check_model_output, model_factory
@@ -66,6 +66,19 @@ class TrainingOutcome:
     spend: tuple[float | None, float | None, str | None] = (None, None, None)
     seconds: float = 0.0
     synthetic_share: float | None = None  # mean over clients of synthetic / training set
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """The run's live parts that every client's work needs, built once per run (the
+    engine's side; never handed to an attack): the trainer, the live method, the defenses
+    in the order given, the channel, and the local-training chain they make."""
+
+    algorithm: Any
+    method: Any
+    defenses: tuple[Any, ...]
+    channel: Channel | None
+    training: LocalTraining
 
 
 @dataclass(frozen=True)
@@ -135,7 +148,7 @@ class Case:
         )
         self._check_sizes()
         # Threat models are validated against the run (a curious client must exist).
-        self.threat = self.regs["threat"].create(cfg.attack.threat, **cfg.attack.threat_params)
+        self.threat = self.regs["threat"].build(cfg.attack.threat, cfg.attack.threat_params)
         self.threat.bind(cfg.fed.clients)
         # The method as an outsider knows it, built before any party's state exists;
         # the checks below read its public declarations.
@@ -150,7 +163,7 @@ class Case:
         if self.public_method.needs_batchnorm:
             needs.append(f"method '{self.cfg.method}'")
         for name in self.cfg.attack.names:
-            attack = self.regs["attack"].create(name, **self.cfg.attack.params.get(name, {}))
+            attack = self.regs["attack"].build(name, self.cfg.attack.params[name])
             if attack.needs_batchnorm:
                 needs.append(f"attack '{name}'")
         if needs and not batchnorm_layers(self.build_model()):
@@ -167,8 +180,7 @@ class Case:
         announce the change once."""
         classes = [self.regs["defense"].entry(n).factory for n in self.cfg.defenses]
         defenses = [
-            self.regs["defense"].create(n, **self.cfg.defense_params.get(n, {}))
-            for n in self.cfg.defenses
+            self.regs["defense"].build(n, self.cfg.defense_params[n]) for n in self.cfg.defenses
         ]
         training_chain(self.public_method, defenses)  # raises when two replace local SGD
         self._model_fixers = [c.prepare_model for c in classes]
@@ -186,13 +198,34 @@ class Case:
 
     def make_algorithm(self):
         """The run's federated trainer (FedAvg, FedProx, q-FFL) with its parameters."""
-        return self.regs["algorithm"].create(
-            self.cfg.fed.algorithm, **self.cfg.fed.algorithm_params
-        )
+        return self.regs["algorithm"].build(self.cfg.fed.algorithm, self.cfg.fed.algorithm_params)
+
+    def make_parts(self, *, method=None, defenses=None, channel=None) -> RunParts:
+        """The run's trainer, method (``method``: one already built), defenses (default:
+        the configured ones, set up for this run) and their local-training chain."""
+        fed = self.cfg.fed
+        algorithm = self.make_algorithm()
+        method = method if method is not None else self.make_augmenter()
+        if defenses is None:
+            defenses = [
+                self.regs["defense"].build(n, self.cfg.defense_params[n]) for n in self.cfg.defenses
+            ]
+            for d in defenses:
+                d.setup(
+                    num_clients=fed.clients,
+                    clients_per_round=fed.clients_per_round,
+                    rounds=fed.rounds,
+                    seed=self.cfg.seed,
+                    lr=fed.lr,
+                    batch_size=fed.batch_size,
+                    local_epochs=fed.local_epochs,
+                )
+        defenses = tuple(defenses)
+        return RunParts(algorithm, method, defenses, channel, training_chain(method, defenses))
 
     def make_augmenter(self, *, setup: bool = True):
         """The run's augmentation method, set up for this data and client count."""
-        augmenter = self.regs["method"].create(self.cfg.method, **self.cfg.method_params)
+        augmenter = self.regs["method"].build(self.cfg.method, self.cfg.method_params)
         augmenter.value_range = self.data.value_range
         if setup:
             augmenter.setup(

@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from privbench.engine.case import Case, LocalUpdate, Victim
+from privbench.engine.case import Case, LocalUpdate, RunParts, Victim
 from privbench.engine.channel import SERVER
 from privbench.engine.federated import (
     ClientResult,
@@ -19,7 +19,7 @@ from privbench.engine.federated import (
 )
 from privbench.engine.method import Augmenter, ClientState
 from privbench.engine.seeding import torch_generator
-from privbench.engine.training import LocalTask, training_chain
+from privbench.engine.training import LocalTask
 
 
 class ClientWork(Case):
@@ -47,12 +47,11 @@ class ClientWork(Case):
         pick = torch.randperm(len(state.y), generator=gen)[: self.cfg.attack.batch]
         return state.x[pick], state.y[pick]
 
-    def local_update(
-        self, rnd, state, global_state, algorithm, augmenter, defenses, *, is_victim
-    ) -> LocalUpdate:
+    def local_update(self, rnd, state, global_state, parts: RunParts, *, is_victim) -> LocalUpdate:
         """One client's local computation from the global weights: what it would send
         (before any defense touches the message) and its public recipe."""
         cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
+        augmenter, algorithm = parts.method, parts.algorithm
         model = self.build_model()
         model.load_state_dict(global_state)
         gen = self.round_generator(rnd, state.client_id)
@@ -75,7 +74,7 @@ class ClientWork(Case):
             x, y = augmenter.training_data(rnd, state, state.x, state.y)
             steps, batch = None, fed.batch_size
             kind = "update"
-        training = training_chain(augmenter, defenses)  # plain SGD, or what replaces it
+        training = parts.training  # plain SGD, or what replaces it
         task = LocalTask(
             round=rnd,
             client=state,
@@ -100,15 +99,15 @@ class ClientWork(Case):
             payload = state_delta(clone_state(model), global_state)
         return LocalUpdate(kind, payload, steps, batch, real, victim, loss_at_global, len(y) - real)
 
-    def vectorises(self, augmenter, defenses) -> bool:
+    def vectorises(self, parts: RunParts) -> bool:
         """Whether this run's clients can train as one computation: plain local SGD on a
         loss that is the same function for every client (the base cross-entropy; a
         method may change the data via ``training_data``), no defense replacing local
         training, no randomness inside the model."""
         return (
             self.cfg.fed.vectorise
-            and type(augmenter).local_loss is Augmenter.local_loss
-            and training_chain(augmenter, defenses).is_plain
+            and type(parts.method).local_loss is Augmenter.local_loss
+            and parts.training.is_plain
             and self._model_vectorises
         )
 
@@ -117,12 +116,13 @@ class ClientWork(Case):
         return can_vectorise(self.build_model())
 
     def vectorised_updates(
-        self, rnd, clients, global_state, algorithm, augmenter, defenses
+        self, rnd, clients, global_state, parts: RunParts
     ) -> dict[int, LocalUpdate]:
         """:meth:`local_update` for ``clients`` (none of them attacked) as one vectorised
         computation, when :meth:`vectorises`; {} otherwise (they train one by one)."""
-        if len(clients) < 2 or not self.vectorises(augmenter, defenses):
+        if len(clients) < 2 or not self.vectorises(parts):
             return {}
+        augmenter, algorithm = parts.method, parts.algorithm
         fed = self.cfg.fed
         model = self.build_model()
         model.load_state_dict(global_state)
@@ -165,24 +165,21 @@ class ClientWork(Case):
         }
 
     @staticmethod
-    def send_artifacts(rnd, cid, messages, augmenter, defenses, channel, *, context=None):
+    def send_artifacts(rnd, cid, messages, parts: RunParts, *, context=None):
         """Client ``cid``'s artifacts to the server: each defense privatises them, the
         channel counts and records them, the server side of the method receives them."""
         for kind, payload in messages.items():
-            for d in defenses:
+            for d in parts.defenses:
                 payload = d.privatize_artifact(rnd, cid, kind, payload)
-            got = channel.send(rnd, cid, SERVER, kind, payload, context=context)
-            augmenter.server_receive(rnd, cid, kind, got)
+            got = parts.channel.send(rnd, cid, SERVER, kind, payload, context=context)
+            parts.method.server_receive(rnd, cid, kind, got)
 
     def _client_round(
         self,
         rnd,
         state,
         global_state,
-        algorithm,
-        augmenter,
-        defenses,
-        channel,
+        parts: RunParts,
         victims,
         *,
         is_victim,
@@ -190,11 +187,9 @@ class ClientWork(Case):
     ) -> ClientResult:
         """One client's round: local computation (unless ``local`` was computed already,
         vectorised with others), defenses, the upload through the channel."""
-        fed = self.cfg.fed
+        fed, defenses = self.cfg.fed, parts.defenses
         if local is None:
-            local = self.local_update(
-                rnd, state, global_state, algorithm, augmenter, defenses, is_victim=is_victim
-            )
+            local = self.local_update(rnd, state, global_state, parts, is_victim=is_victim)
         if local.victim is not None:
             victims[state.client_id] = local.victim
         else:
@@ -208,7 +203,7 @@ class ClientWork(Case):
             batch=local.batch,
             num_images=local.num_images,
             num_synthetic=local.num_synthetic,
-            algorithm=algorithm,
+            algorithm=parts.algorithm,
             received=state.received,
             defenses=defenses,
         )
@@ -217,7 +212,7 @@ class ClientWork(Case):
             encoded = d.encoding(kind, payload)
             if encoded is not None:
                 encoding, nbytes = encoded
-        got = channel.send(
+        got = parts.channel.send(
             rnd,
             state.client_id,
             SERVER,
@@ -229,13 +224,7 @@ class ClientWork(Case):
         )
         # Uploads after local training besides the update (FedAvP's policy update).
         self.send_artifacts(
-            rnd,
-            state.client_id,
-            augmenter.upload(rnd, state),
-            augmenter,
-            defenses,
-            channel,
-            context=context,
+            rnd, state.client_id, parts.method.upload(rnd, state), parts, context=context
         )
         if kind == "gradient":
             delta = {k: torch.zeros_like(v) for k, v in global_state.items()}

@@ -28,30 +28,17 @@ class Experiment(ClientWork):
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(cfg.seed, 0))
         global_model = self.build_model()
-        algorithm = self.make_algorithm()
-        augmenter = self.make_augmenter()
-        self.augmenter = augmenter  # the run's method object (its server-side state)
-        defenses = [
-            self.regs["defense"].create(n, **cfg.defense_params.get(n, {})) for n in cfg.defenses
-        ]
-        for d in defenses:
-            d.setup(
-                num_clients=fed.clients,
-                clients_per_round=fed.clients_per_round,
-                rounds=fed.rounds,
-                seed=cfg.seed,
-                lr=fed.lr,
-                batch_size=fed.batch_size,
-                local_epochs=fed.local_epochs,
-            )
-        channel = Channel(self.threat)
+        parts = self.make_parts(channel=Channel(self.threat))
+        augmenter, defenses, channel = parts.method, parts.defenses, parts.channel
+        algorithm = parts.algorithm
+        self.augmenter = augmenter  # the run's live method object (the engine's side)
         states = {
             c.client_id: ClientState(c.client_id, *self.client_data(c.client_id))
             for c in self.clients
         }
         victim_ids = list(range(atk.victims)) if atk.names else []
         victims: dict[int, Victim] = {}
-        self._prepare(global_model, states, augmenter, algorithm, defenses, channel)
+        self._prepare(global_model, states, parts)
         self._training_sets: dict[int, tuple[int, int]] = {}  # cid -> (real, synthetic)
         client_side = type(augmenter).begin_round is not Augmenter.begin_round
         rng = np.random.default_rng([cfg.seed, 3])
@@ -66,9 +53,7 @@ class Experiment(ClientWork):
                 global_state = clone_state(global_model)
                 # 1. Shared artifacts (client -> server), before local training.
                 for cid in augmenter.share_clients(rnd, sampled, list(range(fed.clients))):
-                    self.send_artifacts(
-                        rnd, cid, augmenter.share(rnd, states[cid]), augmenter, defenses, channel
-                    )
+                    self.send_artifacts(rnd, cid, augmenter.share(rnd, states[cid]), parts)
                 # 2. Broadcasts (server -> client): the model, then the method's extras.
                 for cid in sampled:
                     channel.send(rnd, SERVER, cid, "model", global_state)
@@ -81,12 +66,7 @@ class Experiment(ClientWork):
                 # 3. Local training and uploads.
                 attacked = {c for c in sampled if rnd == atk.round and c in victim_ids}
                 done = self.vectorised_updates(
-                    rnd,
-                    [states[c] for c in sampled if c not in attacked],
-                    global_state,
-                    algorithm,
-                    augmenter,
-                    defenses,
+                    rnd, [states[c] for c in sampled if c not in attacked], global_state, parts
                 )
                 results = []
                 for cid in sampled:
@@ -95,10 +75,7 @@ class Experiment(ClientWork):
                             rnd,
                             states[cid],
                             global_state,
-                            algorithm,
-                            augmenter,
-                            defenses,
-                            channel,
+                            parts,
                             victims,
                             is_victim=cid in attacked,
                             local=done.get(cid),
@@ -138,9 +115,15 @@ class Experiment(ClientWork):
             float(np.mean(shares)) if shares else None,
         )
 
-    def _prepare(self, global_model, states, augmenter, algorithm, defenses, channel) -> None:
+    def _prepare(self, global_model, states, parts) -> None:
         """The method's phase before round 0 (a federated generator, a pre-trained
         classifier); its messages are counted in round ``PREPARE_ROUND``."""
+        augmenter, algorithm, defenses, channel = (
+            parts.method,
+            parts.algorithm,
+            parts.defenses,
+            parts.channel,
+        )
         if type(augmenter).prepare is Augmenter.prepare:
             return
 

@@ -27,7 +27,7 @@ def attack_victims(exp: Experiment, name: str, outcome: TrainingOutcome, store: 
     """Run attack ``name`` on every victim; return (score, label-distribution error,
     reconstruction file)."""
     cfg = exp.cfg
-    attack = exp.regs["attack"].create(name, **cfg.attack.params.get(name, {}))
+    attack = exp.regs["attack"].build(name, cfg.attack.params[name])
     seen = outcome.channel.observations
     scores, label_errors, arrays = [], [], {}
     observed = [

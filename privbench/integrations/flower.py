@@ -100,7 +100,7 @@ def _client_app(config: RunConfig, model: Any, data: Any) -> ClientApp:
     def experiment() -> Experiment:
         if "exp" not in cache:  # once per Flower worker process
             exp = Experiment(config, model=model, data=data)
-            cache.update(exp=exp, algorithm=exp.make_algorithm(), augmenter=exp.make_augmenter())
+            cache.update(exp=exp, parts=exp.make_parts(defenses=()))
         return cache["exp"]
 
     @app.train()
@@ -112,15 +112,7 @@ def _client_app(config: RunConfig, model: Any, data: Any) -> ClientApp:
         is_victim = bool(conf.get(ATTACK_KEY, 0)) and cid < exp.cfg.attack.victims
         global_state = clone_state(msg.content["arrays"].to_torch_state_dict())
         state = ClientState(cid, *exp.client_data(cid))
-        local = exp.local_update(
-            rnd,
-            state,
-            global_state,
-            cache["algorithm"],
-            cache["augmenter"],
-            [],
-            is_victim=is_victim,
-        )
+        local = exp.local_update(rnd, state, global_state, cache["parts"], is_victim=is_victim)
         if local.kind == "gradient":  # Flower replies carry weights: one SGD step
             new = dict(global_state)
             for n, g in local.payload.items():
