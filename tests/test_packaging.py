@@ -63,3 +63,22 @@ def test_wheel_maps_plugin_folders_under_privbench(tmp_path):
     first, second = proc.stdout.splitlines()
     assert first.startswith(str(site))
     assert "dlg" in second
+
+
+def test_no_source_file_is_git_ignored():
+    """CI runs on a fresh clone: a source file that .gitignore hides (a pattern like
+    ``data/`` matching ``privbench/data/``) exists here and is missing there."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    proc = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "*.py"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
+    hidden = [
+        line for line in proc.stdout.splitlines() if not line.startswith((".venv/", "build/"))
+    ]
+    assert hidden == [], hidden

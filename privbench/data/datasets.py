@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from privbench.data.bundle import DataBundle, fixed_split, as_bundle
+from privbench.data.bundle import DataBundle, as_bundle, fixed_split
 from privbench.errors import DatasetNotFoundError, ParameterError
 from privbench.registry import Entry, Param, Registry, first_doc_line
 
