@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from privbench.engine.channel import Observation
-from privbench.registry import Registry
+from privbench.registry import Configurable, Registry
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Reconstruction:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Attack:
+class Attack(Configurable):
     """``consumes``: message kinds it attacks. ``target``: what it is scored against —
     ``"batch"`` (the victim's attacked batch, matched one-to-one) or ``"dataset"`` (the
     victim's whole local training set; each reconstruction vs its nearest private image)
@@ -35,9 +35,6 @@ class Attack:
     consumes: tuple[str, ...] = ()
     target = "batch"
     needs_batchnorm = False  # True: works only on models with BatchNorm running statistics
-
-    def __init__(self, **params: Any):
-        self.params = dict(params)
 
     def reconstruct(
         self,

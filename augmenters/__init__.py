@@ -11,9 +11,19 @@ from privbench.augmenters import (  # noqa: F401  (register the methods)
 from privbench.augmenters.base import (
     AUGMENTERS,
     Augmenter,
+    ClientRole,
     ClientState,
+    ServerRole,
     cross_entropy,
     input_gradient,
 )
 
-__all__ = ["AUGMENTERS", "Augmenter", "ClientState", "cross_entropy", "input_gradient"]
+__all__ = [
+    "AUGMENTERS",
+    "Augmenter",
+    "ClientRole",
+    "ClientState",
+    "ServerRole",
+    "cross_entropy",
+    "input_gradient",
+]

@@ -23,14 +23,11 @@ binarised MNIST), loss = reconstruction + beta * KL (beta = 1 is the plain VAE).
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-from privbench.augmenters.base import AUGMENTERS, Preparation
-from privbench.augmenters.synthetic import SyntheticAugmenter
+from privbench.augmenters.base import AUGMENTERS, ServerRole
+from privbench.augmenters.synthetic import SyntheticAugmenter, SyntheticClient
 from privbench.augmenters.zsdg import train_on
-from privbench.engine.channel import SERVER
 from privbench.engine.federated import minibatches
 from privbench.engine.seeding import seeded
 from privbench.nn.cvae import CVAE, decoder_state, load_decoder, sample, to_unit
@@ -78,10 +75,101 @@ CVAE_PARAMS = (
 K_PARAM = Param("k", int, 20, "synthetic images imputed per client", low=0)
 
 
+class CVAEClient(SyntheticClient):
+    """A client of the federated CVAE: trains each received CVAE on its own data and
+    uploads it; once it holds the decoder, imputes its synthetic set from it."""
+
+    def prepare(self, step, client, received, generator):
+        m = self.method
+        p = m.params
+        if step < p["cvae_rounds"]:  # one FedAvg round of the CVAE
+            local = m.new_cvae(0)
+            local.load_state_dict(dict(received["generator"]))
+            train_cvae_locally(
+                local,
+                to_unit(client.x, m.value_range),
+                client.y,
+                epochs=p["cvae_epochs"],
+                lr=p["cvae_lr"],
+                batch_size=p["cvae_batch"],
+                beta=p["beta"],
+                generator=generator,
+            )
+            return {"generator": local.state_dict()}
+        return self.after_generator(client, received, generator)
+
+    def after_generator(self, client, received, generator):
+        """With the decoder received: sample the client's synthetic set from it, labels
+        as the method says (:meth:`_FederatedCVAE.impute_labels`)."""
+        m = self.method
+        labels = m.impute_labels(client.y)
+        images = sample(m.decoder(received["generator"]), labels, m.value_range, generator)
+        self.keep_synthetic(client.client_id, images, labels)
+        return {}
+
+
+class CVAEServer(ServerRole):
+    """The server of the federated CVAE: broadcasts the CVAE each round, averages the
+    clients' copies by data size, finally sends the decoder alone."""
+
+    cvae: CVAE | None = None
+    server_set: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prepare_send(self, step, clients, model):
+        m = self.method
+        rounds = m.params["cvae_rounds"]
+        if step == 0:
+            self.cvae = m.new_cvae(int(seeded(m.seed, 11).initial_seed()))
+            self.state = {k: v.detach().clone() for k, v in self.cvae.state_dict().items()}
+            self.states = [self.state]  # the global CVAE at start and after each round
+        if step < rounds:
+            return {cid: {"generator": self.state} for cid in clients}
+        if step == rounds:
+            decoder = decoder_state(self.state)
+            return {cid: {"generator": decoder} for cid in clients}
+        return None
+
+    def prepare_receive(self, step, replies, model, generator):
+        if step < self.method.params["cvae_rounds"]:
+            uploads = [(r.num_examples, r.messages["generator"]) for r in replies.values()]
+            total = sum(n for n, _ in uploads)
+            self.state = {k: sum(n * u[k] for n, u in uploads) / total for k in self.state}
+            self.cvae.load_state_dict(self.state)
+            self.states.append(self.state)
+        else:
+            self.after_generator(replies, model, generator)
+
+    def after_generator(self, replies, model, generator) -> None:
+        """The clients' replies once they hold the decoder (cvae-finetune's label counts)."""
+        return None
+
+    @torch.no_grad()
+    def elbo_history(self, clients) -> list[float]:
+        """-ELBO of the global CVAE at start and after each round over ``clients``' data
+        (a fixed noise draw, so rounds compare): a diagnostic for whoever holds the data
+        (tests, benchmarks), not something the server can compute."""
+        m = self.method
+        cvae = m.new_cvae(0)
+        history = []
+        for state in self.states:
+            cvae.load_state_dict(state)
+            total, n = 0.0, 0
+            for c in clients:
+                g = torch.Generator().manual_seed(0)
+                loss = cvae.elbo_loss(to_unit(c.x, m.value_range), c.y, beta=1.0, generator=g)
+                total += float(loss) * len(c.y)
+                n += len(c.y)
+            history.append(total / n)
+        return history
+
+
 class _FederatedCVAE(SyntheticAugmenter):
-    """Trains the CVAE with FedAvg in ``prepare``; subclasses say what clients do."""
+    """The federated CVAE trained before round 0 (:class:`CVAEClient`,
+    :class:`CVAEServer`); subclasses say which labels a client imputes."""
 
     shares = ("generator",)
+    Client = CVAEClient
+    Server = CVAEServer
 
     def new_cvae(self, generator_seed: int) -> CVAE:
         with torch.random.fork_rng():
@@ -93,81 +181,18 @@ class _FederatedCVAE(SyntheticAugmenter):
                 hidden=self.params["cvae_hidden"],
             )
 
-    def prepare(self, phase: Preparation) -> None:
-        p = self.params
-        cvae = self.new_cvae(int(seeded(self.seed, 11).initial_seed()))
-        state = {k: v.detach().clone() for k, v in cvae.state_dict().items()}
-        clients = phase.clients
-        # Mean -ELBO of the global CVAE over the clients' data: at start, then each round.
-        self.elbo_history: list[float] = [self.mean_elbo_loss(cvae, clients.values())]
-        for _ in range(p["cvae_rounds"]):
-            uploads = []
-            for cid, client in clients.items():
-                got = phase.send(SERVER, cid, "generator", state)
-                local = copy.deepcopy(cvae)
-                local.load_state_dict(dict(got))
-                train_cvae_locally(
-                    local,
-                    to_unit(client.x, self.value_range),
-                    client.y,
-                    epochs=p["cvae_epochs"],
-                    lr=p["cvae_lr"],
-                    batch_size=p["cvae_batch"],
-                    beta=p["beta"],
-                    generator=phase.generator(cid),
-                )
-                up = phase.send(
-                    cid,
-                    SERVER,
-                    "generator",
-                    local.state_dict(),
-                    context=phase.context(len(client.y)),
-                )
-                uploads.append((len(client.y), up))
-            total = sum(n for n, _ in uploads)
-            state = {k: sum(n * u[k] for n, u in uploads) / total for k in state}
-            cvae.load_state_dict(state)
-            self.elbo_history.append(self.mean_elbo_loss(cvae, clients.values()))
-        self.cvae = cvae
-        decoder = decoder_state(state)
-        for cid, client in clients.items():
-            client.received["generator"] = phase.send(SERVER, cid, "generator", decoder)
-        self.after_generator(phase)
-
-    @torch.no_grad()
-    def mean_elbo_loss(self, cvae: CVAE, clients) -> float:
-        """-ELBO over every client's data (a fixed noise draw, so rounds compare)."""
-        total, n = 0.0, 0
-        for c in clients:
-            g = torch.Generator().manual_seed(0)
-            loss = cvae.elbo_loss(to_unit(c.x, self.value_range), c.y, beta=1.0, generator=g)
-            total += float(loss) * len(c.y)
-            n += len(c.y)
-        return total / n
-
     def decoder(self, weights) -> CVAE:
         """The CVAE architecture with these decoder weights (encoder unused)."""
         return load_decoder(self.new_cvae(0), weights)
 
-    def client_decoder(self, received) -> CVAE:
-        """The decoder a client received."""
-        return self.decoder(received["generator"])
-
-    def impute(self, phase: Preparation, labels_for) -> None:
-        """Each client samples its synthetic set from the decoder it received."""
-        for cid, client in phase.clients.items():
-            labels = labels_for(client)
-            decoder = self.client_decoder(client.received)
-            images = sample(decoder, labels, self.value_range, phase.generator(cid))
-            self.synthetic[cid] = (images, labels)
-
-    def after_generator(self, phase: Preparation) -> None:  # pragma: no cover - abstract
+    def impute_labels(self, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The labels a client with records labelled ``labels`` imputes."""
         raise NotImplementedError
 
     def attack_synthetic(self, context, count, generator):
         """The attacker samples the shared decoder; it does not know the victim's label
         histogram, so it draws labels uniformly."""
-        decoder = self.client_decoder(context.received)
+        decoder = self.decoder(context.received["generator"])
         labels = torch.randint(self.num_classes, (count,), generator=generator)
         return sample(decoder, labels, self.value_range, generator), labels
 
@@ -180,9 +205,8 @@ class _FederatedCVAE(SyntheticAugmenter):
 class CVAEUniform(_FederatedCVAE):
     name = "cvae-uniform"
 
-    def after_generator(self, phase):
-        k = self.params["k"]
-        self.impute(phase, lambda client: uniform_labels(k, self.num_classes))
+    def impute_labels(self, labels):
+        return uniform_labels(self.params["k"], self.num_classes)
 
 
 @AUGMENTERS.register(
@@ -194,13 +218,46 @@ class CVAEUniform(_FederatedCVAE):
 class CVAEMinority(_FederatedCVAE):
     name = "cvae-minority"
 
-    def after_generator(self, phase):
-        def labels_for(client):
-            hist = torch.bincount(client.y, minlength=self.num_classes).tolist()
-            counts = minority_counts(hist, self.params["k"])
-            return torch.repeat_interleave(torch.arange(self.num_classes), torch.tensor(counts))
+    def impute_labels(self, labels):
+        hist = torch.bincount(labels, minlength=self.num_classes).tolist()
+        counts = minority_counts(hist, self.params["k"])
+        return torch.repeat_interleave(torch.arange(self.num_classes), torch.tensor(counts))
 
-        self.impute(phase, labels_for)
+
+class FinetuneClient(CVAEClient):
+    """A cvae-finetune client: once the decoder is out, it uploads its label counts."""
+
+    def after_generator(self, client, received, generator):
+        counts = torch.bincount(client.y, minlength=self.method.num_classes)
+        return {"label_counts": {"counts": counts}}
+
+
+class FinetuneServer(CVAEServer):
+    """The cvae-finetune server: pre-trains the classifier on a synthetic set with the
+    clients' global label distribution before it is first broadcast."""
+
+    def after_generator(self, replies, model, generator):
+        m = self.method
+        p = m.params
+        hist = torch.zeros(m.num_classes, dtype=torch.long)
+        for reply in replies.values():
+            hist += reply.messages["label_counts"]["counts"].long()
+        size = p["synthetic_size"] or int(hist.sum())
+        per_class = [round(size * int(c) / int(hist.sum())) for c in hist]
+        labels = torch.repeat_interleave(torch.arange(m.num_classes), torch.tensor(per_class))
+        images = sample(self.cvae, labels, m.value_range, generator)
+        self.server_set = (images, labels)
+        train_on(
+            model,
+            images,
+            labels,
+            epochs=p["pretrain_epochs"],
+            lr=p["pretrain_lr"],
+            batch_size=p["pretrain_batch"],
+            generator=generator,
+            optimizer="adam",
+            weight_decay=p["weight_decay"],
+        )
 
 
 @AUGMENTERS.register(
@@ -226,29 +283,8 @@ class CVAEFinetune(_FederatedCVAE):
     name = "cvae-finetune"
     shares = ("generator", "label_counts")
 
-    def after_generator(self, phase):
-        p = self.params
-        hist = torch.zeros(self.num_classes, dtype=torch.long)
-        for cid, client in phase.clients.items():
-            counts = torch.bincount(client.y, minlength=self.num_classes)
-            hist += phase.send(cid, SERVER, "label_counts", {"counts": counts})["counts"].long()
-        size = p["synthetic_size"] or int(hist.sum())
-        per_class = [round(size * int(c) / int(hist.sum())) for c in hist]
-        labels = torch.repeat_interleave(torch.arange(self.num_classes), torch.tensor(per_class))
-        gen = phase.generator(SERVER)
-        images = sample(self.cvae, labels, self.value_range, gen)
-        self.server_set = (images, labels)
-        train_on(
-            phase.model,
-            images,
-            labels,
-            epochs=p["pretrain_epochs"],
-            lr=p["pretrain_lr"],
-            batch_size=p["pretrain_batch"],
-            generator=gen,
-            optimizer="adam",
-            weight_decay=p["weight_decay"],
-        )
+    Client = FinetuneClient
+    Server = FinetuneServer
 
     def attack_synthetic(self, context, count, generator):
         return None  # clients fine-tune on real data only

@@ -36,6 +36,8 @@ from torch.func import functional_call
 from privbench.augmenters.base import (
     AUGMENTERS,
     Augmenter,
+    ClientRole,
+    ServerRole,
     cross_entropy,
     per_sample_cross_entropy,
 )
@@ -156,6 +158,97 @@ _PARAMS = (
 )
 
 
+class PolicyClient(ClientRole):
+    """A FedAvP client: trains model and policy from the policy it received (or, with
+    ``personalize``, from its own last policy, ``private[cid]``) and uploads the policy
+    update theta_k - theta with its sample count."""
+
+    def __init__(self, method: FedAvP):
+        super().__init__(method)
+        self._trained: dict[int, int] = {}  # client -> samples it trained on this round
+
+    def local_training(self) -> PolicyTraining:
+        return PolicyTraining(self)
+
+    def local_train(self, model, task: LocalTask) -> int:
+        """A client's local epochs of model and policy steps (``PolicyTraining``)."""
+        m = self.method
+        client, x, y = task.client, task.x, task.y
+        cid = client.client_id
+        start = m.policy_state(client.received)
+        if m.params["personalize"] and cid in self.private:
+            start = self.private[cid]
+        steps, theta = m.train_policy(
+            model,
+            x,
+            y,
+            start,
+            epochs=task.epochs,
+            batch_size=task.batch_size,
+            lr=task.lr,
+            generator=task.generator,
+            private=task.private,
+            algorithm=task.algorithm,
+        )
+        self.private[cid] = theta
+        self._trained[cid] = len(y)
+        return steps
+
+    def upload(self, round, client):
+        n = self._trained.pop(client.client_id, None)
+        if n is None:  # no local training this round (a FedSGD gradient)
+            return {}
+        theta_k = self.private[client.client_id]
+        start = self.method.policy_state(client.received)
+        delta = {k: theta_k[k] - start[k] for k in start}
+        return {"policy": {**delta, "num_samples": torch.tensor(n, dtype=torch.int64)}}
+
+
+class PolicyServer(ServerRole):
+    """The FedAvP server: broadcasts the global policy with the model and updates it
+    Reptile-style from the clients' policy updates."""
+
+    def __init__(self, method: FedAvP):
+        super().__init__(method)
+        self.theta: State = {k: v.clone() for k, v in method.theta.items()}
+        self._inbox: list[Mapping[str, torch.Tensor]] = []
+
+    def broadcast(self, round, receiver):
+        return {"policy": self.theta}
+
+    def receive(self, round, sender, kind, payload):
+        if kind == "policy":
+            self._inbox.append(payload)
+
+    def after_aggregate(self, round, model, client_models):
+        if not self._inbox:
+            return
+        p = self.method.params
+        self.theta = reptile_update(
+            self.theta,
+            [{k: m[k] for k in self.theta} for m in self._inbox],
+            [float(m["num_samples"]) for m in self._inbox],
+            lr=p["server_lr"],
+            max_norm=p["grad_clip"],
+        )
+        self._inbox = []
+
+
+class PolicyTraining(LocalTraining):
+    """FedAvP's local training: model steps and policy steps alternate (Algorithm 2), so
+    it replaces plain SGD; a FedSGD step is a plain gradient of the policy loss."""
+
+    def __init__(self, client: PolicyClient):
+        self.client = client
+        self.replaces = (
+            f"method '{client.method.name}' runs its own local training loop (it learns "
+            "more than the model)"
+        )
+
+    def train(self, model, task: LocalTask) -> int:
+        return self.client.local_train(model, task)
+
+
 @AUGMENTERS.register(
     "fedavp",
     params=_PARAMS,
@@ -165,6 +258,8 @@ _PARAMS = (
 class FedAvP(Augmenter):
     name = "fedavp"
     shares = ("policy",)
+    Client = PolicyClient
+    Server = PolicyServer
     # Its loss is a mean of per-record terms (constant weights w.r.t. the model), but
     # DP-SGD is refused anyway: it would replace the local loop that trains the policy.
     per_sample_grads = "microbatch"
@@ -177,10 +272,8 @@ class FedAvP(Augmenter):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.net = PolicyNet(p["h1"], p["h2"])
+        # The initial global policy (the server's starting point).
         self.theta: State = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-        self._local: dict[int, State] = {}  # each client's policy after its last training
-        self._trained: dict[int, int] = {}  # client -> samples it trained on this round
-        self._inbox: list[Mapping[str, torch.Tensor]] = []
 
     # -- the policy ---------------------------------------------------------------------
 
@@ -195,36 +288,6 @@ class FedAvP(Augmenter):
                 "server broadcasts it with the model each round)"
             )
         return {k: received["policy"][k] for k in self.theta}
-
-    # -- messages -----------------------------------------------------------------------
-
-    def broadcast(self, round, receiver):
-        return {"policy": self.theta}
-
-    def upload(self, round, client):
-        n = self._trained.pop(client.client_id, None)
-        if n is None:  # no local training this round (a FedSGD gradient)
-            return {}
-        theta_k = self._local[client.client_id]
-        start = self.policy_state(client.received)
-        delta = {k: theta_k[k] - start[k] for k in self.theta}
-        return {"policy": {**delta, "num_samples": torch.tensor(n, dtype=torch.int64)}}
-
-    def server_receive(self, round, sender, kind, payload):
-        if kind == "policy":
-            self._inbox.append(payload)
-
-    def after_aggregate(self, round, model):
-        if not self._inbox:
-            return
-        self.theta = reptile_update(
-            self.theta,
-            [{k: m[k] for k in self.theta} for m in self._inbox],
-            [float(m["num_samples"]) for m in self._inbox],
-            lr=self.params["server_lr"],
-            max_norm=self.params["grad_clip"],
-        )
-        self._inbox = []
 
     # -- local training -----------------------------------------------------------------
 
@@ -345,32 +408,6 @@ class FedAvP(Augmenter):
             steps += 1
         return steps, theta
 
-    def local_train(self, model, task: LocalTask) -> int:
-        """A client's local epochs of model and policy steps (``PolicyTraining``)."""
-        client, x, y = task.client, task.x, task.y
-        cid = client.client_id
-        start = self.policy_state(client.received)
-        if self.params["personalize"] and cid in self._local:
-            start = self._local[cid]
-        steps, theta = self.train_policy(
-            model,
-            x,
-            y,
-            start,
-            epochs=task.epochs,
-            batch_size=task.batch_size,
-            lr=task.lr,
-            generator=task.generator,
-            private=task.private,
-            algorithm=task.algorithm,
-        )
-        self._local[cid] = theta
-        self._trained[cid] = len(y)
-        return steps
-
-    def local_training(self) -> PolicyTraining:
-        return PolicyTraining(self)
-
     # -- what a gradient attacker simulates ----------------------------------------------
 
     def attack_view(self, guess, generator):
@@ -379,21 +416,6 @@ class FedAvP(Augmenter):
                 f"The 'guess' parameter must be one of {', '.join(GUESSES)}. Got {guess!r}."
             )
         return PolicyGuess(self, guess, generator)
-
-
-class PolicyTraining(LocalTraining):
-    """FedAvP's local training: model steps and policy steps alternate (Algorithm 2), so
-    it replaces plain SGD; a FedSGD step is a plain gradient of the policy loss."""
-
-    def __init__(self, method: FedAvP):
-        self.method = method
-        self.replaces = (
-            f"method '{method.name}' runs its own local training loop (it learns more than "
-            "the model)"
-        )
-
-    def train(self, model, task: LocalTask) -> int:
-        return self.method.local_train(model, task)
 
 
 class PolicyGuess(Augmenter):

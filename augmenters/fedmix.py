@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from privbench.augmenters.base import (
     AUGMENTERS,
     Augmenter,
+    ClientRole,
     ClientState,
+    ServerRole,
     cross_entropy,
     input_gradient,
     per_sample_cross_entropy,
@@ -96,73 +98,51 @@ def chunk_means(
     return torch.stack(xs), torch.stack(ys)
 
 
-class MeanAugmented(Augmenter):
-    """MAFL plumbing shared by NaiveMix, FedMix and GlobalMix: share, gather, broadcast."""
+class MeanClient(ClientRole):
+    """A MAFL client: shares the means of random chunks of its data."""
 
-    shares = ("averaged_data",)
-    force_mean_size: int | None = None  # GlobalMix pins M_k = 1
-
-    def __init__(
-        self,
-        *,
-        lam=0.05,
-        mean_size=None,
-        share_every_round=False,
-        server_average=1,
-        min_share_size=0,
-    ):
-        if self.force_mean_size is not None:
-            mean_size = self.force_mean_size
-        super().__init__(
-            lam=lam,
-            mean_size=mean_size,
-            share_every_round=share_every_round,
-            server_average=server_average,
-            min_share_size=min_share_size,
+    def share(self, round, client: ClientState):
+        m = self.method
+        if len(client.y) < m.params["min_share_size"]:
+            return {}
+        gen = torch.Generator().manual_seed(
+            (m.seed * 1_000_003 + round * 10_007 + client.client_id) % (2**63)
         )
-        self.lam = lam
-        self.mean_size = mean_size
-        self.entries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # server: per sender
+        xbar, ybar = chunk_means(client.x, client.y, m.num_classes, m.mean_size, gen)
+        return {"averaged_data": {"x": xbar, "y": ybar}}
+
+
+class MeanServer(ServerRole):
+    """The MAFL server: gathers every client's means into X_g and sends each client the
+    others' entries (again whenever X_g changed)."""
+
+    def __init__(self, method):
+        super().__init__(method)
+        self.entries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per sender
         self.version = 0  # bumps when X_g changes; clients are re-sent X_g then
         self.sent: dict[int, int] = {}
-
-    def setup(self, **kw) -> None:
-        super().setup(**kw)
-        self.server_gen = torch.Generator().manual_seed(self.seed * 7919 + 17)
-
-    # -- client -> server ---------------------------------------------------------------
+        self.generator = torch.Generator().manual_seed(method.seed * 7919 + 17)
 
     def share_clients(self, round, sampled, everyone):
         if round == 0:
             return everyone  # MAFL: every client sends its means before training starts
-        return sampled if self.params["share_every_round"] else []
+        return sampled if self.method.params["share_every_round"] else []
 
-    def share(self, round, client: ClientState):
-        if len(client.y) < self.params["min_share_size"]:
-            return {}
-        gen = torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + round * 10_007 + client.client_id) % (2**63)
-        )
-        xbar, ybar = chunk_means(client.x, client.y, self.num_classes, self.mean_size, gen)
-        return {"averaged_data": {"x": xbar, "y": ybar}}
-
-    def server_receive(self, round, sender, kind, payload):
+    def receive(self, round, sender, kind, payload):
         self.entries[sender] = (payload["x"], payload["y"])
         self.version += 1
-
-    # -- server -> client ---------------------------------------------------------------
 
     def global_entries(self, receiver: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """X_g, Y_g as sent to ``receiver``: every other client's entries, shuffled, then
         averaged ``server_average`` at a time. With m > 1 the groups mix clients, so the
         receiver's own entries are not removed (the server cannot split them out)."""
-        m = self.params["server_average"]
+        m = self.method.params["server_average"]
         owners = [c for c in sorted(self.entries) if m > 1 or c != receiver]
         if not owners:
             return None
         xg = torch.cat([self.entries[c][0] for c in owners])
         yg = torch.cat([self.entries[c][1] for c in owners])
-        order = torch.randperm(len(xg), generator=self.server_gen)
+        order = torch.randperm(len(xg), generator=self.generator)
         xg, yg = xg[order], yg[order]
         if m > 1:
             groups = max(1, len(xg) // m)
@@ -178,6 +158,24 @@ class MeanAugmented(Augmenter):
             return {}
         self.sent[receiver] = self.version
         return {"averaged_data": {"x": entries[0], "y": entries[1]}}
+
+
+class MeanAugmented(Augmenter):
+    """MAFL shared by NaiveMix, FedMix and GlobalMix: the clients share means
+    (:class:`MeanClient`), the server gathers and broadcasts them (:class:`MeanServer`);
+    the local loss mixes with one received entry."""
+
+    shares = ("averaged_data",)
+    force_mean_size: int | None = None  # GlobalMix pins M_k = 1
+    Client = MeanClient
+    Server = MeanServer
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        if self.force_mean_size is not None:
+            self.params["mean_size"] = self.force_mean_size
+        self.lam = self.params["lam"]
+        self.mean_size = self.params["mean_size"]
 
     # -- local loss ---------------------------------------------------------------------
 
@@ -266,9 +264,9 @@ class LocalMix(Augmenter):
     name = "localmix"
     per_sample_grads = None  # mixup partners are records of the same batch
 
-    def __init__(self, *, lam=0.05):
-        super().__init__(lam=lam)
-        self.lam = lam
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.lam = self.params["lam"]
 
     def local_loss(self, model, x, y, *, received, generator=None):
         if generator is None or len(x) < 2:

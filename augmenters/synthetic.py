@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from privbench.augmenters.base import Augmenter, ClientState
+from privbench.augmenters.base import Augmenter, ClientRole, ClientState
 from privbench.engine.seeding import seeded
 
 
@@ -22,19 +22,40 @@ def synthetic_in_batch(batch: int, real: int, synthetic: int) -> int:
     return min(synthetic, max(1, round(batch * synthetic / real)))
 
 
-class SyntheticAugmenter(Augmenter):
-    """Base of the generative methods: keeps each client's synthetic set."""
+class SyntheticClient(ClientRole):
+    """A client of a generative method: trains on its real data plus its private
+    synthetic set, ``private[cid]["synthetic_x"/"synthetic_y"]``."""
 
-    def setup(self, **kwargs) -> None:
-        super().setup(**kwargs)
-        self.synthetic: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    def synthetic(self, cid: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Client ``cid``'s synthetic set, or ``None``."""
+        mine = self.private.get(cid, {})
+        if "synthetic_y" not in mine:
+            return None
+        return mine["synthetic_x"], mine["synthetic_y"]
+
+    def keep_synthetic(self, cid: int, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.private.setdefault(cid, {}).update(synthetic_x=images, synthetic_y=labels)
+
+    def drop_synthetic(self, cid: int) -> None:
+        mine = self.private.get(cid, {})
+        mine.pop("synthetic_x", None)
+        mine.pop("synthetic_y", None)
 
     def training_data(self, round: int, client: ClientState, x: torch.Tensor, y: torch.Tensor):
-        xs, ys = self.synthetic.get(client.client_id, (None, None))
-        if ys is None or not len(ys):
+        own = self.synthetic(client.client_id)
+        if own is None or not len(own[1]):
             return x, y
+        xs, ys = own
         n = synthetic_in_batch(len(y), len(client.y), len(ys))
         if n < len(ys):
-            pick = torch.randperm(len(ys), generator=seeded(self.seed, 7, round, client.client_id))
+            pick = torch.randperm(
+                len(ys), generator=seeded(self.method.seed, 7, round, client.client_id)
+            )
             xs, ys = xs[pick[:n]], ys[pick[:n]]
         return torch.cat([x, xs.to(x.dtype)]), torch.cat([y, ys.to(y.dtype)])
+
+
+class SyntheticAugmenter(Augmenter):
+    """Base of the generative methods: their clients keep private synthetic sets."""
+
+    Client = SyntheticClient

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from privbench.augmenters.base import AUGMENTERS
-from privbench.augmenters.synthetic import SyntheticAugmenter
+from privbench.augmenters.base import AUGMENTERS, ServerRole
+from privbench.augmenters.synthetic import SyntheticAugmenter, SyntheticClient
 from privbench.engine.federated import minibatches
 from privbench.engine.seeding import seeded
 from privbench.nn.batchnorm import zsdg_many
@@ -50,6 +50,22 @@ class _ZSDGMethod(SyntheticAugmenter):
         )
 
 
+class ZDACClient(SyntheticClient):
+    """A Fed-ZDAC client: generates its synthetic set from the model it received."""
+
+    def begin_round(self, round, clients, model):
+        m = self.method
+        if round < m.params["start_round"]:
+            for c in clients:
+                self.drop_synthetic(c.client_id)
+            return
+        # Every client inverts the same received model from its own random start.
+        gens = [seeded(m.seed, 8, round, c.client_id) for c in clients]
+        received = model()
+        for c, out in zip(clients, m.generate([received] * len(clients), gens), strict=True):
+            self.keep_synthetic(c.client_id, out.images, out.labels)
+
+
 @AUGMENTERS.register(
     "zdac",
     params=ZSDG_PARAMS,
@@ -58,16 +74,7 @@ class _ZSDGMethod(SyntheticAugmenter):
 )
 class FedZDAC(_ZSDGMethod):
     name = "zdac"
-
-    def begin_round(self, round, clients, model):
-        if round < self.params["start_round"]:
-            for c in clients:
-                self.synthetic.pop(c.client_id, None)
-            return
-        # Every client inverts the same received model from its own random start.
-        gens = [seeded(self.seed, 8, round, c.client_id) for c in clients]
-        for c, out in zip(clients, self.generate([model] * len(clients), gens), strict=True):
-            self.synthetic[c.client_id] = (out.images, out.labels)
+    Client = ZDACClient
 
     def attack_synthetic(self, context, count, generator):
         """The attacker runs the same ZSDG on the broadcast model it also holds."""
@@ -76,6 +83,33 @@ class FedZDAC(_ZSDGMethod):
         (out,) = self.generate([model], [generator])
         pick = torch.randperm(len(out.labels), generator=generator)[:count]
         return out.images[pick], out.labels[pick]
+
+
+class ZDASServer(ServerRole):
+    """The Fed-ZDAS server: inverts every received client model and trains the
+    aggregated model on the pooled synthetic set."""
+
+    server_set: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def after_aggregate(self, round, model, client_models):
+        m = self.method
+        models = client_models()
+        if round < m.params["start_round"] or not models:
+            return
+        gens = [seeded(m.seed, 9, round, cid) for cid in models]
+        parts = m.generate(list(models.values()), gens)
+        x = torch.cat([p.images for p in parts])
+        y = torch.cat([p.labels for p in parts])
+        self.server_set = (x, y)
+        train_on(
+            model,
+            x,
+            y,
+            epochs=m.params["server_epochs"],
+            lr=m.params["server_lr"],
+            batch_size=m.params["server_batch"],
+            generator=seeded(m.seed, 10, round),
+        )
 
 
 @AUGMENTERS.register(
@@ -91,29 +125,7 @@ class FedZDAC(_ZSDGMethod):
 )
 class FedZDAS(_ZSDGMethod):
     name = "zdas"
-    needs_client_models = True
-
-    def setup(self, **kwargs) -> None:
-        super().setup(**kwargs)
-        self.server_set: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def after_aggregate(self, round, model, *, client_models=None, **kwargs):
-        if round < self.params["start_round"] or not client_models:
-            return
-        gens = [seeded(self.seed, 9, round, cid) for cid in client_models]
-        parts = self.generate(list(client_models.values()), gens)
-        x = torch.cat([p.images for p in parts])
-        y = torch.cat([p.labels for p in parts])
-        self.server_set = (x, y)
-        train_on(
-            model,
-            x,
-            y,
-            epochs=self.params["server_epochs"],
-            lr=self.params["server_lr"],
-            batch_size=self.params["server_batch"],
-            generator=seeded(self.seed, 10, round),
-        )
+    Server = ZDASServer
 
 
 def train_on(model, x, y, *, epochs, lr, batch_size, generator, optimizer="sgd", weight_decay=0.0):

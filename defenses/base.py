@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from privbench.engine.channel import Payload
-from privbench.registry import Registry
+from privbench.registry import Configurable, Registry
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,12 @@ class PrivacySpend:
     accountant: str
 
 
-class Defense:
+class Defense(Configurable):
     name = "defense"
     # Public knobs an attacker knows and simulates: per-record gradient clip (DP-SGD) and
     # whole-update clip (DP-FedAvg), in update units (lr * gradient for FedSGD).
     record_clip: float | None = None
     update_clip: float | None = None
-
-    def __init__(self, **params: Any):
-        self.params = dict(params)
 
     def setup(
         self,

@@ -74,10 +74,12 @@ def clip_(payload: dict[str, torch.Tensor], max_norm: float) -> float:
 class ClientDP(Defense):
     name = "client-dp"
 
-    def __init__(self, *, clip=1.0, noise_multiplier=1.0, local=False, delta=1e-5):
-        super().__init__(clip=clip, noise_multiplier=noise_multiplier, local=local, delta=delta)
-        self.clip, self.z, self.local, self.delta = clip, noise_multiplier, local, delta
-        self.update_clip = clip
+    def __init__(self, **params):
+        super().__init__(**params)
+        p = self.params
+        self.clip, self.z = p["clip"], p["noise_multiplier"]
+        self.local, self.delta = p["local"], p["delta"]
+        self.update_clip = self.clip
         self.participation: dict[int, set[int]] = {}
         self.server_rounds: set[int] = set()
 

@@ -184,20 +184,12 @@ class DPTrainer:
 class DPSGD(Defense):
     name = "dp-sgd"
 
-    def __init__(self, *, noise_multiplier=1.0, max_grad_norm=1.0, target_epsilon=None, delta=1e-5):
-        super().__init__(
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            target_epsilon=target_epsilon,
-            delta=delta,
-        )
-        self.record_clip = max_grad_norm
-        self.z, self.clip, self.target, self.delta = (
-            noise_multiplier,
-            max_grad_norm,
-            target_epsilon,
-            delta,
-        )
+    def __init__(self, **params):
+        super().__init__(**params)
+        p = self.params
+        self.record_clip = p["max_grad_norm"]
+        self.z, self.clip = p["noise_multiplier"], p["max_grad_norm"]
+        self.target, self.delta = p["target_epsilon"], p["delta"]
         self.accountants: dict[int, object] = {}
         self._sigma: dict[tuple[float, int], float] = {}
 

@@ -39,9 +39,9 @@ ARTIFACT_KINDS = (
 class ArtifactNoise(Defense):
     name = "artifact-noise"
 
-    def __init__(self, *, sigma=0.1):
-        super().__init__(sigma=sigma)
-        self.sigma = sigma
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.sigma = self.params["sigma"]
         self._messages = 0
 
     def privatize_artifact(self, round, client_id, kind, payload):
@@ -81,9 +81,9 @@ def sparse_bytes(payload) -> int:
 class Prune(Defense):
     name = "prune"
 
-    def __init__(self, *, prune=0.9):
-        super().__init__(prune=prune)
-        self.fraction = prune
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.fraction = self.params["prune"]
 
     def privatize_update(self, round, client_id, kind, payload):
         out = {}

@@ -185,6 +185,25 @@ def import_object(spec: str, kind: str) -> Any:
     return obj
 
 
+class Configurable:
+    """A plugin whose parameters are the ``Param``s it is registered with: each default is
+    written once, in its ``Param``. Built with any subset of them (the registry passes all,
+    resolved), the rest take their declared defaults; ``params`` holds them all. A name
+    it does not declare is a ``TypeError``, as for any Python call."""
+
+    declared_params: tuple[Param, ...] = ()  # set by Registry.register
+
+    def __init__(self, **params: Any):
+        defaults = {p.name: p.default for p in type(self).declared_params}
+        unknown = sorted(set(params) - set(defaults))
+        if unknown and defaults:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected parameter(s) {', '.join(unknown)}; "
+                f"it takes {', '.join(sorted(defaults))}"
+            )
+        self.params: dict[str, Any] = {**defaults, **params}
+
+
 @dataclass
 class Registry(Generic[T]):
     """Name -> plugin factory, with parameter validation and teaching errors.
@@ -217,6 +236,8 @@ class Registry(Generic[T]):
             declared = tuple(params) or tuple(getattr(factory, "PARAMS", ()))
             doc = description or first_doc_line(factory)
             self.entries[name] = Entry(name, factory, declared, doc, tuple(tags))
+            if isinstance(factory, type) and issubclass(factory, Configurable):
+                factory.declared_params = declared  # its defaults, written once
             return factory
 
         return deco

@@ -127,14 +127,15 @@ def test_cutoff_threshold_and_server_averaging():
     aug_entries = sum(len(c.train) for c in exp.clients)
     aug = registries()["method"].create("fedmix", mean_size=1, server_average=4)
     aug.setup(num_classes=10, input_shape=(1, 8, 8), num_clients=4, seed=0)
+    server = aug.server_role()
     for cid, c in enumerate(exp.clients):
-        aug.server_receive(
+        server.receive(
             0,
             cid,
             "averaged_data",
             {"x": exp.data.x_train[c.train], "y": torch.zeros(len(c.train), 10)},
         )
-    xg, _ = aug.global_entries(0)
+    xg, _ = server.global_entries(0)
     assert len(xg) == aug_entries // 4
 
 

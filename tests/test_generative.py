@@ -53,11 +53,11 @@ def test_cvae_minority_clients_impute_their_algorithm_1_counts():
     cfg = tiny_config(method="cvae-minority", partition="dirichlet", method_params=CVAE_FAST)
     exp = Experiment(cfg)
     exp.train()
-    aug = exp.augmenter
+    client = exp.parts.client  # the run's client role: each client's private synthetic set
     for c in exp.clients:
         _, y = exp.client_data(c.client_id)
         hist = torch.bincount(y, minlength=10).tolist()
-        _, ys = aug.synthetic[c.client_id]
+        _, ys = client.synthetic(c.client_id)
         assert torch.bincount(ys, minlength=10).tolist() == minority_counts(hist, 20)
 
 
@@ -69,8 +69,8 @@ def test_cvae_elbo_decreases_under_fedavg_and_generator_bytes_are_exact():
     cfg = tiny_config(method="cvae-uniform", method_params=params)
     exp = Experiment(cfg)
     outcome = exp.train()
-    aug = exp.augmenter
-    hist = aug.elbo_history
+    states = [ClientState(c.client_id, *exp.client_data(c.client_id)) for c in exp.clients]
+    hist = exp.parts.server.elbo_history(states)
     assert len(hist) == 1 + 5  # untrained, then after each FedAvg round
     assert all(b < a for a, b in zip(hist, hist[1:], strict=False)), hist
     assert hist[-1] < 0.6 * hist[0], hist
@@ -99,7 +99,7 @@ def test_cvae_finetune_pretrains_the_classifier_on_the_global_label_distribution
     cfg = tiny_config(method="cvae-finetune", method_params=CVAE_FAST)
     exp = Experiment(cfg)
     outcome = exp.train()
-    images, labels = exp.augmenter.server_set
+    images, labels = exp.parts.server.server_set
     total = sum(torch.bincount(exp.client_data(c.client_id)[1], minlength=10) for c in exp.clients)
     # As many synthetic images as real ones, per class round(size * share): here exact.
     assert torch.bincount(labels, minlength=10).tolist() == total.tolist()
@@ -142,9 +142,9 @@ def test_zdac_clients_generate_from_the_received_model_after_burn_in():
     exp = Experiment(cfg)
     assert exp.cfg.model == "cnn-bn"  # the method's default model
     outcome = exp.train()
-    aug = exp.augmenter
-    assert set(aug.synthetic) == set(range(cfg.fed.clients))
-    for xs, ys in aug.synthetic.values():
+    client = exp.parts.client
+    assert set(client.private) == set(range(cfg.fed.clients))
+    for xs, ys in (client.synthetic(cid) for cid in client.private):
         assert ys.tolist() == torch.arange(10).repeat_interleave(2).tolist()
         assert xs.min() >= 0.0 and xs.max() <= 1.0  # the box of the data's range
     sizes = [len(exp.client_data(c.client_id)[1]) for c in exp.clients]
@@ -159,23 +159,27 @@ def test_zdas_server_inverts_every_received_client_model():
     cfg = tiny_config(method="zdas", method_params=params)
     exp = Experiment(cfg)
     seen = []
-    exp_make = exp.make_augmenter
+    make_parts = exp.make_parts
 
-    def make(**kw):
-        aug = exp_make(**kw)
-        original = aug.after_aggregate
+    def spying_parts(**kw):
+        parts = make_parts(**kw)
+        original = parts.server.after_aggregate
 
-        def spy(round, model, **extra):
-            seen.append((round, sorted(extra["client_models"])))
-            return original(round, model, **extra)
+        def spy(round, model, client_models):
+            def models():
+                built = client_models()
+                seen.append((round, sorted(built)))
+                return built
 
-        aug.after_aggregate = spy
-        return aug
+            return original(round, model, models)
 
-    exp.make_augmenter = make
+        parts.server.after_aggregate = spy
+        return parts
+
+    exp.make_parts = spying_parts
     outcome = exp.train()
     assert seen == [(0, [0, 1, 2, 3]), (1, [0, 1, 2, 3])]
-    x, y = exp.augmenter.server_set
+    x, y = exp.parts.server.server_set
     assert len(y) == 4 * 10 and torch.bincount(y).tolist() == [4] * 10
     assert outcome.synthetic_share == 0.0  # clients train on real data only
 
@@ -225,10 +229,10 @@ def test_simulated_loss_is_real_plus_synthetic_and_exact_with_the_victims_sample
     n0 = len(exp.client_data(0)[1])
     assert ctx.num_images == 2 and ctx.num_synthetic == synthetic_in_batch(2, n0, 40)
     victim = outcome.victims[0]
-    aug = exp.augmenter  # the run's live method (engine side): the victim's synthetic set
+    client = exp.parts.client  # the run's client role (engine side): its synthetic set
     # The victim's own synthetic samples in that step (its training_data, replayed).
     state = ClientState(0, *exp.client_data(0))
-    x_all, y_all = aug.training_data(cfg.attack.round, state, victim.images, victim.labels)
+    x_all, y_all = client.training_data(cfg.attack.round, state, victim.images, victim.labels)
     xs, ys = x_all[2:], y_all[2:]
     assert len(ys) == ctx.num_synthetic
     exact = VictimSimulator(ctx)
@@ -267,7 +271,7 @@ def test_generator_prior_is_zero_on_the_decoders_own_image_and_needs_a_decoder()
     cfg = tiny_config(method="cvae-uniform", method_params=CVAE_FAST, attack=dict(names=("dlg",)))
     _, _, obs = _victim_observation(cfg)
     prior = Prior("generator", 1.0 - 1e-9, obs, [obs])
-    decoder = obs.context.method.client_decoder(obs.context.received)
+    decoder = obs.context.method.decoder(obs.context.received["generator"])
     labels = torch.tensor([4])
     with torch.no_grad():
         own = torch.sigmoid(decoder.decode_logits(torch.zeros(1, 8), labels))

@@ -143,3 +143,35 @@ def test_api_params_reach_the_plugin():
     (row,) = privbench.run(tiny_config(method="fedmix"), params={"fedmix": {"lam": 0.3}})
     assert row.status == "ok", row.error
     assert row.config["method_params"]["lam"] == 0.3
+
+
+def test_every_plugin_default_is_written_once_in_its_param():
+    """A registered plugin class takes its defaults from its ``Param``s: built with no
+    argument it holds exactly them, and no ``__init__`` repeats a default."""
+    import inspect
+
+    from privbench.registry import Configurable
+
+    checked = 0
+    for kind, reg in privbench.registries().items():
+        for name in reg.names():
+            entry = reg.entry(name)
+            factory = entry.factory
+            if not (isinstance(factory, type) and issubclass(factory, Configurable)):
+                continue
+            for klass in factory.__mro__:
+                init = klass.__dict__.get("__init__")
+                if init is None or klass is Configurable:
+                    continue
+                for p in inspect.signature(init).parameters.values():
+                    assert p.default is inspect.Parameter.empty or p.name == "self", (
+                        f"{kind} '{name}': {klass.__name__}.__init__ repeats a default ({p.name})"
+                    )
+            if kind == "dataset":
+                continue
+            defaults = {p.name: p.default for p in entry.params}
+            assert defaults.items() <= factory().params.items(), (kind, name)
+            checked += 1
+    assert checked >= 20
+    with pytest.raises(TypeError, match="unexpected parameter.*lamda"):
+        privbench.registries()["method"].entry("fedmix").factory(lamda=0.1)

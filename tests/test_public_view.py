@@ -99,18 +99,18 @@ def rows_of(t: torch.Tensor) -> set[bytes]:
 
 
 def private_state(exp: Experiment) -> tuple[set[bytes], set[int], list[object]]:
-    """The clients' records (as row bytes), every tensor storage the live method holds,
-    and the live objects no attack may reach."""
+    """The clients' records (as row bytes), every tensor storage the run's live method
+    and its client and server roles hold, and the live objects no attack may reach."""
     records = set()
     for c in exp.clients:
         records |= rows_of(exp.client_data(c.client_id)[0])
-    live = exp.augmenter
-    _, held = reachable([live.__dict__])
+    live = [exp.parts.method, exp.parts.client, exp.parts.server]
+    _, held = reachable([o.__dict__ for o in live])
     for t in held:
         if t.ndim == 4:  # synthetic images and the like: their values are private too
             records |= rows_of(t)
     storages = {t.untyped_storage().data_ptr() for t in held if t.numel()}
-    return records, storages, [live, exp]
+    return records, storages, [*live, exp]
 
 
 def leaks(observations, exp: Experiment) -> list[str]:
@@ -159,7 +159,7 @@ def test_the_walk_finds_a_planted_leak():
         obs.receiver,
         obs.kind,
         obs.payload,
-        PublicContext(**{**obs.context.__dict__, "method": exp.augmenter}),
+        PublicContext(**{**obs.context.__dict__, "method": exp.parts.client.method}),
     )
     assert any("live object" in f for f in leaks([cheat], exp))
     x0 = exp.client_data(0)[0]
@@ -187,8 +187,11 @@ class CheatProbe(Attack):
 
     def reconstruct(self, observation, *, generator, seen):
         ctx = observation.context
-        for name in ("synthetic", "_local", "_trained", "_inbox", "entries", "server_set"):
+        for name in ("private", "synthetic", "_trained", "_inbox", "entries", "server_set"):
             if getattr(ctx.method, name, None):
+                self.found.append(f"method.{name}")
+        for name in ("client", "server", "parts"):  # no way back to the roles
+            if getattr(ctx.method, name, None) is not None:
                 self.found.append(f"method.{name}")
         if getattr(ctx.build_model, "__self__", None) is not None:
             self.found.append("build_model is bound to the engine")

@@ -9,41 +9,60 @@ import torch
 
 import privbench
 from privbench.attacks import ATTACKS, Attack
-from privbench.augmenters import AUGMENTERS, Augmenter, cross_entropy
+from privbench.augmenters import (
+    AUGMENTERS,
+    Augmenter,
+    ClientRole,
+    ServerRole,
+    cross_entropy,
+)
 from privbench.results import RESULT_FIELDS, ResultStore
 from tests.conftest import tiny_config
 
 
+class ProbeClient(ClientRole):
+    def share(self, round, client):
+        self.method.calls["share"] += 1
+        if round > 0:
+            return {}
+        return {"label_counts": {"h": torch.bincount(client.y, minlength=self.method.num_classes)}}
+
+    def training_data(self, round, client, x, y):
+        self.method.calls["data"] += 1
+        assert "label_counts" in client.received
+        return x, y
+
+
+class ProbeServer(ServerRole):
+    def __init__(self, method):
+        super().__init__(method)
+        self.histograms = {}
+
+    def receive(self, round, sender, kind, payload):
+        self.method.calls["receive"] += 1
+        self.histograms[sender] = payload["h"]
+
+    def broadcast(self, round, receiver):
+        self.method.calls["broadcast"] += 1
+        total = torch.stack(list(self.histograms.values())).sum(0)
+        return {"label_counts": {"h": total}}
+
+    def after_aggregate(self, round, model, client_models):
+        self.method.calls["after"] += 1
+
+
 class HookProbe(Augmenter):
-    """Exercises every hook: shares label counts, broadcasts their sum, smooths labels."""
+    """Exercises every role: clients share label counts, the server broadcasts their sum,
+    the loss smooths labels with it."""
 
     name = "hook-probe"
     shares = ("label_counts",)
+    Client = ProbeClient
+    Server = ProbeServer
 
     def __init__(self):
         super().__init__()
         self.calls = {"share": 0, "receive": 0, "broadcast": 0, "data": 0, "loss": 0, "after": 0}
-        self.histograms = {}
-
-    def share(self, round, client):
-        self.calls["share"] += 1
-        if round > 0:
-            return {}
-        return {"label_counts": {"h": torch.bincount(client.y, minlength=self.num_classes)}}
-
-    def server_receive(self, round, sender, kind, payload):
-        self.calls["receive"] += 1
-        self.histograms[sender] = payload["h"]
-
-    def broadcast(self, round, receiver):
-        self.calls["broadcast"] += 1
-        total = torch.stack(list(self.histograms.values())).sum(0)
-        return {"label_counts": {"h": total}}
-
-    def training_data(self, round, client, x, y):
-        self.calls["data"] += 1
-        assert "label_counts" in client.received
-        return x, y
 
     def local_loss(self, model, x, y, *, received, generator=None):
         self.calls["loss"] += 1
@@ -55,9 +74,6 @@ class HookProbe(Augmenter):
             else y
         )
         return cross_entropy(model(x), soft)
-
-    def after_aggregate(self, round, model):
-        self.calls["after"] += 1
 
 
 @pytest.fixture

@@ -70,12 +70,15 @@ class TrainingOutcome:
 
 @dataclass(frozen=True)
 class RunParts:
-    """The run's live parts that every client's work needs, built once per run (the
-    engine's side; never handed to an attack): the trainer, the live method, the defenses
-    in the order given, the channel, and the local-training chain they make."""
+    """The run's live parts, built once per run (the engine's side; never handed to an
+    attack): the trainer, the method's public definition and its client and server roles
+    (the roles hold the parties' state), the defenses in the order given, the channel,
+    and the clients' local-training chain."""
 
     algorithm: Any
     method: Any
+    client: Any
+    server: Any
     defenses: tuple[Any, ...]
     channel: Channel | None
     training: LocalTraining
@@ -182,7 +185,8 @@ class Case:
         defenses = [
             self.regs["defense"].build(n, self.cfg.defense_params[n]) for n in self.cfg.defenses
         ]
-        training_chain(self.public_method, defenses)  # raises when two replace local SGD
+        # Raises when two strategies replace local SGD.
+        training_chain(self.public_method.client_role(), defenses)
         self._model_fixers = [c.prepare_model for c in classes]
         for name, fix in zip(self.cfg.defenses, self._model_fixers, strict=True):
             if fix(self._raw_model())[1]:
@@ -201,8 +205,9 @@ class Case:
         return self.regs["algorithm"].build(self.cfg.fed.algorithm, self.cfg.fed.algorithm_params)
 
     def make_parts(self, *, method=None, defenses=None, channel=None) -> RunParts:
-        """The run's trainer, method (``method``: one already built), defenses (default:
-        the configured ones, set up for this run) and their local-training chain."""
+        """The run's trainer, method (``method``: one already built) with fresh client and
+        server roles, defenses (default: the configured ones, set up for this run) and
+        the clients' local-training chain."""
         fed = self.cfg.fed
         algorithm = self.make_algorithm()
         method = method if method is not None else self.make_augmenter()
@@ -221,7 +226,16 @@ class Case:
                     local_epochs=fed.local_epochs,
                 )
         defenses = tuple(defenses)
-        return RunParts(algorithm, method, defenses, channel, training_chain(method, defenses))
+        client = method.client_role()
+        return RunParts(
+            algorithm,
+            method,
+            client,
+            method.server_role(),
+            defenses,
+            channel,
+            training_chain(client, defenses),
+        )
 
     def make_augmenter(self, *, setup: bool = True):
         """The run's augmentation method, set up for this data and client count."""

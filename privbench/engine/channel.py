@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from privbench.errors import ParameterError
-from privbench.registry import Param, Registry
+from privbench.registry import Configurable, Param, Registry
 
 SERVER = "server"
 
@@ -106,7 +106,7 @@ class Observation:
     context: PublicContext | None
 
 
-class ThreatModel:
+class ThreatModel(Configurable):
     """Decides which messages an adversary sees."""
 
     name = "threat"
@@ -142,8 +142,9 @@ class ServerThreat(ThreatModel):
 class ClientThreat(ThreatModel):
     name = "client"
 
-    def __init__(self, curious_client: int = -1):
-        self.curious_client = curious_client
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.curious_client = self.params["curious_client"]
 
     def bind(self, num_clients: int) -> None:
         if self.curious_client >= num_clients:

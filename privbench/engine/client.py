@@ -17,7 +17,7 @@ from privbench.engine.federated import (
     state_delta,
     vectorised_local_train,
 )
-from privbench.engine.method import Augmenter, ClientState
+from privbench.engine.method import ClientState
 from privbench.engine.seeding import torch_generator
 from privbench.engine.training import LocalTask
 
@@ -51,14 +51,14 @@ class ClientWork(Case):
         """One client's local computation from the global weights: what it would send
         (before any defense touches the message) and its public recipe."""
         cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
-        augmenter, algorithm = parts.method, parts.algorithm
+        method, client, algorithm = parts.method, parts.client, parts.algorithm
         model = self.build_model()
         model.load_state_dict(global_state)
         gen = self.round_generator(rnd, state.client_id)
         private = torch_generator(cfg.seed, 4, rnd, state.client_id)  # the method's randomness
 
         def loss_fn(mdl, x, y):
-            return augmenter.local_loss(mdl, x, y, received=state.received, generator=private)
+            return method.local_loss(mdl, x, y, received=state.received, generator=private)
 
         loss_at_global = self.loss_at_global(model, state, loss_fn, algorithm)
         victim = None
@@ -66,12 +66,12 @@ class ClientWork(Case):
             x, y = self.victim_batch(rnd, state, gen)
             victim = Victim(state.client_id, x.clone(), y.clone())
             real = len(y)
-            x, y = augmenter.training_data(rnd, state, x, y)
+            x, y = client.training_data(rnd, state, x, y)
             steps, batch = atk.steps, len(y)
             kind = "gradient" if steps == 1 else "update"
         else:
             real = len(state.y)
-            x, y = augmenter.training_data(rnd, state, state.x, state.y)
+            x, y = client.training_data(rnd, state, state.x, state.y)
             steps, batch = None, fed.batch_size
             kind = "update"
         training = parts.training  # plain SGD, or what replaces it
@@ -88,7 +88,7 @@ class ClientWork(Case):
             private=private,
             algorithm=algorithm,
             num_records=len(state.y),
-            per_sample=augmenter.per_sample_grads,
+            per_sample=method.per_sample_grads,
             fixed_batch=is_victim,
         )
         if kind == "gradient":  # FedSGD: one gradient at the global weights
@@ -101,12 +101,12 @@ class ClientWork(Case):
 
     def vectorises(self, parts: RunParts) -> bool:
         """Whether this run's clients can train as one computation: plain local SGD on a
-        loss that is the same function for every client (the base cross-entropy; a
-        method may change the data via ``training_data``), no defense replacing local
-        training, no randomness inside the model."""
+        loss that is the same function for every client (the method declares
+        ``plain_loss``; its client role may change the data via ``training_data``), no
+        defense replacing local training, no randomness inside the model."""
         return (
             self.cfg.fed.vectorise
-            and type(parts.method).local_loss is Augmenter.local_loss
+            and parts.method.plain_loss
             and parts.training.is_plain
             and self._model_vectorises
         )
@@ -122,7 +122,7 @@ class ClientWork(Case):
         computation, when :meth:`vectorises`; {} otherwise (they train one by one)."""
         if len(clients) < 2 or not self.vectorises(parts):
             return {}
-        augmenter, algorithm = parts.method, parts.algorithm
+        method, client, algorithm = parts.method, parts.client, parts.algorithm
         fed = self.cfg.fed
         model = self.build_model()
         model.load_state_dict(global_state)
@@ -130,13 +130,13 @@ class ClientWork(Case):
         # The base loss reads neither the client's received messages nor its private
         # generator: one function serves every client.
         def loss_fn(mdl, x, y):
-            return augmenter.local_loss(mdl, x, y, received={})
+            return method.local_loss(mdl, x, y, received={})
 
         datasets, generators, losses = [], [], []
         for state in clients:
             losses.append(self.loss_at_global(model, state, loss_fn, algorithm))
             generators.append(self.round_generator(rnd, state.client_id))
-            datasets.append(augmenter.training_data(rnd, state, state.x, state.y))
+            datasets.append(client.training_data(rnd, state, state.x, state.y))
         new_states, steps = vectorised_local_train(
             model,
             global_state,
@@ -167,12 +167,12 @@ class ClientWork(Case):
     @staticmethod
     def send_artifacts(rnd, cid, messages, parts: RunParts, *, context=None):
         """Client ``cid``'s artifacts to the server: each defense privatises them, the
-        channel counts and records them, the server side of the method receives them."""
+        channel counts and records them, the method's server role receives them."""
         for kind, payload in messages.items():
             for d in parts.defenses:
                 payload = d.privatize_artifact(rnd, cid, kind, payload)
             got = parts.channel.send(rnd, cid, SERVER, kind, payload, context=context)
-            parts.method.server_receive(rnd, cid, kind, got)
+            parts.server.receive(rnd, cid, kind, got)
 
     def _client_round(
         self,
@@ -224,7 +224,7 @@ class ClientWork(Case):
         )
         # Uploads after local training besides the update (FedAvP's policy update).
         self.send_artifacts(
-            rnd, state.client_id, parts.method.upload(rnd, state), parts, context=context
+            rnd, state.client_id, parts.client.upload(rnd, state), parts, context=context
         )
         if kind == "gradient":
             delta = {k: torch.zeros_like(v) for k, v in global_state.items()}

@@ -1,10 +1,12 @@
 """The round loop: sampling, the method's messages, local training, aggregation and
-evaluation, every message through the channel. The engine owns this loop; a method and
-the defenses only fill in hooks.
+evaluation, every message through the channel. The engine owns this loop (a template, in
+the spirit of Flower's strategies); it calls the method's client and server roles
+(:mod:`privbench.engine.method`) and the defenses at fixed points.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -14,7 +16,7 @@ from privbench.engine.case import TrainingOutcome, Victim
 from privbench.engine.channel import SERVER, Channel, PublicContext
 from privbench.engine.client import ClientWork
 from privbench.engine.federated import clone_state
-from privbench.engine.method import PREPARE_ROUND, Augmenter, ClientState, Preparation
+from privbench.engine.method import PREPARE_ROUND, ClientState, Reply
 from privbench.engine.seeding import derive_seed, torch_generator
 from privbench.progress import bar
 
@@ -29,9 +31,9 @@ class Experiment(ClientWork):
         torch.manual_seed(derive_seed(cfg.seed, 0))
         global_model = self.build_model()
         parts = self.make_parts(channel=Channel(self.threat))
-        augmenter, defenses, channel = parts.method, parts.defenses, parts.channel
-        algorithm = parts.algorithm
-        self.augmenter = augmenter  # the run's live method object (the engine's side)
+        self.parts = parts  # the run's live roles (the engine's side; never an attack's)
+        client, server, channel = parts.client, parts.server, parts.channel
+        algorithm, defenses = parts.algorithm, parts.defenses
         states = {
             c.client_id: ClientState(c.client_id, *self.client_data(c.client_id))
             for c in self.clients
@@ -40,7 +42,6 @@ class Experiment(ClientWork):
         victims: dict[int, Victim] = {}
         self._prepare(global_model, states, parts)
         self._training_sets: dict[int, tuple[int, int]] = {}  # cid -> (real, synthetic)
-        client_side = type(augmenter).begin_round is not Augmenter.begin_round
         rng = np.random.default_rng([cfg.seed, 3])
         history: list[dict[str, float]] = []
         m = fed.clients_per_round
@@ -52,17 +53,17 @@ class Experiment(ClientWork):
                     sampled = sorted(victim_ids + others[: m - len(victim_ids)])
                 global_state = clone_state(global_model)
                 # 1. Shared artifacts (client -> server), before local training.
-                for cid in augmenter.share_clients(rnd, sampled, list(range(fed.clients))):
-                    self.send_artifacts(rnd, cid, augmenter.share(rnd, states[cid]), parts)
+                for cid in server.share_clients(rnd, sampled, list(range(fed.clients))):
+                    self.send_artifacts(rnd, cid, client.share(rnd, states[cid]), parts)
                 # 2. Broadcasts (server -> client): the model, then the method's extras.
                 for cid in sampled:
                     channel.send(rnd, SERVER, cid, "model", global_state)
-                    for kind, payload in augmenter.broadcast(rnd, cid).items():
+                    for kind, payload in server.broadcast(rnd, cid).items():
                         states[cid].received[kind] = channel.send(rnd, SERVER, cid, kind, payload)
-                if client_side:  # e.g. Fed-ZDAC's clients generate data from the model
-                    received = self.build_model()
-                    received.load_state_dict(global_state)
-                    augmenter.begin_round(rnd, [states[c] for c in sampled], received)
+                # Client-side work on the received model (Fed-ZDAC generates data from it).
+                client.begin_round(
+                    rnd, [states[c] for c in sampled], self._model_from(global_state)
+                )
                 # 3. Local training and uploads.
                 attacked = {c for c in sampled if rnd == atk.round and c in victim_ids}
                 done = self.vectorised_updates(
@@ -85,10 +86,11 @@ class Experiment(ClientWork):
                 for d in defenses:
                     new_state = d.privatize_aggregate(rnd, global_state, new_state, len(results))
                 global_model.load_state_dict(new_state)
-                extra = {}
-                if augmenter.needs_client_models:
-                    extra["client_models"] = self.client_models(global_state, results)
-                augmenter.after_aggregate(rnd, global_model, **extra)
+                server.after_aggregate(
+                    rnd,
+                    global_model,
+                    functools.partial(self.client_models, global_state, results),
+                )
                 if self.evaluates_after(rnd + 1):
                     u = self.evaluate(global_model)
                     history.append(self.history_entry(rnd + 1, u, channel))
@@ -115,49 +117,58 @@ class Experiment(ClientWork):
             float(np.mean(shares)) if shares else None,
         )
 
+    def _model_from(self, state):
+        """A builder of the model with weights ``state`` (built only if called)."""
+
+        def build() -> torch.nn.Module:
+            model = self.build_model()
+            model.load_state_dict(state)
+            return model
+
+        return build
+
     def _prepare(self, global_model, states, parts) -> None:
         """The method's phase before round 0 (a federated generator, a pre-trained
-        classifier); its messages are counted in round ``PREPARE_ROUND``."""
-        augmenter, algorithm, defenses, channel = (
-            parts.method,
-            parts.algorithm,
-            parts.defenses,
-            parts.channel,
-        )
-        if type(augmenter).prepare is Augmenter.prepare:
-            return
+        classifier): step by step, the server role sends, each client role replies, the
+        server role receives, until the server sends nothing. Client replies pass the
+        run's artifact defenses; every message is counted in round ``PREPARE_ROUND``."""
+        seed, channel = self.cfg.seed, parts.channel
+        recipe = None  # the public recipe attached to the server's messages
+        step, everyone = 0, sorted(states)
+        while (outgoing := parts.server.prepare_send(step, everyone, global_model)) is not None:
+            if recipe is None:
+                recipe = self._prepare_context(global_model, 0, parts)
+            replies = {}
+            for cid, messages in outgoing.items():
+                state = states[cid]
+                got = {}
+                for kind, payload in messages.items():
+                    got[kind] = channel.send(
+                        PREPARE_ROUND, SERVER, cid, kind, payload, context=recipe
+                    )
+                    state.received[kind] = got[kind]
+                answer = parts.client.prepare(step, state, got, torch_generator(seed, 5, cid))
+                context = self._prepare_context(global_model, len(state.y), parts)
+                sent = {}
+                for kind, payload in answer.items():
+                    for d in parts.defenses:
+                        payload = d.privatize_artifact(PREPARE_ROUND, cid, kind, payload)
+                    sent[kind] = channel.send(
+                        PREPARE_ROUND, cid, SERVER, kind, payload, context=context
+                    )
+                replies[cid] = Reply(sent, len(state.y))
+            parts.server.prepare_receive(step, replies, global_model, torch_generator(seed, 6))
+            step += 1
 
-        def send(sender, receiver, kind, payload, context=None):
-            if receiver == SERVER:  # a client's artifact: the defenses see it first
-                for d in defenses:
-                    payload = d.privatize_artifact(PREPARE_ROUND, sender, kind, payload)
-            context = context if context is not None else recipe
-            return channel.send(PREPARE_ROUND, sender, receiver, kind, payload, context=context)
-
-        def context(num_images: int) -> PublicContext:
-            return self.public_context(
-                clone_state(global_model),
-                steps=0,
-                batch=num_images,
-                num_images=num_images,
-                algorithm=algorithm,
-                received={},
-                defenses=defenses,
-            )
-
-        recipe = context(0)  # the public recipe attached to the phase's other messages
-        augmenter.prepare(
-            Preparation(
-                clients=states,
-                model=global_model,
-                send=send,
-                generator=lambda party: (
-                    torch_generator(self.cfg.seed, 6)
-                    if party == SERVER
-                    else torch_generator(self.cfg.seed, 5, int(party))
-                ),
-                context=context,
-            )
+    def _prepare_context(self, global_model, num_images: int, parts) -> PublicContext:
+        return self.public_context(
+            clone_state(global_model),
+            steps=0,
+            batch=num_images,
+            num_images=num_images,
+            algorithm=parts.algorithm,
+            received={},
+            defenses=parts.defenses,
         )
 
     def client_models(self, global_state, results) -> dict[int, torch.nn.Module]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from privbench.registry import Param, Registry
+from privbench.registry import Configurable, Param, Registry
 
 State = dict[str, torch.Tensor]
 
@@ -57,7 +57,7 @@ class ClientResult:
     loss_at_global: float  # F_k(w^t), needed by q-FFL
 
 
-class Algorithm:
+class Algorithm(Configurable):
     """Server aggregation rule plus an optional local penalty."""
 
     name = "algorithm"
@@ -96,8 +96,9 @@ class FedAvg(Algorithm):
 class FedProx(FedAvg):
     name = "fedprox"
 
-    def __init__(self, mu: float = 0.01):
-        self.mu = mu
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.mu = self.params["mu"]
 
     def penalty(self, params, global_params):
         if self.mu == 0:
@@ -115,8 +116,9 @@ class QFFL(Algorithm):
     name = "qffl"
     needs_loss = True
 
-    def __init__(self, q: float = 1.0):
-        self.q = q
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.q = self.params["q"]
 
     def aggregate(self, global_state, results, lr):
         # q-FedAvg: L = 1/lr; Delta_k = L (w - w_k); deltas weighted by F_k^q and

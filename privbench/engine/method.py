@@ -1,45 +1,41 @@
-"""The method contract (an augmenter): optional hooks around federated training.
+"""The method contract: what a method's clients do, what its server does, and what it
+publishes.
 
-The engine calls these; plugins subclass :class:`Augmenter` (re-exported by
-``privbench.augmenters``) and register with ``AUGMENTERS``.
+A method (an "augmenter") is three roles, each a base class here with every hook
+declared and a no-op default; plugins subclass them and register the method with
+``AUGMENTERS`` (re-exported by ``privbench.augmenters``):
 
-An augmenter is the *public* algorithm a client runs. Its hooks, all optional:
+- :class:`Augmenter`, **what the method publishes**: its public parameters and public
+  functions, which every party (attackers included) may evaluate. It holds no party's
+  state. ``local_loss(model, x, y, *, received, generator)`` is the client's training
+  loss; ``generator`` is the client's private randomness (which shared entry to mix with,
+  ...). Attacks call it with ``generator=None``: the method then returns what an outsider
+  can compute, its loss in expectation over that private randomness (exact where the loss
+  is linear in it). Attacks differentiate it with ``torch.func`` (and ``vmap`` it), so it
+  must be functional in ``model``'s weights (no ``requires_grad_``, no
+  ``torch.autograd.grad``: take an input derivative with :func:`input_gradient`).
+  ``attack_view``, ``attack_synthetic``, ``decoder``, ``policy_state`` and
+  ``train_policy`` are the other public functions attacks use.
+- :class:`ClientRole`, **what its clients do**: ``share`` (uploads before training),
+  ``begin_round`` (client-side work after the model arrives, e.g. Fed-ZDAC's data
+  generation), ``training_data`` (what a client trains on), ``local_training`` (its
+  local-training strategy, if not plain SGD), ``upload`` (what it sends besides its
+  update) and ``prepare`` (its side of the phase before round 0). Every client's private
+  state lives in :attr:`ClientRole.private` (``private[client_id]``: a flat dict of
+  tensors), so a runtime can keep it where the client lives (Flower: the node's
+  ``context.state``) and nothing on the server's or the attacker's side can reach it.
+- :class:`ServerRole`, **what its server does**: ``share_clients`` (who shares this
+  round), ``receive`` (collect clients' artifacts), ``broadcast`` (what it sends besides
+  the model), ``after_aggregate`` (server-side work after aggregation) and
+  ``prepare_send``/``prepare_receive`` (its side of the phase before round 0).
 
-- ``share_clients(round, sampled, everyone)``: which clients call ``share`` this round;
-- ``share(round, client)``: what a client uploads before training (e.g. averaged data);
-- ``server_receive(round, sender, kind, payload)``: the server collects those;
-- ``broadcast(round, receiver)``: what the server sends a client besides the model;
-- ``training_data(round, client, x, y)``: the data a client trains on this round (what
-  it adds beyond ``x`` counts as synthetic in the row's ``synthetic_share``);
-- ``local_loss(model, x, y, *, received, generator)``: the client's training loss.
-  ``generator`` is the client's private randomness (which shared entry to mix with, ...).
-  Attacks call the same function with ``generator=None``: the method must then return
-  what an outsider can compute, its loss in expectation over that private randomness
-  (exact where the loss is linear in it, as FedMix's is), so a gradient attack on a
-  method is method-aware. Attacks differentiate it with ``torch.func`` (and ``vmap``
-  it over trials), so it must be functional in ``model``'s weights: no
-  ``requires_grad_`` and no ``torch.autograd.grad`` inside; a loss that needs an input
-  derivative (FedMix) takes it with :func:`input_gradient`;
-- ``local_training()``: the method's own local-training strategy
-  (:class:`~privbench.engine.training.LocalTraining`), for methods that train something
-  besides the model (FedAvP's policy); ``None``: plain local SGD. Defenses wrap it;
-- ``upload(round, client)``: what a client sends after local training besides its model
-  update (FedAvP's policy update);
-- ``attack_view(guess, generator)``: the loss a gradient attacker simulates when the
-  method draws private randomness it cannot see (``guess``: expected, sample, identity);
-- ``after_aggregate(round, model)``: server-side work after aggregation; methods with
-  ``needs_client_models = True`` (Fed-ZDAS) also get ``client_models``, each received
-  client's model (broadcast weights plus its update, as the server received it);
-- ``prepare(phase)``: a phase before the first round (train a federated generator,
-  pre-train the classifier); its messages go through ``phase.send`` and are counted
-  in round :data:`PREPARE_ROUND`;
-- ``begin_round(round, clients, model)``: client side, after the sampled ``clients``
-  received the global ``model`` and before they train (Fed-ZDAC generates each client's
-  synthetic data here; one call for all of them, so a method can batch their work);
-- ``attack_synthetic(context, count, generator)``: an attacker's estimate of the
-  ``count`` synthetic samples a victim mixed into its attacked batch, built from public
-  knowledge only (the broadcast model, the shared generator). Gradient attacks add them
-  to the dummy batch so the simulated loss is the victim's real + synthetic loss.
+The engine owns the round loop (:mod:`privbench.engine.experiment`) and calls the roles
+in a fixed order: the phase before round 0 (``prepare_send`` → each client's ``prepare``
+→ ``prepare_receive``, step after step until ``prepare_send`` returns ``None``; its
+messages are counted in round :data:`PREPARE_ROUND`); then per round ``share_clients`` →
+``share`` → ``receive``; the model and ``broadcast`` down; ``begin_round``;
+``training_data`` and local training; the update and ``upload`` up (``receive``);
+aggregation; ``after_aggregate``.
 """
 
 from __future__ import annotations
@@ -54,6 +50,7 @@ from torch import nn
 
 from privbench.engine.channel import Payload
 from privbench.errors import IncompatibleError
+from privbench.registry import Configurable
 
 
 def per_sample_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -94,26 +91,6 @@ PREPARE_ROUND = -1  # the round number of messages sent by ``Augmenter.prepare``
 
 
 @dataclass
-class Preparation:
-    """What ``Augmenter.prepare`` may use before the first round.
-
-    ``clients``: every client's state (client-side code reads only its own client's
-    data). ``model``: the global classifier, which the method may train in place before
-    it is first broadcast. ``send(sender, receiver, kind, payload, context=None)``: a
-    message on the run's channel (client uploads pass the run's artifact defenses);
-    returns what the receiver gets. ``generator(party)``: that party's private
-    randomness (a client id or ``"server"``). ``context(num_images)``: the public
-    recipe to attach to an upload, for attacks on it.
-    """
-
-    clients: dict[int, ClientState]
-    model: nn.Module
-    send: Callable[..., Payload]
-    generator: Callable[[int | str], torch.Generator]
-    context: Callable[[int], Any]
-
-
-@dataclass
 class ClientState:
     """A client's view during a round. ``x``/``y`` are private and never leave the client."""
 
@@ -123,8 +100,115 @@ class ClientState:
     received: dict[str, Payload] = field(default_factory=dict)
 
 
-class Augmenter:
-    """Base class: every hook is a no-op, ``local_loss`` is cross-entropy."""
+class ClientRole:
+    """What a method's clients do (see the module docstring). One object plays every
+    client of a run in one process (a runtime like Flower gives each node its own); each
+    client's private state is ``private[client_id]``, a flat dict of tensors."""
+
+    def __init__(self, method: Augmenter):
+        self.method = method
+        self.private: dict[int, dict[str, torch.Tensor]] = {}
+
+    def share(self, round: int, client: ClientState) -> dict[str, Payload]:
+        """What ``client`` uploads before training this round (if the server asked)."""
+        return {}
+
+    def begin_round(
+        self, round: int, clients: list[ClientState], model: Callable[[], nn.Module]
+    ) -> None:
+        """After the sampled ``clients`` received the global model (``model()`` builds it)
+        and before they train; one call for all of them, so a method can batch them."""
+        return None
+
+    def training_data(
+        self, round: int, client: ClientState, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The data ``client`` trains on, given its batch ``(x, y)`` of real records;
+        what it adds counts as synthetic in the row's ``synthetic_share``."""
+        return x, y
+
+    def local_training(self) -> Any:
+        """The clients' local-training strategy
+        (:class:`~privbench.engine.training.LocalTraining`), ``None``: plain local SGD."""
+        return None
+
+    def upload(self, round: int, client: ClientState) -> dict[str, Payload]:
+        """What ``client`` sends after local training besides its model update."""
+        return {}
+
+    def prepare(
+        self,
+        step: int,
+        client: ClientState,
+        received: Mapping[str, Payload],
+        generator: torch.Generator,
+    ) -> dict[str, Payload]:
+        """Step ``step`` of the phase before round 0: the client got ``received`` from
+        the server; return its reply (``generator``: its private randomness)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A client's reply in the phase before round 0, as the server receives it: the
+    messages and the number of records behind them (public metadata, like Flower's
+    ``num-examples``)."""
+
+    messages: Mapping[str, Payload]
+    num_examples: int
+
+
+class ServerRole:
+    """What a method's server does (see the module docstring)."""
+
+    def __init__(self, method: Augmenter):
+        self.method = method
+
+    def share_clients(self, round: int, sampled: list[int], everyone: list[int]) -> list[int]:
+        """The clients asked to ``share`` this round."""
+        return sampled
+
+    def receive(self, round: int, sender: int, kind: str, payload: Payload) -> None:
+        """A client's artifact (a ``share`` or an ``upload``), as the server received it."""
+        return None
+
+    def broadcast(self, round: int, receiver: int) -> dict[str, Payload]:
+        """What the server sends ``receiver`` besides the model this round."""
+        return {}
+
+    def after_aggregate(
+        self,
+        round: int,
+        model: nn.Module,
+        client_models: Callable[[], dict[int, nn.Module]],
+    ) -> None:
+        """Server-side work on the aggregated ``model`` (in place); ``client_models()``
+        builds each received client's model (broadcast weights plus its update)."""
+        return None
+
+    def prepare_send(
+        self, step: int, clients: list[int], model: nn.Module
+    ) -> dict[int, dict[str, Payload]] | None:
+        """Step ``step`` of the phase before round 0: what to send each client; ``None``
+        ends the phase (the default: no phase). ``model``: the global classifier, which
+        the server may train in place before it is first broadcast."""
+        return None
+
+    def prepare_receive(
+        self,
+        step: int,
+        replies: Mapping[int, Reply],
+        model: nn.Module,
+        generator: torch.Generator,
+    ) -> None:
+        """The clients' replies to step ``step`` (``generator``: the server's private
+        randomness)."""
+        return None
+
+
+class Augmenter(Configurable):
+    """What a method publishes (see the module docstring): its parameters and public
+    functions; ``local_loss`` is cross-entropy. ``Client``/``Server``: its roles."""
 
     name = "augmenter"
     shares: tuple[str, ...] = ()  # message kinds this method puts on the channel
@@ -139,11 +223,25 @@ class Augmenter:
     needs_batchnorm = False
     # The model a run uses when the user names none (Fed-ZDA needs BatchNorm: cnn-bn).
     default_model: str | None = None
-    # True: ``after_aggregate`` also receives every received client model (Fed-ZDAS).
-    needs_client_models = False
+    # True: ``local_loss`` is the base cross-entropy, one function for every client, so
+    # clients may train as one vectorised computation. Declared by the class; a subclass
+    # that defines its own ``local_loss`` is False unless it says otherwise.
+    plain_loss = True
+    Client: type[ClientRole] = ClientRole
+    Server: type[ServerRole] = ServerRole
 
-    def __init__(self, **params: Any):
-        self.params: dict[str, Any] = dict(params)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "local_loss" in cls.__dict__ and "plain_loss" not in cls.__dict__:
+            cls.plain_loss = False
+
+    def client_role(self) -> ClientRole:
+        """A fresh client side of this method (it holds the clients' private state)."""
+        return self.Client(self)
+
+    def server_role(self) -> ServerRole:
+        """A fresh server side of this method (it holds the server's state)."""
+        return self.Server(self)
 
     def setup(
         self, *, num_classes: int, input_shape: tuple[int, int, int], num_clients: int, seed: int
@@ -152,23 +250,6 @@ class Augmenter:
         self.input_shape = input_shape
         self.num_clients = num_clients
         self.seed = seed
-
-    def share_clients(self, round: int, sampled: list[int], everyone: list[int]) -> list[int]:
-        return sampled
-
-    def share(self, round: int, client: ClientState) -> dict[str, Payload]:
-        return {}
-
-    def server_receive(self, round: int, sender: int, kind: str, payload: Payload) -> None:
-        return None
-
-    def broadcast(self, round: int, receiver: int) -> dict[str, Payload]:
-        return {}
-
-    def training_data(
-        self, round: int, client: ClientState, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return x, y
 
     def local_loss(
         self,
@@ -181,26 +262,10 @@ class Augmenter:
     ) -> torch.Tensor:
         return cross_entropy(model(x), y)
 
-    def local_training(self) -> Any:
-        """This method's local-training strategy, or ``None`` for plain local SGD."""
-        return None
-
-    def upload(self, round: int, client: ClientState) -> dict[str, Payload]:
-        return {}
-
     def attack_view(self, guess: str, generator: torch.Generator) -> Augmenter:
         """The augmenter whose ``local_loss(generator=None)`` an attacker simulates.
         Methods without hidden randomness (or with a loss linear in it) are their own view."""
         return self
-
-    def after_aggregate(self, round: int, model: nn.Module, **kwargs: Any) -> None:
-        return None
-
-    def prepare(self, phase: Preparation) -> None:
-        return None
-
-    def begin_round(self, round: int, clients: list[ClientState], model: nn.Module) -> None:
-        return None
 
     def attack_synthetic(
         self, context: Any, count: int, generator: torch.Generator

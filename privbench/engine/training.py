@@ -82,11 +82,11 @@ class LocalTraining:
         return type(self) is LocalTraining
 
 
-def training_chain(method: Any, defenses: Iterable[Any]) -> LocalTraining:
-    """The run's local training: the method's strategy (plain SGD unless it brings its
-    own), wrapped by each defense in the order given. A wrapper that cannot serve what
-    it is given raises :class:`~privbench.errors.IncompatibleError`."""
-    training = method.local_training() or LocalTraining()
+def training_chain(client: Any, defenses: Iterable[Any]) -> LocalTraining:
+    """The run's local training: the method's client strategy (plain SGD unless it
+    brings its own), wrapped by each defense in the order given. A wrapper that cannot
+    serve what it is given raises :class:`~privbench.errors.IncompatibleError`."""
+    training = client.local_training() or LocalTraining()
     for d in defenses:
         wrapped = d.wrap_training(training)
         if wrapped is not training and wrapped.replaces and not training.is_plain:
