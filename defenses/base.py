@@ -22,6 +22,7 @@ attacker's), and ``check(algorithm=, augmenter=)`` refuses combinations it canno
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,18 @@ class Defense(Configurable):
         return new_state
 
     def privacy_spent(self) -> PrivacySpend | None:
+        return None
+
+    # -- a runtime where clients and server hold separate copies (Flower) ----------------
+
+    def client_report(self, client_id: int) -> dict[str, float]:
+        """What this defense's copy in a client tells its server-side copy after the
+        client's round (public numbers, e.g. DP-SGD's noise and steps for the accountant);
+        the built-in loop holds one copy and never needs it."""
+        return {}
+
+    def record_report(self, client_id: int, report: Mapping[str, float]) -> None:
+        """The server-side copy takes a client's :meth:`client_report`."""
         return None
 
 

@@ -191,6 +191,7 @@ class DPSGD(Defense):
         self.z, self.clip = p["noise_multiplier"], p["max_grad_norm"]
         self.target, self.delta = p["target_epsilon"], p["delta"]
         self.accountants: dict[int, object] = {}
+        self._reports: dict[int, dict[str, float]] = {}  # client -> its last mechanism
         self._sigma: dict[tuple[float, int], float] = {}
 
     @staticmethod
@@ -242,6 +243,17 @@ class DPSGD(Defense):
         acc = self.accountants.setdefault(client_id, RDPAccountant())
         for _ in range(steps):
             acc.step(noise_multiplier=sigma, sample_rate=sample_rate)
+        self._reports[client_id] = {"sigma": sigma, "sample_rate": sample_rate, "steps": steps}
+
+    def client_report(self, client_id):
+        """The mechanism this client just ran, for the server-side accountant."""
+        return self._reports.pop(client_id, {})
+
+    def record_report(self, client_id, report):
+        self._account(
+            client_id, float(report["sigma"]), float(report["sample_rate"]), int(report["steps"])
+        )
+        self._reports.pop(client_id, None)
 
     def privacy_spent(self):
         if not self.accountants:

@@ -61,9 +61,7 @@ class Experiment(ClientWork):
                     for kind, payload in server.broadcast(rnd, cid).items():
                         states[cid].received[kind] = channel.send(rnd, SERVER, cid, kind, payload)
                 # Client-side work on the received model (Fed-ZDAC generates data from it).
-                client.begin_round(
-                    rnd, [states[c] for c in sampled], self._model_from(global_state)
-                )
+                client.begin_round(rnd, [states[c] for c in sampled], self.model_from(global_state))
                 # 3. Local training and uploads.
                 attacked = {c for c in sampled if rnd == atk.round and c in victim_ids}
                 done = self.vectorised_updates(
@@ -117,7 +115,7 @@ class Experiment(ClientWork):
             float(np.mean(shares)) if shares else None,
         )
 
-    def _model_from(self, state):
+    def model_from(self, state):
         """A builder of the model with weights ``state`` (built only if called)."""
 
         def build() -> torch.nn.Module:

@@ -1,216 +1,68 @@
-"""Flower adapter: a real Flower run whose messages pass through privbench's channel.
+"""Flower adapter: a real Flower run of any privbench method, its messages through
+privbench's channel.
 
-``FlowerBench(config)`` gives the three Flower pieces of one privbench experiment:
+``FlowerBench(config)`` gives the Flower pieces of one privbench experiment:
 
-- :meth:`FlowerBench.client_app`: a ``ClientApp`` whose nodes are privbench's clients
-  (``node_config["partition-id"]`` = client id) and train with privbench's local recipe
-  (the method's loss, local epochs, batch size, lr; in the attacked round the victims
-  train on their attacked batch, exactly as in ``privbench run``);
+- :meth:`FlowerBench.client_app`: a ``ClientApp`` whose nodes are privbench's clients,
+  each running the method's client role (:mod:`privbench.integrations.flower_client`);
 - :meth:`FlowerBench.strategy`: wraps any message-API Flower strategy (FedAvg by
-  default). Every model it sends and every reply it receives goes through privbench's
-  :class:`~privbench.engine.channel.Channel`: bytes are Flower's own serialised array bytes,
-  and the threat model's observations carry the public context an attacker needs;
+  default) with the method's server role: the clients sampled as ``privbench run``
+  samples them, the method's broadcasts added to each train message, its shares asked
+  for before training, its uploads taken from the replies before the inner strategy
+  aggregates, then the defenses' aggregate step and the server role's own work;
 - :meth:`FlowerBench.server_app`, and :meth:`FlowerBench.run_simulation` that runs
-  Flower's simulation runtime and returns privbench result rows (accuracy, PSNR/SSIM
-  of the configured attacks, bytes up/down).
+  Flower's simulation runtime and returns privbench result rows.
 
-Scope: methods that share nothing besides the model (``fedavg``, ``localmix``,
-plugins alike), no defenses, the ``server`` threat model. Clients reply with their new
+Every message (model, averaged data, policy, generator, label counts, update) is a
+Flower record; the channel counts Flower's own serialised bytes and the threat model's
+observations carry the public context an attacker needs. Clients reply with their new
 weights, so a FedSGD victim's message is the one-step update (the attack rescales it by
--1/lr to the gradient, the same information). Needs ``pip install 'privbench[flower]'``.
+-1/lr to the gradient, the same information). Defenses run where they belong: record
+and update privatisers and artifact noise in the client, the aggregate step and the
+accountants in the server (DP-SGD's clients report their mechanism). Needs ``pip
+install 'privbench[flower]'``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
 from typing import Any
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage reports from a benchmark
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402  (flwr's torch helpers need torch imported first)
+
+# flower_client raised a clear ImportError above when Flower is missing.
+from flwr.app import (  # noqa: E402
+    ArrayRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+from flwr.serverapp.strategy import FedAvg, Strategy  # noqa: E402
 
 from privbench.config import RunConfig  # noqa: E402
 from privbench.engine.case import TrainingOutcome, Victim  # noqa: E402
 from privbench.engine.channel import SERVER, Channel  # noqa: E402
 from privbench.engine.experiment import Experiment  # noqa: E402
 from privbench.engine.federated import clone_state  # noqa: E402
-from privbench.engine.method import (
-    Augmenter,  # noqa: E402
-    ClientState,  # noqa: E402
-)
-from privbench.engine.seeding import derive_seed  # noqa: E402
+from privbench.engine.method import PREPARE_ROUND, ClientState, Reply  # noqa: E402
+from privbench.engine.seeding import derive_seed, torch_generator  # noqa: E402
 from privbench.errors import IncompatibleError  # noqa: E402
+from privbench.integrations.flower_client import (  # noqa: E402
+    client_app,
+    from_records,
+    query_message,
+    record_reports,
+)
+from privbench.integrations.flower_strategy import PrivbenchStrategy  # noqa: E402
 from privbench.pipeline import base_row, fail_rows, finish_rows  # noqa: E402
 from privbench.results import Results  # noqa: E402
-
-try:
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg, Strategy
-except ImportError as err:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "privbench.integrations.flower needs Flower with its simulation runtime: "
-        "pip install 'privbench[flower]'"
-    ) from err
-
-ATTACK_KEY = "privbench-attack"  # train config: 1 in the attacked round
-
-
-def _check_scope(exp: Experiment) -> None:
-    cfg = exp.cfg
-    factory = exp.regs["method"].entry(cfg.method).factory
-    shares = getattr(factory, "shares", ())
-    problems = []
-    if shares:
-        problems.append(
-            f"method '{cfg.method}' shares {'/'.join(shares)} besides the model; the adapter "
-            "carries models and updates only"
-        )
-    # Hooks the adapter's Flower apps do not call (Fed-ZDAC/ZDAS, the CVAE family).
-    hooks = [
-        h
-        for h in ("prepare", "begin_round", "after_aggregate")
-        if isinstance(factory, type) and getattr(factory, h) is not getattr(Augmenter, h)
-    ]
-    if hooks and not shares:
-        problems.append(
-            f"method '{cfg.method}' runs {'/'.join(hooks)} around training, which the "
-            "adapter does not call"
-        )
-    if cfg.defenses:
-        problems.append("defenses are not applied inside Flower clients yet")
-    if cfg.attack.threat != "server":
-        problems.append(f"threat model '{cfg.attack.threat}' (only 'server' is observed)")
-    if cfg.fed.algorithm != "fedavg":
-        problems.append(
-            f"algorithm '{cfg.fed.algorithm}' (pass the matching Flower strategy instead)"
-        )
-    if problems:
-        raise IncompatibleError("The Flower adapter does not support: " + "; ".join(problems))
-
-
-def _client_app(config: RunConfig, model: Any, data: Any) -> ClientApp:
-    app = ClientApp()
-    cache: dict[str, Any] = {}
-
-    def experiment() -> Experiment:
-        if "exp" not in cache:  # once per Flower worker process
-            exp = Experiment(config, model=model, data=data)
-            cache.update(exp=exp, parts=exp.make_parts(defenses=()))
-        return cache["exp"]
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        exp = experiment()
-        cid = int(context.node_config["partition-id"])
-        conf = msg.content["config"]
-        rnd = int(conf["server-round"]) - 1
-        is_victim = bool(conf.get(ATTACK_KEY, 0)) and cid < exp.cfg.attack.victims
-        global_state = clone_state(msg.content["arrays"].to_torch_state_dict())
-        state = ClientState(cid, *exp.client_data(cid))
-        local = exp.local_update(rnd, state, global_state, cache["parts"], is_victim=is_victim)
-        if local.kind == "gradient":  # Flower replies carry weights: one SGD step
-            new = dict(global_state)
-            for n, g in local.payload.items():
-                new[n] = global_state[n] - exp.cfg.fed.lr * g
-        else:
-            new = {k: global_state[k] + local.payload[k] for k in global_state}
-        metrics = MetricRecord(
-            {
-                "num-examples": local.num_images,
-                "partition-id": cid,
-                "local-steps": local.steps,
-                "batch-size": local.batch,
-                "victim": int(is_victim),
-            }
-        )
-        reply = RecordDict({"arrays": ArrayRecord(new), "metrics": metrics})
-        return Message(content=reply, reply_to=msg)
-
-    return app
-
-
-class PrivbenchStrategy(Strategy):
-    """Any Flower strategy, with its traffic passed through a privbench channel."""
-
-    def __init__(self, bench: FlowerBench, inner: Strategy):
-        self.bench, self.inner = bench, inner
-        self._global: dict[int, dict[str, torch.Tensor]] = {}
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        bench, rnd = self.bench, server_round - 1
-        state = clone_state(arrays.to_torch_state_dict())
-        self._global[rnd] = state
-        config = ConfigRecord(dict(config))
-        config[ATTACK_KEY] = int(bool(bench.cfg.attack.names) and rnd == bench.cfg.attack.round)
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        for m in messages:
-            record = m.content["arrays"]
-            bench.channel.send(
-                rnd,
-                SERVER,
-                int(m.metadata.dst_node_id),
-                "model",
-                state,
-                encoding="flower",
-                nbytes=record.count_bytes(),
-            )
-        return messages
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        bench, rnd = self.bench, server_round - 1
-        replies = list(replies)
-        before = self._global.pop(rnd)
-        for r in replies:
-            if r.has_error():
-                bench.errors.append(f"round {server_round}: {r.error.reason}")
-                continue
-            metrics = r.content["metrics"]
-            cid = int(metrics["partition-id"])
-            record = r.content["arrays"]
-            new = record.to_torch_state_dict()
-            delta = {k: new[k] - before[k] for k in before}
-            context = bench.exp.public_context(
-                before,
-                steps=int(metrics["local-steps"]),
-                batch=int(metrics["batch-size"]),
-                num_images=int(metrics["num-examples"]),
-                algorithm=bench.algorithm,
-                received={},
-                defenses=[],
-            )
-            bench.channel.send(
-                rnd,
-                cid,
-                SERVER,
-                "update",
-                delta,
-                context=context,
-                encoding="flower",
-                nbytes=record.count_bytes(),
-            )
-            if int(metrics["victim"]):
-                # Ground truth for the metrics only, drawn as the client drew it.
-                x, y = bench.exp.victim_batch(rnd, ClientState(cid, *bench.exp.client_data(cid)))
-                bench.victims[cid] = Victim(cid, x.clone(), y.clone())
-        return self.inner.aggregate_train(server_round, replies)
-
-    def configure_evaluate(self, server_round, arrays, config, grid):
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round, replies):
-        return self.inner.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.inner.summary()
 
 
 class FlowerBench:
@@ -219,29 +71,185 @@ class FlowerBench:
     def __init__(self, config: RunConfig, *, model: Any = None, data: Any = None):
         self.exp = Experiment(config, model=model, data=data)
         self.cfg = self.exp.cfg
-        _check_scope(self.exp)
+        if self.cfg.fed.algorithm != "fedavg":
+            raise IncompatibleError(
+                f"The Flower adapter does not support algorithm '{self.cfg.fed.algorithm}' "
+                "(pass the matching Flower strategy to FlowerBench.strategy instead)"
+            )
         self._config, self._model, self._data = config, model, data
         self.channel = Channel(self.exp.threat)
-        self.victims: dict = {}
+        parts = self.exp.make_parts(channel=self.channel)
+        self.server, self.defenses, self.algorithm = parts.server, parts.defenses, parts.algorithm
+        self.victims: dict[int, Victim] = {}
         self.history: list[dict[str, float]] = []
         self.errors: list[str] = []
+        self.received: dict[int, dict[str, Any]] = {}  # what the server sent each client
+        self.deltas: dict[int, dict[str, torch.Tensor]] = {}  # this round's updates
+        self.training_sets: dict[int, tuple[int, int]] = {}
+        self.nodes: dict[int, int] = {}  # client id -> Flower node id
+        self.cids: dict[int, int] = {}  # Flower node id -> client id
         self.final_state: dict[str, torch.Tensor] | None = None
-        self.algorithm = self.exp.make_algorithm()
-        self.augmenter = self.exp.make_augmenter()
         self.strategy_name = "FedAvg"
+        self._rng = np.random.default_rng([self.cfg.seed, 3])  # privbench run's sampler
 
-    def client_app(self) -> ClientApp:
-        return _client_app(self._config, self._model, self._data)
+    # -- the round's parts ----------------------------------------------------------------
+
+    def sample(self, rnd: int) -> list[int]:
+        """The clients ``privbench run`` samples in round ``rnd`` (victims forced in)."""
+        fed, atk = self.cfg.fed, self.cfg.attack
+        m = fed.clients_per_round
+        sampled = sorted(int(c) for c in self._rng.choice(fed.clients, m, replace=False))
+        victims = list(range(atk.victims)) if atk.names else []
+        if rnd == atk.round and victims:
+            others = [c for c in sampled if c not in victims]
+            sampled = sorted(victims + others[: m - len(victims)])
+        return sampled
+
+    def context(self, before, *, steps, batch, num_images, num_synthetic=0, received=None):
+        return self.exp.public_context(
+            before,
+            steps=steps,
+            batch=batch,
+            num_images=num_images,
+            num_synthetic=num_synthetic,
+            algorithm=self.algorithm,
+            received=received or {},
+            defenses=self.defenses,
+        )
+
+    def ask(self, grid: Grid, messages: list[Message]) -> list[Message]:
+        """Send query messages, return the replies (an error reply fails the run)."""
+        replies = list(grid.send_and_receive(messages))
+        failed = [r.error.reason for r in replies if r.has_error()]
+        if failed or len(replies) != len(messages):
+            raise RuntimeError("Flower clients failed: " + " | ".join(failed[:3] or ["no reply"]))
+        return replies
+
+    def uploads(self, rnd: int, cid: int, content: RecordDict, context) -> dict[str, Any]:
+        """The method's messages in a client's reply, through the channel."""
+        got = {}
+        for kind, (payload, nbytes) in from_records(content).items():
+            got[kind] = self.channel.send(
+                rnd, cid, SERVER, kind, payload, context=context, encoding="flower", nbytes=nbytes
+            )
+        return got
+
+    def whoami(self, grid: Grid) -> None:
+        """Which node plays which client (not privbench traffic: not counted)."""
+        fed = self.cfg.fed
+        ids = list(grid.get_node_ids())
+        while len(ids) < fed.clients:
+            time.sleep(0.1)
+            ids = list(grid.get_node_ids())
+        replies = self.ask(grid, [query_message(n, "whoami", {}) for n in ids])
+        for r in replies:
+            cid = int(r.content["metrics"]["partition-id"])
+            self.nodes[cid], self.cids[int(r.metadata.src_node_id)] = (
+                int(r.metadata.src_node_id),
+                cid,
+            )
+
+    def prepare(self, grid: Grid, model: torch.nn.Module) -> None:
+        """The method's phase before round 0, as Flower query messages."""
+        step, everyone = 0, sorted(self.nodes)
+        recipe = None
+        while (outgoing := self.server.prepare_send(step, everyone, model)) is not None:
+            if recipe is None:
+                recipe = self.context(clone_state(model), steps=0, batch=0, num_images=0)
+            messages = []
+            for cid, msgs in outgoing.items():
+                msg = query_message(self.nodes[cid], "prepare", msgs, step=step)
+                for kind, (payload, nbytes) in from_records(msg.content).items():
+                    self.received.setdefault(cid, {})[kind] = self.channel.send(
+                        PREPARE_ROUND,
+                        SERVER,
+                        cid,
+                        kind,
+                        payload,
+                        context=recipe,
+                        encoding="flower",
+                        nbytes=nbytes,
+                    )
+                messages.append(msg)
+            replies = {}
+            for r in self.ask(grid, messages):
+                cid = int(r.content["metrics"]["partition-id"])
+                n = int(r.content["metrics"]["num-examples"])
+                ctx = self.context(clone_state(model), steps=0, batch=n, num_images=n)
+                replies[cid] = Reply(self.uploads(PREPARE_ROUND, cid, r.content, ctx), n)
+            replies = dict(sorted(replies.items()))
+            self.server.prepare_receive(step, replies, model, torch_generator(self.cfg.seed, 6))
+            step += 1
+
+    def share(self, rnd: int, sampled: list[int], grid: Grid) -> None:
+        """The clients the server role asks to share before training this round."""
+        asked = self.server.share_clients(rnd, sampled, list(range(self.cfg.fed.clients)))
+        if not asked:
+            return
+        replies = self.ask(
+            grid, [query_message(self.nodes[c], "share", {}, round=rnd) for c in asked]
+        )
+        for r in sorted(replies, key=lambda r: int(r.content["metrics"]["partition-id"])):
+            cid = int(r.content["metrics"]["partition-id"])
+            for kind, got in self.uploads(rnd, cid, r.content, None).items():
+                self.server.receive(rnd, cid, kind, got)
+
+    def receive_update(self, rnd: int, before, reply: Message) -> Message:
+        """A client's train reply through the channel; returns what the inner strategy
+        aggregates (the weights, weighted as privbench weights them)."""
+        metrics = reply.content["metrics"]
+        cid = int(metrics["partition-id"])
+        record = reply.content["arrays"]
+        new = record.to_torch_state_dict()
+        delta = {k: new[k] - before[k] for k in before}
+        self.deltas[cid] = delta
+        n, synthetic = int(metrics["num-examples"]), int(metrics["num-synthetic"])
+        context = self.context(
+            before,
+            steps=int(metrics["local-steps"]),
+            batch=int(metrics["batch-size"]),
+            num_images=n,
+            num_synthetic=synthetic,
+            received=self.received.get(cid, {}),
+        )
+        self.channel.send(
+            rnd,
+            cid,
+            SERVER,
+            "update",
+            delta,
+            context=context,
+            encoding="flower",
+            nbytes=record.count_bytes(),
+        )
+        for kind, got in self.uploads(rnd, cid, reply.content, context).items():
+            self.server.receive(rnd, cid, kind, got)
+        record_reports(self.defenses, cid, metrics)
+        if int(metrics["victim"]):
+            # Ground truth for the metrics only, drawn as the client drew it.
+            x, y = self.exp.victim_batch(rnd, ClientState(cid, *self.exp.client_data(cid)))
+            self.victims[cid] = Victim(cid, x.clone(), y.clone())
+        else:
+            self.training_sets[cid] = (n, synthetic)
+        weight = float(n)
+        for d in self.defenses:
+            weight = d.aggregation_weight(cid, weight)
+        content = RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": weight})})
+        return Message(content=content, reply_to=reply)
+
+    # -- the Flower apps ------------------------------------------------------------------
+
+    def client_app(self):
+        return client_app(self._config, self._model, self._data)
 
     def strategy(self, inner: Strategy | None = None) -> PrivbenchStrategy:
-        fed = self.cfg.fed
-        m = fed.clients_per_round
+        m = self.cfg.fed.clients_per_round
         inner = inner or FedAvg(
-            fraction_train=fed.fraction,
+            fraction_train=1.0,  # of the clients privbench sampled (SampledGrid)
             fraction_evaluate=0.0,
             min_train_nodes=m,
             min_evaluate_nodes=0,
-            min_available_nodes=fed.clients,
+            min_available_nodes=m,
         )
         self.strategy_name = type(inner).__name__
         return PrivbenchStrategy(self, inner)
@@ -264,16 +272,40 @@ class FlowerBench:
 
         @app.main()
         def main(grid: Grid, context: Context) -> None:
-            torch.manual_seed(derive_seed(self.cfg.seed, 0))  # the built-in loop's init
-            initial = ArrayRecord(self.exp.build_model().state_dict())
-            strategy.start(
-                grid=grid,
-                initial_arrays=initial,
-                num_rounds=self.cfg.fed.rounds,
-                evaluate_fn=self._evaluate,
-            )
+            try:
+                torch.manual_seed(derive_seed(self.cfg.seed, 0))  # the built-in loop's init
+                model = self.exp.build_model()
+                self.whoami(grid)
+                self.prepare(grid, model)
+                strategy.start(
+                    grid=grid,
+                    initial_arrays=ArrayRecord(model.state_dict()),
+                    num_rounds=self.cfg.fed.rounds,
+                    evaluate_fn=self._evaluate,
+                )
+            except Exception as err:  # reported by run_simulation as the row's error
+                self.errors.append(f"{type(err).__name__}: {err}")
+                raise
 
         return app
+
+    def outcome(self, seconds: float) -> TrainingOutcome:
+        spends = [s for s in (d.privacy_spent() for d in self.defenses) if s is not None]
+        spend = (None, None, None)
+        if len(spends) == 1:
+            spend = (spends[0].epsilon, spends[0].delta, spends[0].accountant)
+        elif spends:
+            raise IncompatibleError("the Flower adapter reports one defense's privacy spend")
+        shares = [s / (n + s) for n, s in self.training_sets.values() if n + s]
+        return TrainingOutcome(
+            self.channel,
+            self.victims,
+            self.utility,
+            self.history,
+            spend,
+            seconds,
+            float(np.mean(shares)) if shares else None,
+        )
 
     def run_simulation(
         self,
@@ -309,14 +341,7 @@ class FlowerBench:
                 raise RuntimeError("Flower clients failed: " + " | ".join(self.errors[:3]))
             if self.final_state is None:
                 raise RuntimeError("the Flower run finished no round")
+            outcome = self.outcome(time.perf_counter() - t0)
         except Exception as err:  # a failed trial is an error row, as in privbench run
             return fail_rows(rows, err, store, t0)
-        outcome = TrainingOutcome(
-            self.channel,
-            self.victims,
-            self.utility,
-            self.history,
-            (None, None, None),
-            time.perf_counter() - t0,
-        )
         return finish_rows(self.exp, outcome, rows, store, t0)
