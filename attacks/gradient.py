@@ -49,11 +49,13 @@ class VictimSimulator:
         *,
         guess: str = "expected",
         generator: torch.Generator | None = None,
+        candidate: int | None = None,
     ):
         self.ctx = context
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        # How the attacker models private randomness it cannot see (FedAvP's op pairs).
-        self.augmenter = context.method.attack_view(guess, gen)
+        # How the attacker models private randomness it cannot see (FedAvP's op pairs;
+        # with guess "enumerate", one candidate of FedMix's X_g entries).
+        self.augmenter = context.method.attack_view(guess, gen, candidate)
         # The synthetic samples the victim mixed into its batch (Fed-ZDAC, CVAE
         # imputation), as the attacker estimates them from what it holds: the simulated
         # loss is then the victim's real + synthetic loss.
@@ -73,6 +75,7 @@ class VictimSimulator:
         # Whether the trainer adds a term to the local loss (FedProx with mu > 0).
         algo = context.algorithm
         self.penalised = algo is not None and algo.penalty(self.params0, self.params0) is not None
+        self.mask: dict[str, torch.Tensor] | None = None  # set by target() under pruning
 
     def loss(
         self,
@@ -135,6 +138,8 @@ class VictimSimulator:
                 grads = self.step_gradient(current, x, y)
                 current = {n: current[n] - lr * grads[n] for n in self.param_names}
             out = {n: (current[n] - self.params0[n]) / -lr for n in self.param_names}
+        if self.mask is not None:  # pruning: the observed zeros are the mask
+            out = {n: t * self.mask[n] for n, t in out.items()}
         if self.ctx.update_clip is not None:  # DP-FedAvg: ||lr * message|| <= C
             norm = lr * torch.sqrt(sum((t**2).sum() for t in out.values()))
             factor = torch.clamp(self.ctx.update_clip / (norm + 1e-12), max=1.0)
@@ -142,11 +147,17 @@ class VictimSimulator:
         return out
 
     def target(self, observation: Observation) -> dict[str, torch.Tensor]:
-        """The observed message on the same scale as :meth:`message`."""
+        """The observed message on the same scale as :meth:`message`. Under a defense
+        that prunes (``context.masked``), its zeros become the mask :meth:`message`
+        applies."""
         payload = observation.payload
         if observation.kind == "gradient":
-            return {n: payload[n].detach() for n in self.param_names}
-        return {n: payload[n].detach() / -self.ctx.lr for n in self.param_names}
+            out = {n: payload[n].detach() for n in self.param_names}
+        else:
+            out = {n: payload[n].detach() / -self.ctx.lr for n in self.param_names}
+        if self.ctx.masked:
+            self.mask = {n: (t != 0).to(t.dtype) for n, t in out.items()}
+        return out
 
 
 def with_synthetic(x, y, xs, ys):
@@ -324,21 +335,68 @@ _GUESS = Param(
     "guess",
     str,
     "expected",
-    "how the attacker models augmentation drawn privately by the victim (FedAvP's op "
-    "pairs): expected loss over the policy, one sampled draw, or none (identity)",
-    choices=("expected", "sample", "identity"),
+    "how the attacker models what the victim drew privately: the expected loss (FedMix: "
+    "the mean X_g entry; FedAvP: over the policy), one sampled draw, none (identity), or "
+    "enumerate every candidate it knows (FedMix: each X_g entry, the best match wins; "
+    "the expected view where there is nothing to enumerate)",
+    choices=("expected", "sample", "identity", "enumerate"),
 )
 _TOL = Param("tol", float, 1e-12, "stop once the matching loss is below this", low=0.0)
+
+
+def enumerated(attack, observations, generators, run, seen):
+    """``guess="enumerate"``: every candidate value of the victim's private choice that
+    the method lets the adversary enumerate (FedMix: each X_g entry it may have mixed
+    with) is an attack of its own, from the same starts; per victim the candidate whose
+    best trial matches the observation best wins (``meta["candidate"]``). Other guesses,
+    and methods with nothing to enumerate, run once per victim."""
+    if attack.params["guess"] != "enumerate":
+        return run(observations, generators, [None] * len(observations), seen)
+    owner, obs, gens, cands = [], [], [], []
+    for v, (o, g) in enumerate(zip(observations, generators, strict=True)):
+        n = o.context.method.attack_candidates(o.context.received)
+        for c in range(n) if n else [None]:
+            same = torch.Generator()
+            same.set_state(g.get_state())  # every candidate starts where the others do
+            owner.append(v)
+            obs.append(o)
+            gens.append(same)
+            cands.append(c)
+    recs = run(obs, gens, cands, seen)
+    best: dict[int, tuple] = {}
+    for v, c, rec in zip(owner, cands, recs, strict=True):
+        if v not in best or rec.meta["loss"] < best[v][1].meta["loss"]:
+            best[v] = (c, rec)
+    out = []
+    for v in range(len(observations)):
+        c, rec = best[v]
+        meta = dict(rec.meta)
+        if c is not None:
+            meta["candidate"] = c
+        out.append(Reconstruction(rec.images, rec.labels, meta))
+    return out
 
 
 class _Problem:
     """One victim's attack: the simulator of its recipe, its observed message, and the
     initial variables of each restart, drawn in the order the sequential path draws."""
 
-    def __init__(self, attack, observation, generator, seen, *, joint_labels: bool = False):
+    def __init__(
+        self,
+        attack,
+        observation,
+        generator,
+        seen,
+        *,
+        joint_labels: bool = False,
+        candidate: int | None = None,
+    ):
         self.observation = observation
         self.sim = sim = VictimSimulator(
-            observation.context, guess=attack.params["guess"], generator=generator
+            observation.context,
+            guess=attack.params["guess"],
+            generator=generator,
+            candidate=candidate,
         )
         self.kind = observation.kind
         self.target = sim.target(observation)
@@ -364,6 +422,7 @@ class _Problem:
             and self.prior.term is None
             and other.prior.term is None
             and _same_tensors(a.synthetic, b.synthetic)
+            and _same_tensors(a.mask, b.mask)
             and _same_tensors(dict(ca.weights_before), dict(cb.weights_before))
             and _same_tensors(dict(ca.received), dict(cb.received))
         )
@@ -411,9 +470,12 @@ class _LBFGSAttack(Attack):
         return self.reconstruct_batch([observation], generators=[generator], seen=seen)[0]
 
     def reconstruct_batch(self, observations, *, generators, seen=()):
+        return enumerated(self, observations, generators, self._reconstruct, seen)
+
+    def _reconstruct(self, observations, generators, candidates, seen):
         problems = [
-            _Problem(self, o, g, seen, joint_labels=self.joint_labels)
-            for o, g in zip(observations, generators, strict=True)
+            _Problem(self, o, g, seen, joint_labels=self.joint_labels, candidate=c)
+            for o, g, c in zip(observations, generators, candidates, strict=True)
         ]
         # trials[v][r] = (final loss, images, labels) or None when that restart diverged.
         trials: list[list] = [[None] * len(p.starts) for p in problems]
@@ -605,8 +667,12 @@ class InvertingGradients(Attack):
         return self.reconstruct_batch([observation], generators=[generator], seen=seen)[0]
 
     def reconstruct_batch(self, observations, *, generators, seen=()):
+        return enumerated(self, observations, generators, self._reconstruct, seen)
+
+    def _reconstruct(self, observations, generators, candidates, seen):
         problems = [
-            _Problem(self, o, g, seen) for o, g in zip(observations, generators, strict=True)
+            _Problem(self, o, g, seen, candidate=c)
+            for o, g, c in zip(observations, generators, candidates, strict=True)
         ]
         finals: list[list] = [[None] * len(p.starts) for p in problems]
         if self.params["batched"]:

@@ -410,7 +410,9 @@ class FedAvP(Augmenter):
 
     # -- what a gradient attacker simulates ----------------------------------------------
 
-    def attack_view(self, guess, generator):
+    def attack_view(self, guess, generator, candidate=None):
+        if guess == "enumerate":  # 289 pairs per image: nothing an attacker enumerates
+            guess = "expected"
         if guess not in GUESSES:
             raise ParameterError(
                 f"The 'guess' parameter must be one of {', '.join(GUESSES)}. Got {guess!r}."

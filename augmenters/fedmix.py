@@ -179,13 +179,19 @@ class MeanAugmented(Augmenter):
 
     # -- local loss ---------------------------------------------------------------------
 
+    @staticmethod
+    def draw_entry(received, generator: torch.Generator) -> int:
+        """The X_g entry a client mixes with in one batch (Algorithm 2)."""
+        return int(torch.randint(len(received["averaged_data"]["y"]), (1,), generator=generator))
+
     def pick(self, received, generator: torch.Generator | None):
-        """One X_g entry per batch (Algorithm 2); ``generator=None`` (the attacker, who does
-        not know the pick) gets the mean entry instead."""
+        """One X_g entry per batch (Algorithm 2); ``generator=None`` (an attacker who does
+        not know the pick) gets the mean entry instead: the expected loss, exact for
+        FedMix's loss, which is linear in the entry."""
         xg, yg = received["averaged_data"]["x"], received["averaged_data"]["y"]
         if generator is None:
             return xg.mean(0, keepdim=True), yg.mean(0, keepdim=True)
-        j = int(torch.randint(len(xg), (1,), generator=generator))
+        j = self.draw_entry(received, generator)
         return xg[j : j + 1], yg[j : j + 1]  # (1, C, H, W), (1, K): broadcast over the batch
 
     def local_loss(self, model, x, y, *, received, generator=None):
@@ -194,8 +200,39 @@ class MeanAugmented(Augmenter):
         xbar, ybar = self.pick(received, generator)
         return self.mixed_loss(model, x, y, xbar, ybar)
 
+    # -- what an adversary can enumerate -------------------------------------------------
+
+    def attack_candidates(self, received):
+        """Every X_g entry the victim could have mixed with: the server built X_g and
+        sent it, so it knows each one."""
+        return len(received["averaged_data"]["y"]) if "averaged_data" in received else 0
+
+    def attack_view(self, guess, generator, candidate=None):
+        if guess == "enumerate" and candidate is not None:
+            return EntryView(self, candidate)
+        return self
+
+    def drawn_candidates(self, received, generator, calls):
+        if "averaged_data" not in received:
+            return []
+        return [self.draw_entry(received, generator) for _ in range(calls)]
+
     def mixed_loss(self, model, x, y, xbar, ybar):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class EntryView(Augmenter):
+    """An adversary's view of a MAFL client that mixed with X_g entry ``entry``."""
+
+    def __init__(self, method: MeanAugmented, entry: int):
+        super().__init__()
+        self.method, self.entry = method, entry
+        self.name = f"{method.name}[entry {entry}]"
+
+    def local_loss(self, model, x, y, *, received, generator=None):
+        xg, yg = received["averaged_data"]["x"], received["averaged_data"]["y"]
+        j = self.entry
+        return self.method.mixed_loss(model, x, y, xg[j : j + 1], yg[j : j + 1])
 
 
 def _soft(y: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -56,7 +56,7 @@ def attack(exp: Experiment, outcome, name: str, **params):
     cfg = exp.cfg
     exp.cfg = replace(cfg, attack=replace(cfg.attack, params={**cfg.attack.params, name: params}))
     try:
-        score, err, _ = attack_victims(exp, name, outcome, None)
+        score, err, _, _ = attack_victims(exp, name, outcome, None)
         return score, err
     except RuntimeError as e:  # e.g. every L-BFGS restart diverged: a failed trial
         print(f"    {name} {params}: {e}", flush=True)

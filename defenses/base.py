@@ -37,6 +37,9 @@ class PrivacySpend:
     epsilon: float | None
     delta: float | None
     accountant: str
+    # What the guarantee protects: one "record" of a client (DP-SGD) or a whole
+    # "client" (client-level DP). Guarantees of different levels are never added.
+    level: str = "record"
 
 
 class Defense(Configurable):
@@ -45,6 +48,9 @@ class Defense(Configurable):
     # whole-update clip (DP-FedAvg), in update units (lr * gradient for FedSGD).
     record_clip: float | None = None
     update_clip: float | None = None
+    # True: the defense zeroes entries of the update (pruning): the zeros it sends are a
+    # public mask that a defense-aware attacker applies to its simulated message.
+    masks_message = False
 
     def setup(
         self,

@@ -115,15 +115,15 @@ class ClientDP(Defense):
 
     def privacy_spent(self):
         if self.z == 0:
-            return PrivacySpend(math.inf, self.delta, "rdp (no noise: no guarantee)")
+            return PrivacySpend(math.inf, self.delta, "rdp (no noise: no guarantee)", "client")
         if self.local:
             worst = max((len(r) for r in self.participation.values()), default=0)
             eps = rdp_epsilon(
                 noise_multiplier=self.z, sample_rate=1.0, steps=worst, delta=self.delta
             )
-            return PrivacySpend(eps, self.delta, "rdp (local Gaussian, per client)")
+            return PrivacySpend(eps, self.delta, "rdp (local Gaussian, per client)", "client")
         q = self.clients_per_round / self.num_clients
         eps = rdp_epsilon(
             noise_multiplier=self.z, sample_rate=q, steps=len(self.server_rounds), delta=self.delta
         )
-        return PrivacySpend(eps, self.delta, f"rdp (sampled Gaussian, q={q:g})")
+        return PrivacySpend(eps, self.delta, f"rdp (sampled Gaussian, q={q:g})", "client")

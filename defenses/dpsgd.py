@@ -12,8 +12,9 @@ the attacker's included.
 
 Sampling follows Opacus' DP data loader: q = 1 / ceil(n / batch_size), ceil(n /
 batch_size) steps per local epoch. In the attacked round the victim trains on its
-fixed batch of ``attack_batch`` records (that is the attack's setting); those steps are
-accounted as sampled with q = B / n, as Opacus does for fixed-size batches.
+fixed batch of ``attack_batch`` records (that is the attack's setting), drawn once:
+its k steps are one subsampled Gaussian mechanism at q = B / n with noise sigma/sqrt(k)
+(k Gaussian releases of the same batch compose to one), not k fresh samples at q.
 
 Each client keeps one accountant for the whole run (no reset between rounds); the row
 reports the largest epsilon over clients. A FedProx penalty does not depend on data,
@@ -351,7 +352,13 @@ class DPSGD(Defense):
                 take = torch.rand(n, generator=generator) < q
                 t.step(x[take], y[take])
         t.close()
-        self._account(client_id, sigma, q, steps)
+        if fixed_batch:
+            # k noisy steps on one batch drawn once: the batch is sampled once (rate q),
+            # and k Gaussian releases of it compose to one Gaussian with noise sigma/sqrt(k)
+            # (RDP: k * a / (2 sigma^2)), not to k fresh samples at rate q.
+            self._account(client_id, sigma / math.sqrt(steps), q, 1)
+        else:
+            self._account(client_id, sigma, q, steps)
         return steps
 
 

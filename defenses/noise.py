@@ -80,6 +80,7 @@ def sparse_bytes(payload) -> int:
 )
 class Prune(Defense):
     name = "prune"
+    masks_message = True  # which entries survive is visible on the wire
 
     def __init__(self, **params):
         super().__init__(**params)

@@ -98,6 +98,8 @@ def finish_rows(
         row.bytes_up, row.bytes_down = outcome.channel.bytes_up, outcome.channel.bytes_down
         row.bytes_by_kind = outcome.channel.bytes_by_kind()
         row.epsilon, row.delta, row.accountant = outcome.spend
+        row.epsilon_record, row.delta_record = outcome.levels.get("record", (None, None))
+        row.epsilon_client, row.delta_client = outcome.levels.get("client", (None, None))
         row.history = outcome.history
         row.synthetic_share = outcome.synthetic_share
         row.train_s = outcome.seconds
@@ -105,9 +107,12 @@ def finish_rows(
             continue
         ta = time.perf_counter()
         try:
-            score, row.label_dist_error, path = attack_victims(exp, row.attack, outcome, store)
+            score, row.label_dist_error, path, row.guess_identified = attack_victims(
+                exp, row.attack, outcome, store
+            )
             if score is not None:  # None: a label-distribution attack, no images
                 row.psnr, row.ssim, row.mse = score.psnr, score.ssim, score.mse
+                row.psnr_affine = score.psnr_affine
                 row.label_acc, row.n_images = score.label_acc, score.num_images
             row.reconstruction_file = path
         except Exception as err:  # record the failed attack as an error row

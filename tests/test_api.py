@@ -323,7 +323,7 @@ def test_attack_update_equals_the_benchmarks_attack_on_the_same_message(steps):
     exp = Experiment(cfg)
     out = exp.train()
     (obs,) = [o for o in out.channel.observations if o.sender == 0 and o.round == 0]
-    score, _, _ = attack_victims(exp, "idlg", out, None)
+    score, _, _, _ = attack_victims(exp, "idlg", out, None)
     net = exp.build_model()
     net.load_state_dict(dict(obs.context.weights_before))
     victim = out.victims[0]

@@ -204,3 +204,44 @@ def test_defense_parameters_are_validated():
     ]:
         with pytest.raises(privbench.PrivbenchError, match=frag):
             reg.resolve_params(name, params)
+
+
+def test_the_attacker_masks_its_simulation_with_the_pruning_pattern_it_observes():
+    """Pruning zeroes the smallest entries; which entries survive is on the wire. The
+    defense-aware simulator masks its message alike, so on the victim's true batch it
+    reproduces the pruned message exactly (unmasked, it would not)."""
+    from privbench.attacks.gradient import VictimSimulator
+    from privbench.engine.experiment import Experiment
+
+    cfg = tiny_config(defenses=("prune",), attack=dict(names=("dlg",), victims=1))
+    outcome = Experiment(cfg).train()
+    (obs,) = [o for o in outcome.channel.observations if o.sender == 0 and o.kind == "gradient"]
+    assert obs.context.masked
+    victim = outcome.victims[0]
+    sim = VictimSimulator(obs.context)
+    target = sim.target(obs)
+    masked = sim.message(obs.kind, victim.images, victim.labels, create_graph=False)
+    for n, t in target.items():
+        torch.testing.assert_close(masked[n], t, rtol=1e-5, atol=1e-7)
+    sim.mask = None
+    dense = sim.message(obs.kind, victim.images, victim.labels, create_graph=False)
+    assert max(float((dense[n] - target[n]).abs().max()) for n in target) > 1e-4
+
+
+def test_record_and_client_level_epsilons_are_separate_columns_never_summed():
+    params = {"dp-sgd": {"noise_multiplier": 1.0}, "client-dp": {"noise_multiplier": 1.0}}
+    both = tiny_config(defenses=("dp-sgd", "client-dp")).with_params(params)
+    (row,) = privbench.run(both)
+    assert row.status == "ok", row.error
+    (record,) = privbench.run(
+        tiny_config(defenses=("dp-sgd",)).with_params({"dp-sgd": params["dp-sgd"]})
+    )
+    (client,) = privbench.run(
+        tiny_config(defenses=("client-dp",)).with_params({"client-dp": params["client-dp"]})
+    )
+    assert row.epsilon_record == pytest.approx(record.epsilon_record) == record.epsilon
+    assert row.epsilon_client == pytest.approx(client.epsilon_client) == client.epsilon
+    assert row.delta_record == row.delta_client == 1e-5
+    assert row.epsilon is None and row.delta is None  # two guarantees, not one sum
+    assert "record: " in row.accountant and "client: " in row.accountant
+    assert record.epsilon_client is None and client.epsilon_record is None

@@ -264,3 +264,31 @@ def test_defense_aware_simulator_reproduces_the_clipped_message(defense, params,
     naive = VictimSimulator(replace(obs.context, record_clip=None, update_clip=None))
     raw = naive.message(obs.kind, v.images, v.labels, create_graph=False)
     assert any(not torch.allclose(raw[k], want[k], rtol=0.05) for k in want)
+
+
+def test_k_steps_on_one_fixed_batch_are_one_mechanism_at_sigma_over_root_k():
+    """The attacked round's victim takes k DP-SGD steps on a batch drawn once: one
+    subsampled Gaussian mechanism at q = B/n with noise sigma/sqrt(k) (Opacus'
+    accountant, one step), far more than k fresh samples at q would claim."""
+    from opacus.accountants import RDPAccountant
+
+    from privbench.engine.experiment import Experiment
+
+    k, sigma = 5, 1.0
+    cfg = tiny_config(
+        defenses=("dp-sgd",),
+        fed=dict(rounds=1),
+        attack=dict(names=("dlg",), victims=1, steps=k, batch=2),
+    ).with_params({"dp-sgd": {"noise_multiplier": sigma}})
+    exp = Experiment(cfg)
+    exp.train()
+    (defense,) = exp.parts.defenses
+    n = len(exp.client_data(0)[1])
+    ours = defense.accountants[0].get_epsilon(1e-5)
+    honest = RDPAccountant()
+    honest.step(noise_multiplier=sigma / math.sqrt(k), sample_rate=2 / n)
+    assert ours == pytest.approx(honest.get_epsilon(1e-5), rel=1e-12)
+    fresh = RDPAccountant()
+    for _ in range(k):
+        fresh.step(noise_multiplier=sigma, sample_rate=2 / n)
+    assert ours > fresh.get_epsilon(1e-5)

@@ -205,3 +205,51 @@ def test_mean_prior_needs_shared_means():
 
 def test_globalmix_is_labelled_privacy_violating():
     assert "PRIVACY-VIOLATING" in registries()["method"].entry("globalmix").description
+
+
+# -- the adversary enumerates the X_g entries it knows -----------------------------------
+
+
+def _distance(sim, obs, x, y):
+    message = sim.message(obs.kind, x, y, create_graph=False)
+    target = sim.target(obs)
+    return float(sum(((message[n] - target[n]) ** 2).sum() for n in target))
+
+
+@pytest.mark.parametrize("method", ["fedmix", "naivemix"])
+def test_enumerate_finds_the_entry_the_victim_mixed_with(method):
+    """The victim mixed its attacked step with one X_g entry, drawn privately. On the
+    victim's true batch, the view of that entry rebuilds its gradient exactly; every
+    other entry, and the mean entry (the expected view), does not."""
+    cfg = tiny_config(method=method, attack=dict(names=("dlg",), victims=1))
+    exp = Experiment(cfg)
+    outcome = exp.train()
+    (obs,) = [o for o in outcome.channel.observations if o.sender == 0 and o.kind == "gradient"]
+    ctx, victim = obs.context, outcome.victims[0]
+    n = ctx.method.attack_candidates(ctx.received)
+    assert n == len(ctx.received["averaged_data"]["y"]) >= 2
+    (used,) = ctx.method.drawn_candidates(ctx.received, exp.private_generator(obs.round, 0), 1)
+    scale = float(sum((t**2).sum() for t in obs.payload.values()))
+    dist = [
+        _distance(
+            VictimSimulator(ctx, guess="enumerate", candidate=c), obs, victim.images, victim.labels
+        )
+        for c in range(n)
+    ]
+    assert dist[used] <= 1e-10 * scale
+    assert all(d > 1e-6 * scale for c, d in enumerate(dist) if c != used), dist
+    mean = _distance(VictimSimulator(ctx, guess="expected"), obs, victim.images, victim.labels)
+    assert mean > 1e-6 * scale
+
+
+def test_enumerate_rows_say_whether_the_entry_was_identified():
+    cfg = tiny_config(method="fedmix", attack=dict(names=("idlg",), victims=2)).with_params(
+        {"idlg": {"iters": 3, "guess": "enumerate"}}
+    )
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    assert row.guess_identified in (0.0, 0.5, 1.0)
+    mean = tiny_config(method="fedmix", attack=dict(names=("idlg",))).with_params(
+        {"idlg": {"iters": 3}}
+    )
+    assert privbench.run(mean)[0].guess_identified is None

@@ -2,7 +2,9 @@
 
 ``tests/golden/default_rows.json`` holds every field of each command's rows except the
 timings (``wall_s``, ``train_s``, ``attack_s``) and the package versions, as printed by
-``python -m privbench <command> --json`` on the commit before the redesign. A refactor
+``python -m privbench <command> --json`` on the commit before the redesign (then extended, values
+unchanged, by the columns the adversary issue added: psnr_affine, guess_identified and
+the per-level epsilons). A refactor
 of the engine, the roles or the public view must leave every one of these numbers
 unchanged; a change that means to move a number re-records the file in the same commit
 and says why.

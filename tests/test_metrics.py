@@ -78,3 +78,27 @@ def test_utility_hand_worked():
     assert u.accuracy == 0.75
     assert u.class_acc_var == pytest.approx(np.var([0.5, 1.0]))
     assert u.client_acc_mean == 0.75 and u.client_acc_var == pytest.approx(0.0625)
+
+
+def test_psnr_affine_is_the_hand_fit_and_never_below_psnr():
+    from privbench.evaluation.metrics import PSNR_CAP, psnr, psnr_affine
+
+    rng = np.random.default_rng(0)
+    gt = rng.random((1, 4, 4))
+    # A contrast/brightness change is forgiven entirely.
+    assert psnr_affine(gt, 0.5 * gt + 0.2) == PSNR_CAP
+    assert psnr(gt, 0.5 * gt + 0.2) < 30
+    # Hand fit: a = cov(r, g) / var(r), b = mean(g) - a mean(r), per channel.
+    rec = rng.random((2, 4, 4))
+    gt2 = rng.random((2, 4, 4))
+    fitted = np.empty_like(rec)
+    for c in range(2):
+        r, g = rec[c].ravel(), gt2[c].ravel()
+        a = ((r - r.mean()) * (g - g.mean())).sum() / ((r - r.mean()) ** 2).sum()
+        b = g.mean() - a * r.mean()
+        fitted[c] = (a * r + b).reshape(4, 4)
+    mse = float(np.mean((gt2 - fitted) ** 2))
+    assert psnr_affine(gt2, rec) == pytest.approx(10 * np.log10(1.0 / mse), rel=1e-12)
+    for _ in range(20):
+        g, r = rng.random((3, 5, 5)), rng.random((3, 5, 5))
+        assert psnr_affine(g, r) >= psnr(g, r)

@@ -66,6 +66,30 @@ class TrainingOutcome:
     spend: tuple[float | None, float | None, str | None] = (None, None, None)
     seconds: float = 0.0
     synthetic_share: float | None = None  # mean over clients of synthetic / training set
+    # level ("record", "client") -> (epsilon, delta) of the defenses guaranteeing it
+    levels: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+
+def privacy_columns(spends) -> tuple[tuple, dict[str, tuple[float | None, float | None]]]:
+    """The row's privacy columns from the defenses' spends: ``(epsilon, delta,
+    accountant)`` — the one guarantee when there is one; with guarantees of two levels
+    (record and client) epsilon and delta are None, never a sum of the two — and the
+    per-level ``{level: (epsilon, delta)}``. Two spends of one level are refused."""
+    spends = [s for s in spends if s is not None]
+    levels: dict[str, tuple[float | None, float | None]] = {}
+    for s in spends:
+        if s.level in levels:
+            raise IncompatibleError(
+                f"two defenses give {s.level}-level guarantees; their epsilons do not add "
+                "up to one guarantee: choose one"
+            )
+        levels[s.level] = (s.epsilon, s.delta)
+    if not spends:
+        return (None, None, None), levels
+    accountant = "; ".join(f"{s.level}: {s.accountant}" for s in spends)
+    if len(spends) == 1:
+        return (spends[0].epsilon, spends[0].delta, spends[0].accountant), levels
+    return (None, None, accountant), levels
 
 
 @dataclass(frozen=True)
@@ -348,6 +372,7 @@ class Case:
             algorithm=algorithm,
             record_clip=min((d.record_clip for d in defenses if d.record_clip), default=None),
             update_clip=min((d.update_clip for d in defenses if d.update_clip), default=None),
+            masked=any(d.masks_message for d in defenses),
             public_data=(self.data.x_test, self.data.y_test),
         )
 

@@ -70,6 +70,9 @@ class PublicContext:
     # whole update (client-dp). A defense-aware attacker clips its dummy message alike.
     record_clip: float | None = None
     update_clip: float | None = None
+    # True: a defense zeroed entries of the message (pruning); the zeros on the wire are
+    # its mask, so an attacker masks its simulated message alike.
+    masked: bool = False
     # Labelled images from the data's distribution that the adversary may hold (the
     # run's test split): shadow-model attacks such as policy-inference train on them.
     public_data: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -30,6 +30,11 @@ class ClientWork(Case):
         SGD shuffles (one-by-one and vectorised training draw from it alike)."""
         return torch_generator(self.cfg.seed, 1, rnd, cid)
 
+    def private_generator(self, rnd: int, cid: int) -> torch.Generator:
+        """Client ``cid``'s private randomness for its method in round ``rnd`` (which
+        X_g entry FedMix mixes with, FedAvP's op pairs, ...)."""
+        return torch_generator(self.cfg.seed, 4, rnd, cid)
+
     @staticmethod
     def loss_at_global(model, state, loss_fn, algorithm) -> float:
         """F_k(w^t), the client's loss at the global weights: only q-FFL needs it."""
@@ -50,12 +55,12 @@ class ClientWork(Case):
     def local_update(self, rnd, state, global_state, parts: RunParts, *, is_victim) -> LocalUpdate:
         """One client's local computation from the global weights: what it would send
         (before any defense touches the message) and its public recipe."""
-        cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
+        fed, atk = self.cfg.fed, self.cfg.attack
         method, client, algorithm = parts.method, parts.client, parts.algorithm
         model = self.build_model()
         model.load_state_dict(global_state)
         gen = self.round_generator(rnd, state.client_id)
-        private = torch_generator(cfg.seed, 4, rnd, state.client_id)  # the method's randomness
+        private = self.private_generator(rnd, state.client_id)  # the method's randomness
 
         def loss_fn(mdl, x, y):
             return method.local_loss(mdl, x, y, received=state.received, generator=private)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from privbench.engine.case import TrainingOutcome, Victim
+from privbench.engine.case import TrainingOutcome, Victim, privacy_columns
 from privbench.engine.channel import SERVER, Channel, PublicContext
 from privbench.engine.client import ClientWork
 from privbench.engine.federated import clone_state
@@ -93,16 +93,7 @@ class Experiment(ClientWork):
                     u = self.evaluate(global_model)
                     history.append(self.history_entry(rnd + 1, u, channel))
                 pbar.update(1)
-        spends = [s for s in (d.privacy_spent() for d in defenses) if s is not None]
-        spend = (None, None, None)
-        if spends:
-            eps = [s.epsilon for s in spends]
-            dlt = [s.delta for s in spends]
-            spend = (
-                None if None in eps else float(sum(eps)),
-                None if None in dlt else float(sum(dlt)),
-                "+".join(s.accountant for s in spends),
-            )
+        spend, levels = privacy_columns(d.privacy_spent() for d in defenses)
         self.global_model = global_model
         shares = [s / (n + s) for n, s in self._training_sets.values() if n + s]
         return TrainingOutcome(
@@ -113,6 +104,7 @@ class Experiment(ClientWork):
             spend,
             time.perf_counter() - t0,
             float(np.mean(shares)) if shares else None,
+            levels,
         )
 
     def model_from(self, state):

@@ -262,10 +262,27 @@ class Augmenter(Configurable):
     ) -> torch.Tensor:
         return cross_entropy(model(x), y)
 
-    def attack_view(self, guess: str, generator: torch.Generator) -> Augmenter:
+    def attack_view(
+        self, guess: str, generator: torch.Generator, candidate: int | None = None
+    ) -> Augmenter:
         """The augmenter whose ``local_loss(generator=None)`` an attacker simulates.
-        Methods without hidden randomness (or with a loss linear in it) are their own view."""
+        Methods without hidden randomness (or with a loss linear in it) are their own view.
+        ``candidate``: with ``guess="enumerate"``, the view in which the victim's private
+        choice was candidate ``candidate`` (see :meth:`attack_candidates`)."""
         return self
+
+    def attack_candidates(self, received: Mapping[str, Payload]) -> int:
+        """How many values of the victim's private choice an adversary that knows
+        ``received`` can enumerate (FedMix: the X_g entries it may mix with); 0: nothing
+        to enumerate (``guess="enumerate"`` is then the expected view)."""
+        return 0
+
+    def drawn_candidates(
+        self, received: Mapping[str, Payload], generator: torch.Generator, calls: int
+    ) -> list[int]:
+        """Ground truth for scoring, never for attacks: the candidates a client whose
+        private randomness is ``generator`` used over ``calls`` loss evaluations."""
+        return []
 
     def attack_synthetic(
         self, context: Any, count: int, generator: torch.Generator

@@ -25,7 +25,8 @@ from privbench.results import ResultStore
 
 def attack_victims(exp: Experiment, name: str, outcome: TrainingOutcome, store: ResultStore | None):
     """Run attack ``name`` on every victim; return (score, label-distribution error,
-    reconstruction file)."""
+    reconstruction file, guess_identified: the share of victims whose private choice an
+    enumerating attack identified, or None)."""
     cfg = exp.cfg
     attack = exp.regs["attack"].build(name, cfg.attack.params[name])
     seen = outcome.channel.observations
@@ -45,6 +46,7 @@ def attack_victims(exp: Experiment, name: str, outcome: TrainingOutcome, store: 
         recs = attack.reconstruct_batch(
             [obs[0] for obs in observed], generators=generators, seen=seen
         )
+    identified = guess_identified(exp, [obs[0] for obs in observed], recs)
     for vid, (obs, rec) in enumerate(zip(observed, recs, strict=True)):
         if attack.target == "labels":  # scored by label-distribution error only
             truth = label_hist(exp, vid)
@@ -86,7 +88,26 @@ def attack_victims(exp: Experiment, name: str, outcome: TrainingOutcome, store: 
             }
         path = store.save_arrays(f"{cfg.hash()}-{name}", **arrays)
     label_error = float(np.mean(label_errors)) if label_errors else None
-    return (combine_scores(scores) if scores else None), label_error, path
+    return (combine_scores(scores) if scores else None), label_error, path, identified
+
+
+def guess_identified(exp: Experiment, observations, recs) -> float | None:
+    """The share of victims for which an enumerating attack chose a candidate the victim
+    really used (ground truth: the victim's private draws, replayed on the engine side);
+    None when no reconstruction names a candidate."""
+    hits = []
+    for obs, rec in zip(observations, recs, strict=True):
+        if "candidate" not in rec.meta:
+            continue
+        ctx = obs.context
+        calls = ctx.local_steps + (
+            1 if ctx.algorithm is not None and ctx.algorithm.needs_loss else 0
+        )
+        truth = exp.public_method.drawn_candidates(
+            ctx.received, exp.private_generator(obs.round, obs.sender), calls
+        )
+        hits.append(float(rec.meta["candidate"] in truth))
+    return float(np.mean(hits)) if hits else None
 
 
 def observed_messages(exp: Experiment, attack, name: str, vid: int, seen) -> list:

@@ -33,6 +33,26 @@ def psnr(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> float:
     return min(float(peak_signal_noise_ratio(gt, rec, data_range=data_range)), PSNR_CAP)
 
 
+def affine_fit(gt: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """``a * rec + b`` per channel, with (a, b) the least-squares fit to ``gt``: what is
+    left of a (C, H, W) reconstruction once contrast and brightness, which a train-mode
+    BatchNorm gradient barely determines, are forgiven."""
+    gt, rec = np.asarray(gt, np.float64), np.asarray(rec, np.float64)
+    out = np.empty_like(rec)
+    for c in range(rec.shape[0]):
+        r, g = rec[c].ravel(), gt[c].ravel()
+        design = np.stack([r, np.ones_like(r)], axis=1)
+        (a, b), *_ = np.linalg.lstsq(design, g, rcond=None)
+        out[c] = (a * r + b).reshape(rec[c].shape)
+    return out
+
+
+def psnr_affine(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> float:
+    """PSNR after the per-channel affine fit of ``rec`` to ``gt`` (:func:`affine_fit`);
+    never below :func:`psnr` (the identity is one of the fits)."""
+    return psnr(gt, affine_fit(gt, rec), data_range)
+
+
 def ssim(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> float:
     """SSIM of one (C, H, W) image pair (scikit-image, Gaussian-free 7x7 window or smaller)."""
     a, b = _hwc(gt), _hwc(rec)
@@ -65,6 +85,7 @@ class LeakageScore:
     label_acc: float | None
     per_image_psnr: tuple[float, ...]
     num_images: int
+    psnr_affine: float | None = None  # after the per-channel affine fit (affine_fit)
 
 
 def score_reconstruction(
@@ -114,6 +135,7 @@ def _score_pairs(
 ) -> LeakageScore:
     """Mean PSNR/SSIM/MSE of already paired images gt[i] <-> rec[i], (N, C, H, W) each."""
     psnrs = [psnr(g, r, data_range) for g, r in zip(gt, rec, strict=True)]
+    affine = [max(p, psnr_affine(g, r, data_range)) for g, r, p in zip(gt, rec, psnrs, strict=True)]
     ssims = [ssim(g, r, data_range) for g, r in zip(gt, rec, strict=True)]
     mses = [float(np.mean((g - r) ** 2)) for g, r in zip(gt, rec, strict=True)]
     return LeakageScore(
@@ -123,6 +145,7 @@ def _score_pairs(
         label_acc=float(np.mean(hits)) if hits else None,
         per_image_psnr=tuple(psnrs),
         num_images=len(psnrs),
+        psnr_affine=float(np.mean(affine)),
     )
 
 
@@ -185,6 +208,11 @@ def combine_scores(scores: list[LeakageScore]) -> LeakageScore:
         else None,
         per_image_psnr=tuple(p for s in scores for p in s.per_image_psnr),
         num_images=n,
+        psnr_affine=(
+            sum(s.psnr_affine * s.num_images for s in scores) / n
+            if all(s.psnr_affine is not None for s in scores)
+            else None
+        ),
     )
 
 

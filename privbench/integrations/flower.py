@@ -47,7 +47,7 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg, Strategy  # noqa: E402
 
 from privbench.config import RunConfig  # noqa: E402
-from privbench.engine.case import TrainingOutcome, Victim  # noqa: E402
+from privbench.engine.case import TrainingOutcome, Victim, privacy_columns  # noqa: E402
 from privbench.engine.channel import SERVER, Channel  # noqa: E402
 from privbench.engine.experiment import Experiment  # noqa: E402
 from privbench.engine.federated import clone_state  # noqa: E402
@@ -290,12 +290,7 @@ class FlowerBench:
         return app
 
     def outcome(self, seconds: float) -> TrainingOutcome:
-        spends = [s for s in (d.privacy_spent() for d in self.defenses) if s is not None]
-        spend = (None, None, None)
-        if len(spends) == 1:
-            spend = (spends[0].epsilon, spends[0].delta, spends[0].accountant)
-        elif spends:
-            raise IncompatibleError("the Flower adapter reports one defense's privacy spend")
+        spend, levels = privacy_columns(d.privacy_spent() for d in self.defenses)
         shares = [s / (n + s) for n, s in self.training_sets.values() if n + s]
         return TrainingOutcome(
             self.channel,
@@ -305,6 +300,7 @@ class FlowerBench:
             spend,
             seconds,
             float(np.mean(shares)) if shares else None,
+            levels,
         )
 
     def run_simulation(

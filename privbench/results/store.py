@@ -45,7 +45,9 @@ RESULT_FIELDS = (
     "class_acc_var",
     "macro_f1",
     "synthetic_share",
+    "guess_identified",
     "psnr",
+    "psnr_affine",
     "ssim",
     "mse",
     "label_acc",
@@ -56,6 +58,10 @@ RESULT_FIELDS = (
     "epsilon",
     "delta",
     "accountant",
+    "epsilon_record",
+    "delta_record",
+    "epsilon_client",
+    "delta_client",
     "status",
     "error",
     "wall_s",
@@ -92,7 +98,13 @@ class Result:
     class_acc_var: float | None = None
     macro_f1: float | None = None
     synthetic_share: float | None = None  # mean share of synthetic samples in training sets
+    # guess=enumerate: share of victims whose private choice (FedMix's X_g entry) the
+    # attack identified; None for other guesses and methods with nothing to enumerate
+    guess_identified: float | None = None
     psnr: float | None = None
+    # PSNR after a per-channel least-squares affine fit of each reconstruction to its
+    # private image (what a train-mode BatchNorm gradient determines); >= psnr
+    psnr_affine: float | None = None
     ssim: float | None = None
     mse: float | None = None
     label_acc: float | None = None
@@ -104,6 +116,11 @@ class Result:
     epsilon: float | None = None
     delta: float | None = None
     accountant: str | None = None
+    # Per level, never added: a record of a client (DP-SGD) and a whole client (client DP)
+    epsilon_record: float | None = None
+    delta_record: float | None = None
+    epsilon_client: float | None = None
+    delta_client: float | None = None
     status: str = "ok"
     error: str | None = None
     wall_s: float | None = None
