@@ -2,9 +2,10 @@
 
 ``artifact-noise`` adds N(0, sigma^2) to every floating tensor of a shared artifact
 (averaged data, synthetic data, policy, generator, label counts) before it enters the
-channel (FedMix appendix I). Images stay unclipped, so the noise has no bounded
-sensitivity to be calibrated against: it gives **no formal DP guarantee**, and the row
-says ``epsilon = null``.
+channel, except the labels of shared data (averaged or synthetic ``y``): FedMix's
+appendix I noises the images only; ``noise_labels`` noises those too. Images stay
+unclipped, so the noise has no bounded sensitivity to be calibrated against: it gives
+**no formal DP guarantee**, and the row says ``epsilon = null``.
 
 ``prune`` (GradAttack's defense) zeroes the smallest ``prune`` fraction (by magnitude)
 of each update's entries, per tensor, and sends the result in a sparse encoding (int32
@@ -26,12 +27,21 @@ ARTIFACT_KINDS = (
     "bn_stats",
     "label_counts",
 )
+# The label part of shared data, left clean unless ``noise_labels`` (FedMix appendix I).
+LABEL_KEYS = {"averaged_data": ("y",), "synthetic_data": ("y",)}
 
 
 @DEFENSES.register(
     "artifact-noise",
     params=(
         Param("sigma", float, 0.1, "std of the Gaussian noise added to shared artifacts", low=0.0),
+        Param(
+            "noise_labels",
+            bool,
+            False,
+            "also noise the labels of shared data (averaged/synthetic y); FedMix's appendix I "
+            "noises the images only",
+        ),
     ),
     description="Gaussian noise on shared artifacts (averaged/synthetic data, policies, "
     "generators); no formal guarantee",
@@ -49,9 +59,10 @@ class ArtifactNoise(Defense):
             return payload
         self._messages += 1
         gen = self.generator(round, client_id, self._messages)
+        clean = () if self.params["noise_labels"] else LABEL_KEYS.get(kind, ())
         return {
             k: v + torch.randn(v.shape, generator=gen) * self.sigma
-            if v.dtype.is_floating_point
+            if v.dtype.is_floating_point and k not in clean
             else v
             for k, v in payload.items()
         }

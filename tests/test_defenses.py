@@ -245,3 +245,18 @@ def test_record_and_client_level_epsilons_are_separate_columns_never_summed():
     assert row.epsilon is None and row.delta is None  # two guarantees, not one sum
     assert "record: " in row.accountant and "client: " in row.accountant
     assert record.epsilon_client is None and client.epsilon_record is None
+
+
+def test_artifact_noise_leaves_shared_labels_clean_unless_asked():
+    """FedMix's appendix I noises the averaged images, not the mean labels."""
+    from privbench.defenses.noise import ArtifactNoise
+
+    x, y = torch.rand(3, 1, 4, 4), torch.softmax(torch.rand(3, 10), dim=1)
+    for noise_labels in (False, True):
+        d = ArtifactNoise(sigma=0.5, noise_labels=noise_labels)
+        d.setup(num_clients=2, clients_per_round=2, rounds=1, seed=0, lr=0.1)
+        out = d.privatize_artifact(0, 0, "averaged_data", {"x": x, "y": y})
+        assert not torch.equal(out["x"], x)
+        assert torch.equal(out["y"], y) is (not noise_labels)
+        policy = d.privatize_artifact(0, 0, "policy", {"y": y})
+        assert not torch.equal(policy["y"], y)  # only shared data has a label part
