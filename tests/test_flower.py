@@ -120,3 +120,29 @@ def test_flower_runs_every_method_like_the_built_in_loop(name):
     for kind, sizes in raw.items():
         for direction in ("up", "down"):
             assert sizes[direction] <= flower[kind][direction] <= 2 * sizes[direction] + 4096
+
+
+def test_a_node_keeps_its_private_state_and_received_messages_in_its_context():
+    """What a client holds between calls lives in the node's context.state, whichever
+    worker serves it; a dropped state is dropped there too."""
+    from types import SimpleNamespace
+
+    import torch
+    from flwr.app import RecordDict
+
+    from privbench.integrations.flower_client import NodeClient
+
+    node = NodeClient(replace(_config(method="zdac"), model="cnn-bn"), None, None)
+    context = SimpleNamespace(state=RecordDict(), node_config={"partition-id": 1})
+    state = node.restore(1, context)
+    node.parts.client.keep_synthetic(1, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
+    state.received["averaged_data"] = {"x": torch.ones(2)}
+    node.keep(state, context)
+    node.parts.client.private.clear()  # another worker: nothing in memory
+    again = node.restore(1, context)
+    assert node.parts.client.synthetic(1)[1].tolist() == [0, 1]
+    assert torch.equal(again.received["averaged_data"]["x"], torch.ones(2))
+    node.parts.client.drop_synthetic(1)
+    node.keep(again, context)
+    node.restore(1, context)
+    assert node.parts.client.synthetic(1) is None

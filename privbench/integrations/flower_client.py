@@ -95,6 +95,8 @@ class NodeClient:
         private = self.parts.client.private.get(state.client_id)
         if private:
             context.state[_PRIVATE] = ArrayRecord(dict(private))
+        elif _PRIVATE in context.state:  # the client dropped its state (Fed-ZDAC burn-in)
+            del context.state[_PRIVATE]
 
     def artifacts(self, rnd: int, cid: int, messages: Mapping[str, Payload]):
         """A client's artifacts after the run's defenses, as records."""
