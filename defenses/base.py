@@ -62,8 +62,15 @@ class Defense(Configurable):
         lr: float,
         batch_size: int = 10,
         local_epochs: int = 1,
+        client_sampling: str = "fixed",
+        forced: Mapping[int, set[int]] | None = None,
     ) -> None:
+        """The run's public schedule. ``client_sampling``: "fixed" (m of N per round) or
+        "poisson" (each client with q = m/N); ``forced``: {round: clients made to take
+        part in it} (the attacked round's victims), whose inclusion is certain."""
         self.num_clients = num_clients
+        self.client_sampling = client_sampling
+        self.forced = {r: set(c) for r, c in (forced or {}).items()}
         self.clients_per_round = clients_per_round
         self.rounds = rounds
         self.seed = seed

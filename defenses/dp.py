@@ -1,14 +1,25 @@
 """Client-level differential privacy: DP-FedAvg (McMahan et al. 2018; Geyer et al. 2017).
 
-Each client's update (new weights - global weights, every floating tensor) is clipped
-to L2 norm ``clip`` C. Central mode: the server averages the m clipped updates with
-equal weights and adds N(0, (z C / m)^2) to the average, so the curious server itself
-still sees clipped, un-noised updates (central DP trusts the aggregator). Local mode
-(``local=true``): each client adds N(0, (z C)^2) to its own update before sending.
+Each client's update (new weights - global weights) is clipped to L2 norm ``clip`` C.
+The update covers the trainable parameters only: BatchNorm's running statistics are
+statistics of the client's data that clipping cannot bound (and noise can make a
+variance negative), so every party's model has them replaced by GroupNorm (Opacus'
+``ModuleValidator.fix``), as under DP-SGD.
 
-Accounting with Opacus' RDP accountant: central — the sampled Gaussian mechanism with
-sampling rate q = m/N, one step per round; local — for each client, a Gaussian
-mechanism (q = 1) per round it took part in; the row reports the largest epsilon.
+Central mode (the default): the server adds the clipped updates with equal weights and
+divides by the expected number of clients qN, not the number that came (McMahan et al.
+2018's fixed-denominator estimator, whose sensitivity is C / (qN)), then adds
+N(0, (z C / (qN))^2); the curious server itself still sees clipped, un-noised updates
+(central DP trusts the aggregator). Local mode (``local=true``): each client adds
+N(0, (z C)^2) to its own update before sending.
+
+Accounting with Opacus' RDP accountant, at the client level: central under Poisson
+client sampling (``--client-sampling poisson``, the default here) — the sampled Gaussian
+mechanism at q = m/N for each round, except that the attacked round's victims were made
+to take part (q = 1 for them that round), so the reported epsilon, the largest over
+clients, composes those rounds at q = 1. Central under fixed-size sampling: Opacus has no
+accountant for sampling without replacement, so no epsilon is reported. Local — for each
+client, a Gaussian mechanism (q = 1) per round it took part in; the largest epsilon.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import math
 import torch
 
 from privbench.defenses.base import DEFENSES, Defense, PrivacySpend
+from privbench.nn.batchnorm import batchnorm_layers
 from privbench.registry import Param
 
 DELTA = Param(
@@ -40,6 +52,19 @@ def rdp_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delt
         return 0.0
     acc = RDPAccountant()
     acc.history = [(noise_multiplier, sample_rate, steps)]
+    return float(acc.get_epsilon(delta))
+
+
+def client_epsilon(history, delta: float) -> float:
+    """Epsilon of a composition [(noise multiplier, sample rate, steps), ...] from Opacus'
+    RDP accountant (entries with no steps dropped)."""
+    from opacus.accountants import RDPAccountant
+
+    history = [h for h in history if h[2] > 0]
+    if not history:
+        return 0.0
+    acc = RDPAccountant()
+    acc.history = history
     return float(acc.get_epsilon(delta))
 
 
@@ -68,8 +93,9 @@ def clip_(payload: dict[str, torch.Tensor], max_norm: float) -> float:
         ),
         DELTA,
     ),
-    description="DP-FedAvg: clip each update to C, Gaussian noise z*C/m on the average "
-    "(or z*C per update with --local); RDP accountant",
+    description="DP-FedAvg: clip each update to C, Gaussian noise z*C/(qN) on the "
+    "fixed-denominator average (or z*C per update with --local); RDP accountant over "
+    "Poisson client sampling",
 )
 class ClientDP(Defense):
     name = "client-dp"
@@ -82,6 +108,21 @@ class ClientDP(Defense):
         self.update_clip = self.clip
         self.participation: dict[int, set[int]] = {}
         self.server_rounds: set[int] = set()
+
+    @staticmethod
+    def prepare_model(model):
+        """Running statistics are not part of the clipped update: BatchNorm becomes
+        GroupNorm (Opacus' ModuleValidator.fix) in every party's model."""
+        if not batchnorm_layers(model):
+            return model, False
+        from opacus.validators import ModuleValidator
+
+        return ModuleValidator.fix(model), True
+
+    @property
+    def expected_clients(self) -> float:
+        """qN, the fixed denominator of the central average under Poisson sampling."""
+        return self.clients_per_round
 
     def privatize_update(self, round, client_id, kind, payload):
         self.participation.setdefault(client_id, set()).add(round)
@@ -104,9 +145,22 @@ class ClientDP(Defense):
 
     def privatize_aggregate(self, round, global_state, new_state, num_clients):
         self.server_rounds.add(round)
-        if self.local or self.z == 0:
+        if self.local:
             return new_state
-        std = self.z * self.clip / num_clients
+        denominator = num_clients
+        if self.client_sampling == "poisson":
+            # The mean over the clients that came, rescaled to sum / qN.
+            denominator = self.expected_clients
+            scale = num_clients / denominator
+            new_state = {
+                k: global_state[k] + (v - global_state[k]) * scale
+                if v.dtype.is_floating_point
+                else v
+                for k, v in new_state.items()
+            }
+        if self.z == 0:
+            return new_state
+        std = self.z * self.clip / denominator
         gen = self.generator(round, self.num_clients)  # the server: an id no client has
         return {
             k: v + torch.randn(v.shape, generator=gen) * std if v.dtype.is_floating_point else v
@@ -122,8 +176,17 @@ class ClientDP(Defense):
                 noise_multiplier=self.z, sample_rate=1.0, steps=worst, delta=self.delta
             )
             return PrivacySpend(eps, self.delta, "rdp (local Gaussian, per client)", "client")
+        if self.client_sampling != "poisson":
+            return PrivacySpend(
+                None,
+                None,
+                "none: Opacus has no accountant for fixed-size client sampling "
+                "(use --client-sampling poisson)",
+                "client",
+            )
         q = self.clients_per_round / self.num_clients
-        eps = rdp_epsilon(
-            noise_multiplier=self.z, sample_rate=q, steps=len(self.server_rounds), delta=self.delta
-        )
-        return PrivacySpend(eps, self.delta, f"rdp (sampled Gaussian, q={q:g})", "client")
+        certain = sum(1 for r in self.server_rounds if self.forced.get(r))
+        history = [(self.z, q, len(self.server_rounds) - certain), (self.z, 1.0, certain)]
+        eps = client_epsilon(history, self.delta)
+        note = f" and q=1 in {certain} forced round{'s' * (certain != 1)}" if certain else ""
+        return PrivacySpend(eps, self.delta, f"rdp (sampled Gaussian, q={q:g}{note})", "client")

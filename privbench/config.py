@@ -15,6 +15,7 @@ from typing import Any
 
 from privbench.errors import ParameterError, PrivbenchError
 
+CLIENT_SAMPLING = ("auto", "fixed", "poisson")
 DEFAULT_MODEL = "lenet-sigmoid"  # DLG's model; a method that needs another sets default_model
 
 
@@ -42,6 +43,11 @@ class FedConfig:
     lr: float = 0.5
     local_test_fraction: float = 0.2
     eval_every: int = 1
+    # How a round's clients are drawn: "fixed" (m = round(fraction * N) without
+    # replacement), "poisson" (each client independently with q = fraction; the sampling
+    # DP-FedAvg's accountant assumes), or "auto" (poisson under central client-level DP,
+    # else fixed). Resolved to fixed or poisson.
+    client_sampling: str = "auto"
     # Train the clients of a round as one vectorised computation where the method allows
     # (same results as one by one, within float rounding). An execution choice: not part
     # of the config hash.
@@ -126,6 +132,12 @@ class RunConfig:
         check(fed.clients >= 1, "clients", ">= 1", fed.clients)
         check(0 < fed.fraction <= 1, "fraction", "> 0 and <= 1", fed.fraction)
         check(fed.rounds >= 1, "rounds", ">= 1", fed.rounds)
+        check(
+            fed.client_sampling in CLIENT_SAMPLING,
+            "client_sampling",
+            "one of " + ", ".join(CLIENT_SAMPLING),
+            fed.client_sampling,
+        )
         check(fed.local_epochs >= 1, "local_epochs", ">= 1", fed.local_epochs)
         check(fed.batch_size >= 1, "batch_size", ">= 1", fed.batch_size)
         check(fed.lr > 0, "lr", "> 0", fed.lr)
@@ -181,9 +193,20 @@ class RunConfig:
             partition_params=partition_params,
             model_params=model_params,
             defense_params=defense_params,
-            fed=replace(fed, algorithm_params=algorithm_params),
+            fed=replace(
+                fed,
+                algorithm_params=algorithm_params,
+                client_sampling=self._client_sampling(defense_params),
+            ),
             attack=replace(atk, params=attack_params, threat_params=threat_params),
         )
+
+    def _client_sampling(self, defense_params: Mapping[str, Any]) -> str:
+        """``auto``: Poisson sampling where central client-level DP accounts for it."""
+        if self.fed.client_sampling != "auto":
+            return self.fed.client_sampling
+        central = "client-dp" in self.defenses and not defense_params["client-dp"].get("local")
+        return "poisson" if central else "fixed"
 
     def chosen_plugins(self) -> list[tuple[str, str]]:
         """(kind, name) of every plugin this configuration chooses."""
@@ -268,6 +291,8 @@ class RunConfig:
         d.pop("data_root", None)
         d.pop("download", None)
         d["fed"].pop("vectorise", None)
+        if d["fed"].get("client_sampling") in ("fixed", "auto"):
+            d["fed"].pop("client_sampling")  # the sampling of every run before the option
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

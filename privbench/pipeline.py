@@ -13,8 +13,8 @@ import time
 import traceback
 
 from privbench.config import RunConfig
-from privbench.engine.case import TrainingOutcome
 from privbench.engine.experiment import Experiment
+from privbench.engine.outcome import TrainingOutcome
 from privbench.errors import PrivbenchError
 from privbench.evaluation.attacking import attack_victims
 from privbench.results import Result, Results, ResultStore, versions

@@ -260,3 +260,115 @@ def test_artifact_noise_leaves_shared_labels_clean_unless_asked():
         assert torch.equal(out["y"], y) is (not noise_labels)
         policy = d.privatize_artifact(0, 0, "policy", {"y": y})
         assert not torch.equal(policy["y"], y)  # only shared data has a label part
+
+
+# -- client sampling and client-level accounting ------------------------------------------
+
+
+def test_poisson_sampling_draws_each_client_with_probability_q_and_forces_the_victims():
+    from privbench.engine.case import Case
+
+    cfg = tiny_config(
+        fed=dict(clients=8, fraction=0.25, client_sampling="poisson"),
+        attack=dict(names=("dlg",), victims=2, round=1),
+    )
+    case = Case(cfg)
+    rng, mine = np.random.default_rng(5), np.random.default_rng(5)
+    for rnd in range(3):
+        want = set(np.flatnonzero(mine.random(8) < 0.25).tolist())
+        if rnd == 1:
+            want |= {0, 1}
+        assert case.sample_clients(rng, rnd) == sorted(want)
+    # Over many rounds each client comes in about a quarter of them.
+    counts = np.zeros(8)
+    for _ in range(4000):
+        counts[case.sample_clients(rng, 0)] += 1
+    np.testing.assert_allclose(counts / 4000, 0.25, atol=0.03)
+
+
+def test_client_sampling_defaults_to_poisson_only_under_central_client_dp():
+    def sampling(**kw):
+        return tiny_config(**kw).resolve().fed.client_sampling
+
+    assert sampling() == "fixed"
+    assert sampling(defenses=("client-dp",)) == "poisson"
+    assert sampling(defenses=("client-dp",), defense_params={"local": True}) == "fixed"
+    assert sampling(defenses=("client-dp",), fed=dict(client_sampling="fixed")) == "fixed"
+    with pytest.raises(privbench.PrivbenchError, match="'client_sampling' parameter must be"):
+        tiny_config(fed=dict(client_sampling="uniform")).resolve()
+    # The hash of a fixed-sampling run is the one it had before the option existed.
+    base = tiny_config().resolve()
+    assert base.hash() == tiny_config(fed=dict(client_sampling="fixed")).resolve().hash()
+
+
+def test_client_epsilon_with_poisson_sampling_and_a_forced_round_is_opacus_accountant():
+    from opacus.accountants import RDPAccountant
+
+    cfg = tiny_config(
+        defenses=("client-dp",),
+        defense_params={"noise_multiplier": 1.1},
+        fed=dict(clients=8, fraction=0.5, rounds=3),
+        attack=dict(names=("idlg",), params={"iters": 2}, round=1),
+    )
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    acc = RDPAccountant()
+    acc.history = [(1.1, 0.5, 2), (1.1, 1.0, 1)]  # the victim's attacked round: q = 1
+    assert row.epsilon == pytest.approx(acc.get_epsilon(1e-5), abs=1e-6)
+    assert row.epsilon_client == row.epsilon and row.epsilon_record is None
+    assert "q=0.5 and q=1 in 1 forced round" in row.accountant
+    # Without the forced round the same run is three sampled Gaussians at q = 1/2.
+    plain = RDPAccountant()
+    plain.history = [(1.1, 0.5, 3)]
+    assert row.epsilon > plain.get_epsilon(1e-5)
+
+
+def test_central_client_dp_under_fixed_size_sampling_reports_no_epsilon():
+    cfg = tiny_config(
+        defenses=("client-dp",), fed=dict(clients=8, fraction=0.5, client_sampling="fixed")
+    )
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok" and row.epsilon is None and row.epsilon_client is None
+    assert "fixed-size client sampling" in row.accountant
+
+
+def test_poisson_average_divides_by_the_expected_client_count():
+    d = ClientDP(clip=1.0, noise_multiplier=0.0)
+    d.setup(
+        num_clients=10, clients_per_round=5, rounds=1, seed=0, lr=0.5, client_sampling="poisson"
+    )
+    before = {"w": torch.zeros(3), "n": torch.tensor(4)}
+    d1, d2 = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 0.0, -1.0])
+    mean = {"w": (d1 + d2) / 2, "n": torch.tensor(5)}  # what equal-weight FedAvg gives
+    out = d.privatize_aggregate(0, before, mean, num_clients=2)
+    torch.testing.assert_close(out["w"], (d1 + d2) / 5)  # sum / (q N), not / 2
+    assert int(out["n"]) == 5
+    d.z = 2.0  # and the noise is z C / (q N)
+    big = {"w": torch.zeros(20_000)}
+    noisy = d.privatize_aggregate(1, big, big, num_clients=3)
+    assert float(noisy["w"].std()) == pytest.approx(2.0 / 5, rel=0.02)
+
+
+def test_poisson_rounds_may_be_empty_and_the_run_still_finishes():
+    cfg = tiny_config(
+        defenses=("client-dp",),
+        defense_params={"noise_multiplier": 0.5},
+        fed=dict(clients=4, fraction=0.25, rounds=6),
+    )
+    exp = Experiment(cfg)
+    rng = np.random.default_rng([cfg.seed, 3])
+    sizes = [len(exp.sample_clients(rng, r)) for r in range(6)]
+    assert 0 in sizes  # this seed draws an empty round
+    out = exp.train()
+    assert math.isfinite(out.utility.accuracy) and out.spend[0] > 0
+
+
+def test_client_dp_clips_trainable_parameters_only_batchnorm_becomes_groupnorm():
+    cfg = tiny_config(model="cnn-bn", defenses=("client-dp",), fed=dict(rounds=1))
+    exp = Experiment(cfg)
+    model = exp.build_model()
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert not [n for n, b in model.named_buffers() if b.dtype.is_floating_point]
+    out = exp.train()
+    assert all(torch.isfinite(v).all() for v in exp.global_model.state_dict().values())
+    assert math.isfinite(out.utility.accuracy)

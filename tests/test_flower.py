@@ -30,7 +30,7 @@ def _config(**kw):
         dataset="digits",
         partition="dirichlet",
         model="lenet-sigmoid",
-        fed=FedConfig(clients=4, rounds=3, eval_every=0),
+        fed=FedConfig(**{"clients": 4, "rounds": 3, "eval_every": 0, **kw.pop("fed", {})}),
         attack=AttackConfig(names=("dlg",)),
         seed=0,
         **kw,
@@ -90,6 +90,8 @@ FLOWER_RUNS = {
     "fedavp": dict(method="fedavp"),
     "cvae-minority": dict(method="cvae-minority"),
     "fedavg+dp-sgd": dict(defenses=("dp-sgd",)),
+    # Poisson client sampling (client-dp's default): rounds of any size, an empty one too.
+    "fedavg+client-dp": dict(defenses=("client-dp",), fed=dict(fraction=0.25, rounds=4)),
 }
 
 
@@ -106,7 +108,8 @@ def test_flower_runs_every_method_like_the_built_in_loop(name):
     assert row.status == "ok", row.error
     assert row.accuracy == pytest.approx(ref.accuracy, abs=0.01)
     # DLG on the one-step update Flower carries vs on the gradient: the same information.
-    assert row.psnr == pytest.approx(ref.psnr, abs=3.0)
+    # Above 60 dB both are exact up to float rounding, which the two paths round apart.
+    assert row.psnr == pytest.approx(ref.psnr, abs=3.0) or min(row.psnr, ref.psnr) > 60
     assert row.synthetic_share == pytest.approx(ref.synthetic_share, abs=1e-9)
     if ref.epsilon is not None:  # the server's accountant, from the clients' reports
         assert row.epsilon == pytest.approx(ref.epsilon, rel=1e-9)

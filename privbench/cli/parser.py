@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--fraction", type=float, default=d.fed.fraction, help="share of clients sampled per round"
     )
+    f.add_argument(
+        "--client-sampling",
+        default=d.fed.client_sampling,
+        help="fixed: round(fraction * clients) per round; poisson: each client with "
+        "probability fraction (what client-level DP accounts); auto: poisson under central "
+        "client-dp, else fixed",
+    )
     f.add_argument("--rounds", type=int, default=d.fed.rounds)
     f.add_argument("--local-epochs", type=int, default=d.fed.local_epochs)
     f.add_argument("--batch-size", type=int, default=d.fed.batch_size)
@@ -329,6 +336,7 @@ def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None
             algorithm_params=slots["algorithm_params"],
             clients=args.clients,
             fraction=args.fraction,
+            client_sampling=args.client_sampling,
             rounds=args.rounds,
             local_epochs=args.local_epochs,
             batch_size=args.batch_size,

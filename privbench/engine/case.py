@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import torch
 
 from privbench import registries
@@ -32,64 +33,6 @@ from privbench.nn.batchnorm import batchnorm_layers
 log = logging.getLogger("privbench")
 
 ATTACKER_STREAM = 12  # derive_seed(seed, ATTACKER_STREAM): the public method's seed
-
-
-@dataclass
-class Victim:
-    """Ground truth of one attacked client. Never given to an attack."""
-
-    client_id: int
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
-@dataclass
-class LocalUpdate:
-    """A client's message before defenses, with the public recipe that produced it."""
-
-    kind: str  # "gradient" (one FedSGD step) or "update" (new weights - global weights)
-    payload: dict[str, torch.Tensor]
-    steps: int
-    batch: int
-    num_images: int  # the client's real records behind the message (its FedAvg weight)
-    victim: Victim | None
-    loss_at_global: float
-    num_synthetic: int = 0  # synthetic samples the method mixed into that training set
-
-
-@dataclass
-class TrainingOutcome:
-    channel: Channel
-    victims: dict[int, Victim]
-    utility: object
-    history: list[dict[str, float]] = field(default_factory=list)
-    spend: tuple[float | None, float | None, str | None] = (None, None, None)
-    seconds: float = 0.0
-    synthetic_share: float | None = None  # mean over clients of synthetic / training set
-    # level ("record", "client") -> (epsilon, delta) of the defenses guaranteeing it
-    levels: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
-
-
-def privacy_columns(spends) -> tuple[tuple, dict[str, tuple[float | None, float | None]]]:
-    """The row's privacy columns from the defenses' spends: ``(epsilon, delta,
-    accountant)`` — the one guarantee when there is one; with guarantees of two levels
-    (record and client) epsilon and delta are None, never a sum of the two — and the
-    per-level ``{level: (epsilon, delta)}``. Two spends of one level are refused."""
-    spends = [s for s in spends if s is not None]
-    levels: dict[str, tuple[float | None, float | None]] = {}
-    for s in spends:
-        if s.level in levels:
-            raise IncompatibleError(
-                f"two defenses give {s.level}-level guarantees; their epsilons do not add "
-                "up to one guarantee: choose one"
-            )
-        levels[s.level] = (s.epsilon, s.delta)
-    if not spends:
-        return (None, None, None), levels
-    accountant = "; ".join(f"{s.level}: {s.accountant}" for s in spends)
-    if len(spends) == 1:
-        return (spends[0].epsilon, spends[0].delta, spends[0].accountant), levels
-    return (None, None, accountant), levels
 
 
 @dataclass(frozen=True)
@@ -224,6 +167,31 @@ class Case:
         for d in defenses:
             d.check(algorithm=self.make_algorithm(), augmenter=self.public_method)
 
+    def victim_ids(self) -> list[int]:
+        """The clients the attack round forces into its sample (none without attacks)."""
+        atk = self.cfg.attack
+        return list(range(atk.victims)) if atk.names else []
+
+    def sample_clients(self, rng: np.random.Generator, rnd: int) -> list[int]:
+        """The clients of round ``rnd``, drawn from the run's sampler ``rng``: fixed, m of
+        N without replacement; poisson, each client with probability q = m/N (a round
+        may be empty). In the attack round the victims are forced in (fixed: in place of
+        drawn clients, keeping m; poisson: added to the draw, so for them that round's
+        inclusion probability is 1, which the accountants charge)."""
+        fed = self.cfg.fed
+        m, n = fed.clients_per_round, fed.clients
+        if fed.client_sampling == "poisson":
+            sampled = [int(c) for c in np.flatnonzero(rng.random(n) < m / n)]
+        else:
+            sampled = sorted(int(c) for c in rng.choice(n, m, replace=False))
+        victims = self.victim_ids()
+        if rnd != self.cfg.attack.round or not victims:
+            return sampled
+        if fed.client_sampling == "poisson":
+            return sorted(set(sampled) | set(victims))
+        others = [c for c in sampled if c not in victims]
+        return sorted(victims + others[: m - len(victims)])
+
     def make_algorithm(self):
         """The run's federated trainer (FedAvg, FedProx, q-FFL) with its parameters."""
         return self.regs["algorithm"].build(self.cfg.fed.algorithm, self.cfg.fed.algorithm_params)
@@ -248,6 +216,10 @@ class Case:
                     lr=fed.lr,
                     batch_size=fed.batch_size,
                     local_epochs=fed.local_epochs,
+                    client_sampling=fed.client_sampling,
+                    forced={self.cfg.attack.round: set(self.victim_ids())}
+                    if self.victim_ids()
+                    else {},
                 )
         defenses = tuple(defenses)
         client = method.client_role()

@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from privbench.engine.case import Case, LocalUpdate, RunParts, Victim
+from privbench.engine.case import Case, RunParts
 from privbench.engine.channel import SERVER
 from privbench.engine.federated import (
     ClientResult,
@@ -18,6 +18,7 @@ from privbench.engine.federated import (
     vectorised_local_train,
 )
 from privbench.engine.method import ClientState
+from privbench.engine.outcome import LocalUpdate, Victim
 from privbench.engine.seeding import torch_generator
 from privbench.engine.training import LocalTask
 

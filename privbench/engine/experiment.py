@@ -12,11 +12,11 @@ import time
 import numpy as np
 import torch
 
-from privbench.engine.case import TrainingOutcome, Victim, privacy_columns
 from privbench.engine.channel import SERVER, Channel, PublicContext
 from privbench.engine.client import ClientWork
 from privbench.engine.federated import clone_state
-from privbench.engine.method import PREPARE_ROUND, ClientState, Reply
+from privbench.engine.method import PREPARE_ROUND, ClientState, Reply, run_prepare_phase
+from privbench.engine.outcome import TrainingOutcome, Victim
 from privbench.engine.seeding import derive_seed, torch_generator
 from privbench.progress import bar
 
@@ -38,19 +38,15 @@ class Experiment(ClientWork):
             c.client_id: ClientState(c.client_id, *self.client_data(c.client_id))
             for c in self.clients
         }
-        victim_ids = list(range(atk.victims)) if atk.names else []
+        victim_ids = self.victim_ids()
         victims: dict[int, Victim] = {}
         self._prepare(global_model, states, parts)
         self._training_sets: dict[int, tuple[int, int]] = {}  # cid -> (real, synthetic)
         rng = np.random.default_rng([cfg.seed, 3])
         history: list[dict[str, float]] = []
-        m = fed.clients_per_round
         with bar(fed.rounds, "rounds") as pbar:
             for rnd in range(fed.rounds):
-                sampled = sorted(int(c) for c in rng.choice(fed.clients, m, replace=False))
-                if rnd == atk.round and victim_ids:
-                    others = [c for c in sampled if c not in victim_ids]
-                    sampled = sorted(victim_ids + others[: m - len(victim_ids)])
+                sampled = self.sample_clients(rng, rnd)
                 global_state = clone_state(global_model)
                 # 1. Shared artifacts (client -> server), before local training.
                 for cid in server.share_clients(rnd, sampled, list(range(fed.clients))):
@@ -80,7 +76,12 @@ class Experiment(ClientWork):
                             local=done.get(cid),
                         )
                     )
-                new_state = algorithm.aggregate(global_state, results, fed.lr)
+                # A Poisson round may be empty: the model stays (the defenses still act).
+                new_state = (
+                    algorithm.aggregate(global_state, results, fed.lr)
+                    if results
+                    else clone_state(global_model)
+                )
                 for d in defenses:
                     new_state = d.privatize_aggregate(rnd, global_state, new_state, len(results))
                 global_model.load_state_dict(new_state)
@@ -93,18 +94,9 @@ class Experiment(ClientWork):
                     u = self.evaluate(global_model)
                     history.append(self.history_entry(rnd + 1, u, channel))
                 pbar.update(1)
-        spend, levels = privacy_columns(d.privacy_spent() for d in defenses)
         self.global_model = global_model
-        shares = [s / (n + s) for n, s in self._training_sets.values() if n + s]
-        return TrainingOutcome(
-            channel,
-            victims,
-            u,
-            history,
-            spend,
-            time.perf_counter() - t0,
-            float(np.mean(shares)) if shares else None,
-            levels,
+        return TrainingOutcome.finish(
+            channel, victims, u, history, defenses, time.perf_counter() - t0, self._training_sets
         )
 
     def model_from(self, state):
@@ -118,23 +110,22 @@ class Experiment(ClientWork):
         return build
 
     def _prepare(self, global_model, states, parts) -> None:
-        """The method's phase before round 0 (a federated generator, a pre-trained
-        classifier): step by step, the server role sends, each client role replies, the
-        server role receives, until the server sends nothing. Client replies pass the
-        run's artifact defenses; every message is counted in round ``PREPARE_ROUND``."""
+        """The method's phase before round 0 (:func:`run_prepare_phase`), delivered by
+        calling each client role. Client replies pass the run's artifact defenses; every
+        message is counted in round ``PREPARE_ROUND``."""
         seed, channel = self.cfg.seed, parts.channel
-        recipe = None  # the public recipe attached to the server's messages
-        step, everyone = 0, sorted(states)
-        while (outgoing := parts.server.prepare_send(step, everyone, global_model)) is not None:
-            if recipe is None:
-                recipe = self._prepare_context(global_model, 0, parts)
+        recipe = []  # the public recipe attached to the server's messages, built once
+
+        def exchange(step, outgoing):
+            if not recipe:
+                recipe.append(self._prepare_context(global_model, 0, parts))
             replies = {}
             for cid, messages in outgoing.items():
                 state = states[cid]
                 got = {}
                 for kind, payload in messages.items():
                     got[kind] = channel.send(
-                        PREPARE_ROUND, SERVER, cid, kind, payload, context=recipe
+                        PREPARE_ROUND, SERVER, cid, kind, payload, context=recipe[0]
                     )
                     state.received[kind] = got[kind]
                 answer = parts.client.prepare(step, state, got, torch_generator(seed, 5, cid))
@@ -147,8 +138,11 @@ class Experiment(ClientWork):
                         PREPARE_ROUND, cid, SERVER, kind, payload, context=context
                     )
                 replies[cid] = Reply(sent, len(state.y))
-            parts.server.prepare_receive(step, replies, global_model, torch_generator(seed, 6))
-            step += 1
+            return replies
+
+        run_prepare_phase(
+            parts.server, sorted(states), global_model, exchange, lambda: torch_generator(seed, 6)
+        )
 
     def _prepare_context(self, global_model, num_images: int, parts) -> PublicContext:
         return self.public_context(

@@ -158,6 +158,25 @@ class Reply:
     num_examples: int
 
 
+def run_prepare_phase(
+    server: ServerRole,
+    clients: list[int],
+    model: nn.Module,
+    exchange: Callable[[int, dict[int, dict[str, Payload]]], Mapping[int, Reply]],
+    generator: Callable[[], torch.Generator],
+) -> None:
+    """The phase before round 0, the same in every runtime: step by step the server role
+    says what to send, ``exchange(step, outgoing)`` delivers it and returns each client's
+    :class:`Reply` (the built-in loop calls the client roles; Flower sends query
+    messages), and the server role receives the replies in client order, until it sends
+    nothing. ``generator()``: the server's private randomness for one step."""
+    step = 0
+    while (outgoing := server.prepare_send(step, clients, model)) is not None:
+        replies = exchange(step, outgoing)
+        server.prepare_receive(step, dict(sorted(replies.items())), model, generator())
+        step += 1
+
+
 class ServerRole:
     """What a method's server does (see the module docstring)."""
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from privbench.engine.case import TrainingOutcome
 from privbench.engine.channel import SERVER
 from privbench.engine.experiment import Experiment
+from privbench.engine.outcome import TrainingOutcome
 from privbench.engine.seeding import torch_generator
 from privbench.errors import IncompatibleError
 from privbench.evaluation.metrics import (

@@ -47,11 +47,16 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg, Strategy  # noqa: E402
 
 from privbench.config import RunConfig  # noqa: E402
-from privbench.engine.case import TrainingOutcome, Victim, privacy_columns  # noqa: E402
 from privbench.engine.channel import SERVER, Channel  # noqa: E402
 from privbench.engine.experiment import Experiment  # noqa: E402
 from privbench.engine.federated import clone_state  # noqa: E402
-from privbench.engine.method import PREPARE_ROUND, ClientState, Reply  # noqa: E402
+from privbench.engine.method import (  # noqa: E402
+    PREPARE_ROUND,
+    ClientState,
+    Reply,
+    run_prepare_phase,
+)
+from privbench.engine.outcome import TrainingOutcome, Victim  # noqa: E402
 from privbench.engine.seeding import derive_seed, torch_generator  # noqa: E402
 from privbench.errors import IncompatibleError  # noqa: E402
 from privbench.integrations.flower_client import (  # noqa: E402
@@ -96,14 +101,7 @@ class FlowerBench:
 
     def sample(self, rnd: int) -> list[int]:
         """The clients ``privbench run`` samples in round ``rnd`` (victims forced in)."""
-        fed, atk = self.cfg.fed, self.cfg.attack
-        m = fed.clients_per_round
-        sampled = sorted(int(c) for c in self._rng.choice(fed.clients, m, replace=False))
-        victims = list(range(atk.victims)) if atk.names else []
-        if rnd == atk.round and victims:
-            others = [c for c in sampled if c not in victims]
-            sampled = sorted(victims + others[: m - len(victims)])
-        return sampled
+        return self.exp.sample_clients(self._rng, rnd)
 
     def context(self, before, *, steps, batch, num_images, num_synthetic=0, received=None):
         return self.exp.public_context(
@@ -150,12 +148,13 @@ class FlowerBench:
             )
 
     def prepare(self, grid: Grid, model: torch.nn.Module) -> None:
-        """The method's phase before round 0, as Flower query messages."""
-        step, everyone = 0, sorted(self.nodes)
-        recipe = None
-        while (outgoing := self.server.prepare_send(step, everyone, model)) is not None:
-            if recipe is None:
-                recipe = self.context(clone_state(model), steps=0, batch=0, num_images=0)
+        """The method's phase before round 0 (:func:`run_prepare_phase`), delivered as
+        Flower query messages."""
+        recipe = []  # the public recipe attached to the server's messages, built once
+
+        def exchange(step, outgoing):
+            if not recipe:
+                recipe.append(self.context(clone_state(model), steps=0, batch=0, num_images=0))
             messages = []
             for cid, msgs in outgoing.items():
                 msg = query_message(self.nodes[cid], "prepare", msgs, step=step)
@@ -166,7 +165,7 @@ class FlowerBench:
                         cid,
                         kind,
                         payload,
-                        context=recipe,
+                        context=recipe[0],
                         encoding="flower",
                         nbytes=nbytes,
                     )
@@ -177,9 +176,15 @@ class FlowerBench:
                 n = int(r.content["metrics"]["num-examples"])
                 ctx = self.context(clone_state(model), steps=0, batch=n, num_images=n)
                 replies[cid] = Reply(self.uploads(PREPARE_ROUND, cid, r.content, ctx), n)
-            replies = dict(sorted(replies.items()))
-            self.server.prepare_receive(step, replies, model, torch_generator(self.cfg.seed, 6))
-            step += 1
+            return replies
+
+        run_prepare_phase(
+            self.server,
+            sorted(self.nodes),
+            model,
+            exchange,
+            lambda: torch_generator(self.cfg.seed, 6),
+        )
 
     def share(self, rnd: int, sampled: list[int], grid: Grid) -> None:
         """The clients the server role asks to share before training this round."""
@@ -243,7 +248,8 @@ class FlowerBench:
         return client_app(self._config, self._model, self._data)
 
     def strategy(self, inner: Strategy | None = None) -> PrivbenchStrategy:
-        m = self.cfg.fed.clients_per_round
+        # Under Poisson sampling a round has any number of clients (even none).
+        m = self.cfg.fed.clients_per_round if self.cfg.fed.client_sampling == "fixed" else 1
         inner = inner or FedAvg(
             fraction_train=1.0,  # of the clients privbench sampled (SampledGrid)
             fraction_evaluate=0.0,
@@ -290,17 +296,14 @@ class FlowerBench:
         return app
 
     def outcome(self, seconds: float) -> TrainingOutcome:
-        spend, levels = privacy_columns(d.privacy_spent() for d in self.defenses)
-        shares = [s / (n + s) for n, s in self.training_sets.values() if n + s]
-        return TrainingOutcome(
+        return TrainingOutcome.finish(
             self.channel,
             self.victims,
             self.utility,
             self.history,
-            spend,
+            self.defenses,
             seconds,
-            float(np.mean(shares)) if shares else None,
-            levels,
+            self.training_sets,
         )
 
     def run_simulation(

@@ -48,6 +48,8 @@ class PrivbenchStrategy(Strategy):
         self._global[rnd] = state
         config = ConfigRecord(dict(config))
         config[ATTACK_KEY] = int(bool(bench.cfg.attack.names) and rnd == bench.cfg.attack.round)
+        if not sampled:  # an empty Poisson round: nobody trains, the defenses still act
+            return []
         view = SampledGrid(grid, [bench.nodes[c] for c in sampled])
         out = []
         # In client order, as privbench run broadcasts (a server role may draw per call).
@@ -89,11 +91,16 @@ class PrivbenchStrategy(Strategy):
         # a float sum depends on its order).
         kept.sort(key=lambda r: int(r.content["metrics"]["partition-id"]))
         kept = [bench.receive_update(rnd, before, r) for r in kept]
-        new, metrics = self.inner.aggregate_train(server_round, kept)
-        if new is None:
-            return new, metrics
-        state = new.to_torch_state_dict()
-        state = {k: v.to(before[k].dtype) for k, v in state.items()}
+        if kept:
+            new, metrics = self.inner.aggregate_train(server_round, kept)
+            if new is None:
+                return new, metrics
+            state = new.to_torch_state_dict()
+            state = {k: v.to(before[k].dtype) for k, v in state.items()}
+        elif failed:
+            return None, None
+        else:  # an empty Poisson round: the model stays
+            state, metrics = {k: v.clone() for k, v in before.items()}, None
         for d in bench.defenses:
             state = d.privatize_aggregate(rnd, before, state, len(kept))
         model = bench.exp.build_model()
