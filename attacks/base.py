@@ -75,4 +75,4 @@ class Attack(Configurable):
         ]
 
 
-ATTACKS: Registry[Attack] = Registry("attack")
+ATTACKS: Registry[Attack] = Registry("attack", variant_param="guess")

@@ -19,6 +19,51 @@ CLIENT_SAMPLING = ("auto", "fixed", "poisson")
 DEFAULT_MODEL = "lenet-sigmoid"  # DLG's model; a method that needs another sets default_model
 
 
+ALL_GRADIENT = "all-gradient"
+
+
+def gradient_attacks() -> list[str]:
+    """Registered attacks that rebuild a victim's batch from its gradient or update."""
+    from privbench import registries
+
+    reg = registries()["attack"]
+    return [
+        n
+        for n in reg.names()
+        if getattr(reg.entry(n).factory, "target", None) == "batch"
+        and {"gradient", "update"} & set(getattr(reg.entry(n).factory, "consumes", ()))
+    ]
+
+
+def expand_attacks(names, method: str) -> tuple[str, ...]:
+    """``all-gradient`` stands for every gradient attack, each with the default guess and,
+    where ``method`` publishes candidates an adversary can enumerate (FedMix's X_g
+    entries), also ``@enumerate``; other names pass through, duplicates dropped."""
+    from privbench import registries
+    from privbench.engine.method import Augmenter
+
+    names = tuple(names)
+    if ALL_GRADIENT not in names:
+        return names
+    methods = registries()["method"]
+    factory = methods.entry(method).factory if method in methods else None
+    enumerable = (
+        isinstance(factory, type)
+        and getattr(factory, "attack_candidates", None) is not Augmenter.attack_candidates
+    )
+    out: list[str] = []
+    for n in names:
+        expanded = [n]
+        if n == ALL_GRADIENT:
+            expanded = []
+            for a in gradient_attacks():
+                expanded.append(a)
+                if enumerable:
+                    expanded.append(f"{a}@enumerate")
+        out += [e for e in expanded if e not in out]
+    return tuple(out)
+
+
 def default_model_for(method: str) -> str:
     """The model a run of ``method`` uses when none is named: the method's own
     ``default_model`` (Fed-ZDA needs BatchNorm) or :data:`DEFAULT_MODEL`."""
@@ -127,7 +172,8 @@ class RunConfig:
                 problems.append(str(err))
                 return dict(params)
 
-        fed, atk = self.fed, self.attack
+        fed = self.fed
+        atk = replace(self.attack, names=expand_attacks(self.attack.names, self.method))
         check(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
         check(fed.clients >= 1, "clients", ">= 1", fed.clients)
         check(0 < fed.fraction <= 1, "fraction", "> 0 and <= 1", fed.fraction)
@@ -218,7 +264,7 @@ class RunConfig:
             ("model", model),
             ("algorithm", self.fed.algorithm),
             ("threat", self.attack.threat),
-            *(("attack", n) for n in self.attack.names),
+            *(("attack", n) for n in expand_attacks(self.attack.names, self.method)),
             *(("defense", n) for n in self.defenses),
         ]
 
@@ -234,6 +280,7 @@ class RunConfig:
 
         regs = registries()
         chosen = self.chosen_plugins()
+        attacks = expand_attacks(self.attack.names, self.method)
         slots = {
             "method": dict(self.method_params),
             "dataset": dict(self.dataset_params),
@@ -241,11 +288,11 @@ class RunConfig:
             "model": dict(self.model_params),
             "algorithm": dict(self.fed.algorithm_params),
             "threat": dict(self.attack.threat_params),
-            "attack": per_plugin("attack", self.attack.names, self.attack.params)[0],
+            "attack": per_plugin("attack", attacks, self.attack.params)[0],
             "defense": per_plugin("defense", self.defenses, self.defense_params)[0],
         }
         for plugin, param, value in namespaced_items(params):
-            kinds = [k for k, n in chosen if n == plugin]
+            kinds = list(dict.fromkeys(k for k, n in chosen if n == plugin or _base(n) == plugin))
             declared = [
                 k
                 for k in kinds
@@ -264,7 +311,11 @@ class RunConfig:
                     f"(its parameters: {', '.join(own) or 'none'})."
                 )
             for k in declared:
-                if k in ("attack", "defense"):
+                if k == "attack":  # the attack and its @variants (dlg, dlg@enumerate)
+                    for n in attacks:
+                        if plugin in (n, _base(n)):
+                            slots[k].setdefault(n, {})[param] = value
+                elif k == "defense":
                     slots[k].setdefault(plugin, {})[param] = value
                 else:
                     slots[k][param] = value
@@ -276,7 +327,9 @@ class RunConfig:
             model_params=slots["model"],
             defense_params=slots["defense"],
             fed=replace(self.fed, algorithm_params=slots["algorithm"]),
-            attack=replace(self.attack, params=slots["attack"], threat_params=slots["threat"]),
+            attack=replace(
+                self.attack, names=attacks, params=slots["attack"], threat_params=slots["threat"]
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -295,6 +348,11 @@ class RunConfig:
             d["fed"].pop("client_sampling")  # the sampling of every run before the option
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _base(name: str) -> str:
+    """The plugin of a variant name (``dlg@enumerate`` -> ``dlg``)."""
+    return name.partition("@")[0]
 
 
 def namespaced_items(params: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
@@ -327,8 +385,10 @@ def per_plugin(
     from privbench import registries
 
     reg = registries()[kind]
-    if params and all(isinstance(v, dict) for v in params.values()) and set(params) <= set(names):
-        return {n: dict(params.get(n, {})) for n in names}, set()
+    per_name = params and all(isinstance(v, dict) for v in params.values())
+    if per_name and set(params) <= set(names) | {_base(n) for n in names}:
+        # A variant (dlg@enumerate) takes its plugin's parameters, then its own.
+        return {n: {**params.get(_base(n), {}), **params.get(n, {})} for n in names}, set()
     per: dict[str, dict[str, Any]] = {n: {} for n in names}
     accepted: set[str] = set()
     for n in names:

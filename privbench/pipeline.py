@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from dataclasses import replace
 
 from privbench.config import RunConfig
 from privbench.engine.experiment import Experiment
 from privbench.engine.outcome import TrainingOutcome
 from privbench.errors import PrivbenchError
-from privbench.evaluation.attacking import attack_victims
+from privbench.evaluation.attacking import AttackScores, attack_victims, worst_case
 from privbench.results import Result, Results, ResultStore, versions
 
 log = logging.getLogger("privbench")
+
+WORST_CASE = "worst-case"  # the attack name of a run's worst-case row
 
 
 def base_row(cfg: RunConfig, attack: str) -> Result:
@@ -88,6 +91,7 @@ def finish_rows(
 ) -> Results:
     """Fill the rows from a finished training run, run each attack, store the rows."""
     u = outcome.utility
+    achieved: dict[str, AttackScores] = {}
     for row in rows:
         row.accuracy, row.client_acc_mean, row.client_acc_var = (
             u.accuracy,
@@ -107,24 +111,48 @@ def finish_rows(
             continue
         ta = time.perf_counter()
         try:
-            score, row.label_dist_error, path, row.guess_identified = attack_victims(
-                exp, row.attack, outcome, store
-            )
-            if score is not None:  # None: a label-distribution attack, no images
-                row.psnr, row.ssim, row.mse = score.psnr, score.ssim, score.mse
-                row.psnr_affine = score.psnr_affine
-                row.label_acc, row.n_images = score.label_acc, score.num_images
-            row.reconstruction_file = path
+            got = achieved[row.attack] = attack_victims(exp, row.attack, outcome, store)
+            row.label_dist_error, row.guess_identified = got.label_error, got.identified
+            if got.score is not None:  # None: a label-distribution attack, no images
+                _set_score(row, got.score)
+            row.reconstruction_file = got.path
         except Exception as err:  # record the failed attack as an error row
             row.status, row.error = "error", _error_text(err)
             _log_traceback(err)
         row.attack_s = time.perf_counter() - ta
+    if (worst := worst_case(achieved)) is not None:
+        rows.append(_worst_case_row(rows, *worst))
     wall = time.perf_counter() - t0
     for row in rows:
         row.wall_s = wall
     if store is not None:
         store.append(rows)
     return rows
+
+
+def _set_score(row: Result, score) -> None:
+    row.psnr, row.ssim, row.mse = score.psnr, score.ssim, score.mse
+    row.psnr_affine = score.psnr_affine
+    row.label_acc, row.n_images = score.label_acc, score.num_images
+
+
+def _worst_case_row(rows: Results, score, names: list[str]) -> Result:
+    """The run's ``worst-case`` row: utility and accounting as every row of the run, the
+    leakage of the best attack per victim, which one in ``worst_of``."""
+    first = rows[0]
+    row = replace(
+        first,
+        attack=WORST_CASE,
+        worst_of=",".join(names),
+        guess_identified=None,
+        label_dist_error=None,
+        reconstruction_file=None,
+        status="ok",
+        error=None,
+        attack_s=sum(r.attack_s or 0.0 for r in rows if r.attack in set(names)),
+    )
+    _set_score(row, score)
+    return row
 
 
 def _log_traceback(err: BaseException) -> None:

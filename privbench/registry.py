@@ -220,6 +220,9 @@ class Registry(Generic[T]):
     # Turns the object an import string names ("pkg.mod:make") into an Entry; None: this
     # kind only takes registered names.
     importer: Callable[[str, Any], Entry[T]] | None = None
+    # ``NAME@VALUE`` names plugin NAME with this parameter set to VALUE (attacks: the
+    # guess, ``dlg@enumerate``), so one run can hold several variants of one plugin.
+    variant_param: str | None = None
     _imported: dict[str, Entry[T]] = field(default_factory=dict, repr=False)
 
     def register(
@@ -248,10 +251,27 @@ class Registry(Generic[T]):
     def is_import_string(self, name: object) -> bool:
         return self.importer is not None and isinstance(name, str) and ":" in name
 
+    def split_variant(self, name: str) -> tuple[str, str | None]:
+        """(plugin name, variant value) of ``NAME@VALUE``; (name, None) otherwise."""
+        if self.variant_param is None or not isinstance(name, str) or "@" not in name:
+            return name, None
+        base, _, value = name.partition("@")
+        return base, value
+
     def __contains__(self, name: object) -> bool:
-        return name in self.entries or self.is_import_string(name)
+        base = self.split_variant(name)[0] if isinstance(name, str) else name
+        return base in self.entries or self.is_import_string(base)
 
     def entry(self, name: str) -> Entry[T]:
+        base, value = self.split_variant(name)
+        if value is not None:
+            entry = self.entry(base)
+            if not any(p.name == self.variant_param for p in entry.params):
+                raise UnknownNameError(
+                    f"{self.kind} '{name}': '{base}' has no parameter '{self.variant_param}', "
+                    f"so it has no '@{value}' variant."
+                )
+            return entry
         if name in self.entries:
             return self.entries[name]
         if self.is_import_string(name):
@@ -272,6 +292,9 @@ class Registry(Generic[T]):
         """
         entry = self.entry(name)
         params = dict(params or {})
+        _, value = self.split_variant(name)
+        if value is not None:  # the variant's value wins over a shared flat parameter
+            params[self.variant_param] = value
         owner = f"{self.kind} '{name}'"
         specs = {p.name: p for p in entry.params}
         problems: list[str] = []

@@ -69,8 +69,8 @@ def test_api_and_cli_give_identical_rows(capsys):
 def test_rows_become_a_dataframe():
     rows = privbench.run(tiny_config(attack=dict(names=("idlg", "dlg"), params={"iters": 2})))
     frame = rows.to_frame()
-    assert isinstance(frame, pd.DataFrame) and len(frame) == 2
-    assert list(frame["attack"]) == ["idlg", "dlg"]
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 3
+    assert list(frame["attack"]) == ["idlg", "dlg", "worst-case"]
     assert frame.columns[0] == "method" and "psnr" in frame and "bytes_up" in frame
     assert frame["bytes_up"].iloc[0] == rows[0].bytes_up
 

@@ -51,7 +51,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     from privbench.results.report import format_table, load_rows, summarize
 
     metrics = _split(args.metrics)
-    summary = summarize(load_rows(args.results), by=_split(args.by), metrics=metrics)
+    summary = summarize(
+        load_rows(args.results),
+        by=_split(args.by),
+        metrics=metrics,
+        all_attacks=args.all_attacks,
+    )
     print(format_table(summary, metrics, args.format))
     return 0
 

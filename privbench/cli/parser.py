@@ -12,7 +12,14 @@ import sys
 from typing import Any
 
 from privbench import registries
-from privbench.config import DEFAULT_MODEL, AttackConfig, FedConfig, RunConfig, default_model_for
+from privbench.config import (
+    DEFAULT_MODEL,
+    AttackConfig,
+    FedConfig,
+    RunConfig,
+    default_model_for,
+    expand_attacks,
+)
 from privbench.errors import PrivbenchError
 
 KIND_FIELDS = {  # registry kind -> the RunConfig slot its chosen plugin's params go to
@@ -63,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--attack",
         action="append",
         default=[],
-        help="attack to run (repeatable): " + ", ".join(regs["attack"].names()),
+        help="attack to run (repeatable): "
+        + ", ".join(regs["attack"].names())
+        + "; NAME@GUESS sets a gradient attack's guess (dlg@enumerate); all-gradient runs "
+        "every gradient attack and guess that applies, plus a worst-case row",
     )
     g.add_argument(
         "--defense",
@@ -200,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated; any of " + ", ".join(METRICS),
     )
     tb.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    tb.add_argument(
+        "--all-attacks",
+        action="store_true",
+        help="show every gradient attack's row, not only the run's worst-case row",
+    )
 
     bl = sub.add_parser("baseline", help="write per-experiment means as a regression baseline")
     bl.add_argument("results")
@@ -265,7 +280,7 @@ def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None
         "model": [args.model or default_model_for(args.method)],
         "algorithm": [args.algorithm],
         "threat": [args.threat],
-        "attack": args.attack,
+        "attack": list(expand_attacks(args.attack, args.method)),
         "defense": args.defense,
     }
     regs = registries()

@@ -5,6 +5,8 @@ on purpose and say so)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
@@ -14,6 +16,7 @@ from privbench.engine.outcome import TrainingOutcome
 from privbench.engine.seeding import torch_generator
 from privbench.errors import IncompatibleError
 from privbench.evaluation.metrics import (
+    LeakageScore,
     combine_scores,
     label_distribution_error,
     score_nearest,
@@ -23,10 +26,27 @@ from privbench.evaluation.metrics import (
 from privbench.results import ResultStore
 
 
-def attack_victims(exp: Experiment, name: str, outcome: TrainingOutcome, store: ResultStore | None):
-    """Run attack ``name`` on every victim; return (score, label-distribution error,
-    reconstruction file, guess_identified: the share of victims whose private choice an
-    enumerating attack identified, or None)."""
+@dataclass
+class AttackScores:
+    """What one attack achieved: the pooled ``score`` (None for a label-distribution
+    attack), the label-distribution error, the reconstruction file, ``identified`` (the
+    share of victims whose private choice an enumerating attack identified, or None),
+    and, for attacks on a victim's batch, each victim's own score (``per_victim``)."""
+
+    score: LeakageScore | None
+    label_error: float | None
+    path: str | None
+    identified: float | None
+    per_victim: list[LeakageScore] = field(default_factory=list)
+
+    def __iter__(self):  # (score, label error, path, identified), as before
+        return iter((self.score, self.label_error, self.path, self.identified))
+
+
+def attack_victims(
+    exp: Experiment, name: str, outcome: TrainingOutcome, store: ResultStore | None
+) -> AttackScores:
+    """Run attack ``name`` on every victim and score it (:class:`AttackScores`)."""
     cfg = exp.cfg
     attack = exp.regs["attack"].build(name, cfg.attack.params[name])
     seen = outcome.channel.observations
@@ -88,7 +108,28 @@ def attack_victims(exp: Experiment, name: str, outcome: TrainingOutcome, store: 
             }
         path = store.save_arrays(f"{cfg.hash()}-{name}", **arrays)
     label_error = float(np.mean(label_errors)) if label_errors else None
-    return (combine_scores(scores) if scores else None), label_error, path, identified
+    return AttackScores(
+        combine_scores(scores) if scores else None,
+        label_error,
+        path,
+        identified,
+        scores if attack.target == "batch" else [],
+    )
+
+
+def worst_case(named: dict[str, AttackScores]) -> tuple[LeakageScore, list[str]] | None:
+    """Per victim, the attack (and guess) that leaked most of its batch (highest PSNR;
+    the first of equals, in the order the attacks ran), pooled over victims; and the
+    winner's name per victim. None unless two or more attacks scored every victim."""
+    runs = {n: a.per_victim for n, a in named.items() if a.per_victim}
+    if len(runs) < 2 or len({len(v) for v in runs.values()}) != 1:
+        return None
+    best, names = [], []
+    for vid in range(len(next(iter(runs.values())))):
+        name = max(runs, key=lambda n: runs[n][vid].psnr)  # max keeps the first of equals
+        best.append(runs[name][vid])
+        names.append(name)
+    return combine_scores(best), names
 
 
 def guess_identified(exp: Experiment, observations, recs) -> float | None:

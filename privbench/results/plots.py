@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from privbench.errors import ParameterError, PrivbenchError
-from privbench.results.report import latest, summarize
+from privbench.results.report import latest, summarize, worst_case_view
 
 KINDS = ("frontier", "reconstructions", "curves")
 
@@ -43,7 +43,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psnr") -> str:
     plt = _pyplot()
-    attacked = [r for r in latest(rows) if r.get("attack") not in (None, "none")]
+    attacked = [r for r in worst_case_view(rows) if r.get("attack") not in (None, "none")]
     if not attacked:
         raise ParameterError("The frontier needs rows with an attack (leakage on the x axis).")
     s = summarize(

@@ -110,6 +110,23 @@ def latest(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def worst_case_view(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows a reader sees by default: where a run wrote a ``worst-case`` row, it
+    stands for that run's gradient attacks (their own rows are left out: each victim's
+    best is in it); every other row as is. Rows are :func:`latest` rows."""
+    from privbench.config import gradient_attacks
+
+    rows = latest(rows)
+    gradient = set(gradient_attacks())
+    covered = {r.get("config_hash") for r in rows if r.get("attack") == "worst-case"}
+    return [
+        r
+        for r in rows
+        if r.get("config_hash") not in covered
+        or str(r.get("attack")).partition("@")[0] not in gradient
+    ]
+
+
 def _check_names(names: Sequence[str], allowed: Iterable[str], what: str) -> None:
     allowed = list(allowed)
     bad = [n for n in names if n not in allowed]
@@ -123,15 +140,19 @@ def summarize(
     rows: Iterable[Mapping[str, Any]],
     by: Sequence[str] = DEFAULT_BY,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    all_attacks: bool = False,
 ) -> pd.DataFrame:
     """Mean and std over seeds of each metric, per group; groups keep first-seen order.
+    A run's worst-case row stands for its gradient attacks (:func:`worst_case_view`)
+    unless ``all_attacks``.
 
     Columns: ``by``..., ``runs`` (ok rows), ``errors`` (error rows, counted, never hidden),
     then ``<metric>_mean`` / ``<metric>_std`` over the ok rows. An epsilon of null (no
     formal guarantee) makes the group's epsilon NaN.
     """
     _check_names(metrics, METRICS, "metric")
-    rows = latest(rows)
+    rows = latest(rows) if all_attacks else worst_case_view(rows)
     if not rows:
         raise ParameterError("No result rows to summarise.")
     _check_names(by, rows[0].keys(), "grouping column")

@@ -46,6 +46,7 @@ RESULT_FIELDS = (
     "macro_f1",
     "synthetic_share",
     "guess_identified",
+    "worst_of",
     "psnr",
     "psnr_affine",
     "ssim",
@@ -101,6 +102,9 @@ class Result:
     # guess=enumerate: share of victims whose private choice (FedMix's X_g entry) the
     # attack identified; None for other guesses and methods with nothing to enumerate
     guess_identified: float | None = None
+    # attack "worst-case": per victim, the attack (NAME or NAME@GUESS) whose
+    # reconstruction of its batch scored the highest PSNR, comma-separated in victim order
+    worst_of: str | None = None
     psnr: float | None = None
     # PSNR after a per-channel least-squares affine fit of each reconstruction to its
     # private image (what a train-mode BatchNorm gradient determines); >= psnr
