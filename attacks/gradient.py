@@ -642,20 +642,42 @@ class IDLG(_LBFGSAttack):
     joint_labels = False
 
 
+_IG_PARAMS = (
+    Param("iters", int, 2000, "Adam iterations", low=1),
+    _RESTARTS,
+    Param("init", str, "uniform", "dummy image init", choices=("randn", "uniform")),
+    Param("attack_lr", float, 0.1, "Adam step size", low=0.0, low_open=True),
+    Param("tv", float, 1e-4, "weight of the total-variation prior", low=0.0),
+    Param("signed", bool, True, "descend on the sign of the image gradient"),
+    Param(
+        "units",
+        str,
+        "raw",
+        "the space the images are optimised in: raw pixel values, or standardised "
+        "(x - m) / s with m, s the per-channel mean and std of the public data, as the "
+        "reference implementation (step size, TV, randn start and box in those units)",
+        choices=("raw", "standardised"),
+    ),
+    _PRIOR,
+    _PRIOR_WEIGHT,
+    _GUESS,
+    _BATCHED,
+)
+
+
+def _preset(params: tuple[Param, ...], **defaults) -> tuple[Param, ...]:
+    """``params`` with other defaults (a named preset of one attack)."""
+    from dataclasses import replace as dc_replace
+
+    unknown = set(defaults) - {p.name for p in params}
+    if unknown:
+        raise ValueError(f"preset sets unknown parameters {sorted(unknown)}")
+    return tuple(dc_replace(p, default=defaults.get(p.name, p.default)) for p in params)
+
+
 @ATTACKS.register(
     "ig",
-    params=(
-        Param("iters", int, 2000, "Adam iterations", low=1),
-        _RESTARTS,
-        Param("init", str, "uniform", "dummy image init", choices=("randn", "uniform")),
-        Param("attack_lr", float, 0.1, "Adam step size", low=0.0, low_open=True),
-        Param("tv", float, 1e-4, "weight of the total-variation prior", low=0.0),
-        Param("signed", bool, True, "descend on the sign of the image gradient"),
-        _PRIOR,
-        _PRIOR_WEIGHT,
-        _GUESS,
-        _BATCHED,
-    ),
+    params=_IG_PARAMS,
     description="Inverting Gradients: cosine distance + TV, Adam on signed gradients, box "
     "constraint, restarts; works on multi-step updates",
 )
@@ -696,15 +718,47 @@ class InvertingGradients(Attack):
             out.append(Reconstruction(best[1], p.fixed, {"loss": best[0]}))
         return out
 
+    def units(self, ctx: PublicContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, s), each (C, 1, 1): images are x = m + s * z in the optimised variable z.
+        Raw units: m = 0, s = 1. Standardised: the public data's per-channel mean and
+        std (what a dataset's published normalisation constants are)."""
+        channels = ctx.input_shape[0]
+        if self.params["units"] == "raw":
+            return torch.zeros(channels, 1, 1), torch.ones(channels, 1, 1)
+        if ctx.public_data is None:
+            raise IncompatibleError(
+                f"{self.name} with units 'standardised' needs public data for the "
+                "normalisation constants; this run gives the adversary none"
+            )
+        x = ctx.public_data[0].double()
+        m = x.mean(dim=(0, 2, 3)).float()
+        s = x.std(dim=(0, 2, 3)).clamp_min(1e-6).float()
+        return m[:, None, None], s[:, None, None]
+
+    def box(self, ctx: PublicContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The valid images' range in the optimised variable's units."""
+        lo, hi = ctx.value_range
+        m, s = self.units(ctx)
+        return (lo - m) / s, (hi - m) / s
+
     def draw_start(self, ctx: PublicContext, generator: torch.Generator) -> tuple:
-        return (_dummy_images(ctx, self.params["init"], generator).clamp(*ctx.value_range),)
+        lo, hi = self.box(ctx)
+        if self.params["units"] == "standardised" and self.params["init"] == "randn":
+            z = torch.randn((ctx.num_images, *ctx.input_shape), generator=generator)
+        else:
+            m, s = self.units(ctx)
+            z = (_dummy_images(ctx, self.params["init"], generator) - m) / s
+        return (torch.max(torch.min(z, hi), lo),)
 
     def _one(self, problem: _Problem):
         sim, kind, prior, tv = problem.sim, problem.kind, problem.prior, self.params["tv"]
+        m, s = self.units(sim.ctx)
+        raw = self.params["units"] == "raw"
 
-        def one(x, labels, target):
+        def one(z, labels, target):
+            x = z if raw else m + s * z
             loss = prior(_cosine_distance(sim.message(kind, x, labels), target), x, labels)
-            return loss + tv * total_variation(x) if tv > 0 else loss
+            return loss + tv * total_variation(z) if tv > 0 else loss  # TV in z's units
 
         return one
 
@@ -714,13 +768,12 @@ class InvertingGradients(Attack):
         trial's own Adam; batched, the gradients come from one vmap, else from autograd
         (T = 1). Returns (final cosine distance, images) per trial."""
         first = problems[keys[0][0]]
-        lo, hi = first.sim.ctx.value_range
+        lo, hi = self.box(first.sim.ctx)
+        m, s = self.units(first.sim.ctx)
         iters = self.params["iters"]
         x = x0.clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=self.params["attack_lr"])
-        sched = torch.optim.lr_scheduler.MultiStepLR(
-            opt, milestones=[int(iters * f) for f in (3 / 8, 5 / 8, 7 / 8)], gamma=0.1
-        )
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=self.milestones(), gamma=0.1)
         one = self._one(first)
         labels = torch.stack([problems[v].fixed for v, _ in keys])
         targets = {n: torch.stack([problems[v].target[n] for v, _ in keys]) for n in first.target}
@@ -737,11 +790,43 @@ class InvertingGradients(Attack):
                 opt.step()
                 sched.step()
                 with torch.no_grad():
-                    x.clamp_(lo, hi)  # box constraint: stay a valid image
+                    x.copy_(torch.max(torch.min(x, hi), lo))  # box: stay a valid image
                 pbar.update(1)
         finals = []
-        for (v, _), xi in zip(keys, x.detach(), strict=True):
+        for (v, _), zi in zip(keys, x.detach(), strict=True):
             p = problems[v]
+            xi = zi if self.params["units"] == "raw" else m + s * zi
             candidate = p.sim.message(p.kind, xi, p.fixed, create_graph=False)
             finals.append((float(_cosine_distance(candidate, p.target)), xi.clone()))
         return finals
+
+    def milestones(self) -> list[int]:
+        """Step-size decay by 10 at 3/8, 5/8 and 7/8 of the iterations."""
+        iters = self.params["iters"]
+        return [int(iters * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+
+
+@ATTACKS.register(
+    "ig-inversefed",
+    params=_preset(
+        _IG_PARAMS,
+        iters=4000,
+        restarts=1,
+        init="randn",
+        attack_lr=0.1,
+        tv=1e-4,
+        signed=True,
+        units="standardised",
+    ),
+    description="Inverting Gradients at the reference implementation's settings "
+    "(invertinggradients reconstruct_image.py, optim 'ours'): 4,000 Adam iterations at "
+    "0.1 on signed gradients, randn start, TV 1e-4, boxed, all in standardised units, "
+    "step decay at iters // 2.667, // 1.6, // 1.142, one restart",
+)
+class InvertingGradientsReference(InvertingGradients):
+    name = "ig-inversefed"
+
+    def milestones(self) -> list[int]:
+        """The reference's milestones, computed as it computes them."""
+        iters = self.params["iters"]
+        return [int(iters // d) for d in (2.667, 1.6, 1.142)]

@@ -95,3 +95,60 @@ def test_attacks_are_worse_than_nothing_on_random_targets():
     gt = torch.rand(4, 1, 8, 8, generator=g)
     rnd = torch.rand(4, 1, 8, 8, generator=g)
     assert score_reconstruction(gt, rnd).psnr < 12.0
+
+
+def _reference_ig(model, target, label, z0, m, s, lo, hi, *, iters, lr=0.1, tv=1e-4):
+    """Inverting Gradients as the reference implementation runs it (invertinggradients,
+    ``GradientReconstructor`` with reconstruct_image.py's 'ours' config), written here
+    from its description: the trial lives in standardised units z (the model sees
+    m + s z); cost 1 - <g, t> / (|g| |t|) over all parameter gradients; TV on z; Adam on
+    the sign of the gradient; the step size decayed by 10 at iters // 2.667, // 1.6,
+    // 1.142; after each step z is boxed to the valid images' range."""
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=[iters // 2.667, iters // 1.6, iters // 1.142], gamma=0.1
+    )
+    params = list(model.parameters())
+    for _ in range(iters):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(m + s * z), label)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
+        gn = sum((g**2).sum() for g in grads).sqrt()
+        tn = sum((t**2).sum() for t in target).sqrt()
+        dx = (z[:, :, :, 1:] - z[:, :, :, :-1]).abs().mean()
+        dy = (z[:, :, 1:, :] - z[:, :, :-1, :]).abs().mean()
+        cost = 1 - dot / (gn * tn) + tv * (dx + dy)
+        cost.backward()
+        z.grad.sign_()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            z.data = torch.max(torch.min(z, (hi - m) / s), (lo - m) / s)
+    return (m + s * z).detach()
+
+
+def test_ig_inversefed_preset_follows_the_reference_loop_step_for_step():
+    from privbench import registries
+
+    cfg = tiny_config(attack=dict(names=("ig-inversefed",), params={"iters": 40}))
+    exp, out, obs = _observed(cfg)
+    o = obs[0]
+    attack = registries()["attack"].create("ig-inversefed", iters=40, batched=False)
+    # 40 // 1.6 is 24 in floating point, as in the reference (not 5/8 of 40).
+    assert attack.milestones() == [14, 24, 35]
+    gen = torch.Generator().manual_seed(3)
+    (z0,) = attack.draw_start(o.context, torch.Generator().manual_seed(3))
+    rec = attack.reconstruct(o, generator=gen)
+    m, s = attack.units(o.context)
+    x_pub = o.context.public_data[0]
+    torch.testing.assert_close(m.flatten(), x_pub.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    model = o.context.build_model()
+    model.load_state_dict(dict(o.context.weights_before))
+    model.train()
+    target = [o.payload[n].detach() for n, _ in model.named_parameters()]
+    lo, hi = o.context.value_range
+    want = _reference_ig(model, target, out.victims[0].labels, z0, m, s, lo, hi, iters=40)
+    # A signed step moves every pixel by the step size: agreement to float rounding.
+    assert (rec.images - want).abs().max() < 1e-4

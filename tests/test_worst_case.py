@@ -48,7 +48,7 @@ def test_variant_names_set_the_guess_and_are_validated():
 
 
 def test_all_gradient_expands_to_every_gradient_attack_and_the_guesses_that_apply():
-    assert expand_attacks(("all-gradient",), "fedavg") == ("dlg", "idlg", "ig")
+    assert expand_attacks(("all-gradient",), "fedavg") == ("dlg", "idlg", "ig", "ig-inversefed")
     assert expand_attacks(("averaged-data", "all-gradient", "dlg"), "fedmix") == (
         "averaged-data",
         "dlg",
@@ -57,6 +57,8 @@ def test_all_gradient_expands_to_every_gradient_attack_and_the_guesses_that_appl
         "idlg@enumerate",
         "ig",
         "ig@enumerate",
+        "ig-inversefed",
+        "ig-inversefed@enumerate",
     )
     # A plugin's namespaced parameter reaches its variants too.
     cfg = tiny_config(method="fedmix", attack=dict(names=("all-gradient",)))
@@ -69,7 +71,9 @@ def test_all_gradient_expands_to_every_gradient_attack_and_the_guesses_that_appl
 @pytest.mark.slow
 def test_all_gradient_run_writes_a_worst_case_row_at_least_as_strong_as_each_attack(tmp_path):
     cfg = tiny_config(method="fedmix", attack=dict(names=("all-gradient",), victims=2))
-    cfg = cfg.with_params({"dlg.iters": 30, "idlg.iters": 30, "ig.iters": 60})
+    cfg = cfg.with_params(
+        {"dlg.iters": 30, "idlg.iters": 30, "ig.iters": 60, "ig-inversefed.iters": 60}
+    )
     rows = privbench.run(cfg, out=str(tmp_path))
     by = {r.attack: r for r in rows}
     assert list(by) == [*expand_attacks(("all-gradient",), "fedmix"), "worst-case"]
