@@ -50,6 +50,7 @@ class VictimSimulator:
         guess: str = "expected",
         generator: torch.Generator | None = None,
         candidate: int | None = None,
+        synthetic: str = "estimate",
     ):
         self.ctx = context
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -60,8 +61,15 @@ class VictimSimulator:
         # imputation), as the attacker estimates them from what it holds: the simulated
         # loss is then the victim's real + synthetic loss.
         self.synthetic = None
+        # synthetic="joint": the synthetic samples are free variables of the attack, after
+        # the real ones (``free`` of them); the estimate only starts them.
+        self.free, self.estimate = 0, None
         if context.num_synthetic:
-            self.synthetic = context.method.attack_synthetic(context, context.num_synthetic, gen)
+            estimate = context.method.attack_synthetic(context, context.num_synthetic, gen)
+            if synthetic == "joint" and estimate is not None:
+                self.free, self.estimate = context.num_synthetic, estimate
+            else:
+                self.synthetic = estimate
         self.module = context.build_model()
         self.module.load_state_dict(dict(context.weights_before))
         self.module.train()  # clients train in train mode (BN uses batch statistics)
@@ -311,7 +319,15 @@ def _dummy_images(ctx: PublicContext, init: str, generator: torch.Generator) -> 
 
 
 _ITERS = Param("iters", int, 300, "optimiser iterations", low=1)
-_RESTARTS = Param("restarts", int, 1, "independent restarts; the lowest final loss wins", low=1)
+_RESTARTS = Param(
+    "restarts",
+    int,
+    4,
+    "independent random starts, run as one batched computation; the trial with the lowest "
+    "final matching loss wins (DLG is chaotic in its start: one start misses images that "
+    "another rebuilds)",
+    low=1,
+)
 _INIT = Param("init", str, "randn", "dummy image init", choices=("randn", "uniform"))
 _PRIOR = Param(
     "prior",
@@ -342,6 +358,16 @@ _GUESS = Param(
     choices=("expected", "sample", "identity", "enumerate"),
 )
 _TOL = Param("tol", float, 1e-12, "stop once the matching loss is below this", low=0.0)
+_SYNTHETIC = Param(
+    "synthetic",
+    str,
+    "estimate",
+    "how the attacker models the private synthetic samples a victim mixed into its step "
+    "(Fed-ZDAC, CVAE imputation): its own estimate from what it holds, fixed; or joint: "
+    "extra free dummies (their count is public) optimised with the victim's records, "
+    "started at the estimate",
+    choices=("estimate", "joint"),
+)
 
 
 def enumerated(attack, observations, generators, run, seen):
@@ -397,21 +423,42 @@ class _Problem:
             guess=attack.params["guess"],
             generator=generator,
             candidate=candidate,
+            synthetic=attack.params["synthetic"],
         )
         self.kind = observation.kind
         self.target = sim.target(observation)
         self.fixed = None if joint_labels else infer_labels(observation, sim)
+        if self.fixed is not None and sim.free:  # the synthetic dummies keep the estimate's
+            self.fixed = torch.cat([self.fixed, sim.estimate[1].to(self.fixed.dtype)])
         self.prior = Prior(attack.params["prior"], attack.params["prior_weight"], observation, seen)
         self.starts = [
-            attack.draw_start(sim.ctx, generator) for _ in range(attack.params["restarts"])
+            self.with_free_synthetic(attack, attack.draw_start(sim.ctx, generator), generator)
+            for _ in range(attack.params["restarts"])
         ]
+
+    def with_free_synthetic(self, attack, start: tuple, generator) -> tuple:
+        """A start with the free synthetic dummies (joint mode) after the real ones: their
+        images start at the attacker's estimate, their DLG label logits at random."""
+        sim = self.sim
+        if not sim.free:
+            return start
+        images = torch.cat([start[0], attack.to_variable(sim.ctx, sim.estimate[0].float())])
+        if len(start) == 1:
+            return (images,)
+        extra = torch.randn(sim.free, start[1].shape[1], generator=generator)
+        return images, torch.cat([start[1], extra])
+
+    @property
+    def real(self) -> int:
+        """How many leading dummies stand for the victim's real records."""
+        return self.sim.ctx.num_images
 
     def shares_recipe(self, other: _Problem) -> bool:
         """True when both victims' losses are one function of (variables, target), so
         their trials can run in one vectorised computation."""
         a, b = self.sim, other.sim
         ca, cb = a.ctx, b.ctx
-        scalars = ("lr", "local_steps", "num_images", "record_clip", "update_clip")
+        scalars = ("lr", "local_steps", "num_images", "num_synthetic", "record_clip", "update_clip")
         return (
             self.kind == other.kind
             and all(getattr(ca, f) == getattr(cb, f) for f in scalars)
@@ -422,6 +469,7 @@ class _Problem:
             and self.prior.term is None
             and other.prior.term is None
             and _same_tensors(a.synthetic, b.synthetic)
+            and a.free == b.free
             and _same_tensors(a.mask, b.mask)
             and _same_tensors(dict(ca.weights_before), dict(cb.weights_before))
             and _same_tensors(dict(ca.received), dict(cb.received))
@@ -489,15 +537,21 @@ class _LBFGSAttack(Attack):
             if v not in batched:
                 trials[v] = [self._restart(p, r) for r in range(len(p.starts))]
         out = []
-        for runs in trials:
+        for p, runs in zip(problems, trials, strict=True):
             best = None
             for trial in runs:
                 if trial is not None and (best is None or trial[0] < best[0]):
                     best = trial
             if best is None:
                 raise RuntimeError(f"{self.name}: every restart diverged (non-finite loss)")
-            out.append(Reconstruction(best[1], best[2], {"loss": best[0]}))
+            n = p.real  # the victim's records; joint-mode synthetic dummies are not scored
+            out.append(Reconstruction(best[1][:n], best[2][:n], {"loss": best[0]}))
         return out
+
+    @staticmethod
+    def to_variable(ctx: PublicContext, images: torch.Tensor) -> torch.Tensor:
+        """Images in the optimised variable's units (raw pixels here)."""
+        return images
 
     def draw_start(self, ctx: PublicContext, generator: torch.Generator) -> tuple:
         x = _dummy_images(ctx, self.params["init"], generator)
@@ -614,6 +668,7 @@ _LBFGS_PARAMS = (
     _PRIOR,
     _PRIOR_WEIGHT,
     _GUESS,
+    _SYNTHETIC,
     _BATCHED,
     Param("attack_lr", float, 1.0, "L-BFGS step size", low=0.0, low_open=True),
     Param("max_iter", int, 20, "L-BFGS inner iterations per step", low=1),
@@ -661,6 +716,7 @@ _IG_PARAMS = (
     _PRIOR,
     _PRIOR_WEIGHT,
     _GUESS,
+    _SYNTHETIC,
     _BATCHED,
 )
 
@@ -715,8 +771,14 @@ class InvertingGradients(Attack):
         out = []
         for p, runs in zip(problems, finals, strict=True):
             best = min(runs, key=lambda f: f[0])  # the first of equals, as restarts run
-            out.append(Reconstruction(best[1], p.fixed, {"loss": best[0]}))
+            n = p.real  # joint-mode synthetic dummies are not scored
+            out.append(Reconstruction(best[1][:n], p.fixed[:n], {"loss": best[0]}))
         return out
+
+    def to_variable(self, ctx: PublicContext, images: torch.Tensor) -> torch.Tensor:
+        """Images in the optimised variable's units: (x - m) / s."""
+        m, s = self.units(ctx)
+        return (images - m) / s
 
     def units(self, ctx: PublicContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(m, s), each (C, 1, 1): images are x = m + s * z in the optimised variable z.

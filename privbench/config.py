@@ -36,9 +36,11 @@ def gradient_attacks() -> list[str]:
 
 
 def expand_attacks(names, method: str) -> tuple[str, ...]:
-    """``all-gradient`` stands for every gradient attack, each with the default guess and,
-    where ``method`` publishes candidates an adversary can enumerate (FedMix's X_g
-    entries), also ``@enumerate``; other names pass through, duplicates dropped."""
+    """``all-gradient`` stands for every gradient attack, each as it is and with every
+    variant the method calls for: ``@enumerate`` where ``method`` publishes candidates an
+    adversary can enumerate (FedMix's X_g entries), ``@joint`` where it mixes private
+    synthetic samples into the step (Fed-ZDAC, CVAE imputation); other names pass
+    through, duplicates dropped."""
     from privbench import registries
     from privbench.engine.method import Augmenter
 
@@ -47,19 +49,20 @@ def expand_attacks(names, method: str) -> tuple[str, ...]:
         return names
     methods = registries()["method"]
     factory = methods.entry(method).factory if method in methods else None
-    enumerable = (
-        isinstance(factory, type)
-        and getattr(factory, "attack_candidates", None) is not Augmenter.attack_candidates
-    )
+
+    def overrides(hook: str) -> bool:
+        return isinstance(factory, type) and getattr(factory, hook) is not getattr(Augmenter, hook)
+
+    variants = [""]
+    if overrides("attack_candidates"):
+        variants.append("@enumerate")
+    if overrides("attack_synthetic"):
+        variants.append("@joint")
     out: list[str] = []
     for n in names:
         expanded = [n]
         if n == ALL_GRADIENT:
-            expanded = []
-            for a in gradient_attacks():
-                expanded.append(a)
-                if enumerable:
-                    expanded.append(f"{a}@enumerate")
+            expanded = [a + v for a in gradient_attacks() for v in variants]
         out += [e for e in expanded if e not in out]
     return tuple(out)
 

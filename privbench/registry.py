@@ -220,9 +220,10 @@ class Registry(Generic[T]):
     # Turns the object an import string names ("pkg.mod:make") into an Entry; None: this
     # kind only takes registered names.
     importer: Callable[[str, Any], Entry[T]] | None = None
-    # ``NAME@VALUE`` names plugin NAME with this parameter set to VALUE (attacks: the
-    # guess, ``dlg@enumerate``), so one run can hold several variants of one plugin.
-    variant_param: str | None = None
+    # ``NAME@VALUE`` names plugin NAME with the one of these parameters whose choices
+    # include VALUE set to it (attacks: the guess, ``dlg@enumerate``, or the synthetic
+    # samples' model, ``dlg@joint``), so one run can hold several variants of one plugin.
+    variant_params: tuple[str, ...] = ()
     _imported: dict[str, Entry[T]] = field(default_factory=dict, repr=False)
 
     def register(
@@ -253,10 +254,26 @@ class Registry(Generic[T]):
 
     def split_variant(self, name: str) -> tuple[str, str | None]:
         """(plugin name, variant value) of ``NAME@VALUE``; (name, None) otherwise."""
-        if self.variant_param is None or not isinstance(name, str) or "@" not in name:
+        if not self.variant_params or not isinstance(name, str) or "@" not in name:
             return name, None
         base, _, value = name.partition("@")
         return base, value
+
+    def variant_param(self, name: str) -> tuple[str, str] | None:
+        """(parameter, value) that variant ``name`` sets; None for a plain name."""
+        base, value = self.split_variant(name)
+        if value is None:
+            return None
+        entry = self.entry(base)
+        own = [p for p in entry.params if p.name in self.variant_params]
+        for p in own:
+            if p.choices is not None and value in p.choices:
+                return p.name, value
+        allowed = sorted({c for p in own for c in (p.choices or ())})
+        raise UnknownNameError(
+            f"{self.kind} '{name}': '@{value}' is not a variant of '{base}' "
+            f"(its variants: {', '.join('@' + a for a in allowed) or 'none'})."
+        )
 
     def __contains__(self, name: object) -> bool:
         base = self.split_variant(name)[0] if isinstance(name, str) else name
@@ -266,10 +283,10 @@ class Registry(Generic[T]):
         base, value = self.split_variant(name)
         if value is not None:
             entry = self.entry(base)
-            if not any(p.name == self.variant_param for p in entry.params):
+            if not any(p.name in self.variant_params for p in entry.params):
                 raise UnknownNameError(
-                    f"{self.kind} '{name}': '{base}' has no parameter '{self.variant_param}', "
-                    f"so it has no '@{value}' variant."
+                    f"{self.kind} '{name}': '{base}' has no variants (no parameter "
+                    f"{' or '.join(repr(v) for v in self.variant_params)})."
                 )
             return entry
         if name in self.entries:
@@ -292,9 +309,8 @@ class Registry(Generic[T]):
         """
         entry = self.entry(name)
         params = dict(params or {})
-        _, value = self.split_variant(name)
-        if value is not None:  # the variant's value wins over a shared flat parameter
-            params[self.variant_param] = value
+        if (variant := self.variant_param(name)) is not None:
+            params[variant[0]] = variant[1]  # the variant's value wins over a flat parameter
         owner = f"{self.kind} '{name}'"
         specs = {p.name: p for p in entry.params}
         problems: list[str] = []

@@ -380,3 +380,52 @@ def test_artifact_noise_reaches_the_cvae_uploads_before_round_0():
     assert ups[0].round == ups[1].round == -1
     diff = ups[1].payload["dec.2.weight"] - ups[0].payload["dec.2.weight"]
     assert 0.3 < float(diff.std()) < 0.7  # sigma 0.5 on every uploaded weight
+
+
+# -- the victim's synthetic samples as free variables of the attack ------------------------
+
+
+def _zdac_victim(attack="dlg", **params):
+    cfg = tiny_config(
+        method="zdac",
+        method_params={"zsdg_iters": 5, "zsdg_per_class": 1, "start_round": 0},
+        attack=dict(names=(attack,), batch=2, round=1, params={"iters": 3, **params}),
+    )
+    exp = Experiment(cfg)
+    out = exp.train()
+    (obs,) = [o for o in out.channel.observations if o.sender == 0 and o.round == 1]
+    return exp, out, obs
+
+
+def test_joint_mode_reproduces_the_message_from_the_victims_real_and_synthetic_samples():
+    from privbench.attacks.gradient import VictimSimulator
+    from privbench.engine.method import ClientState
+
+    exp, out, obs = _zdac_victim()
+    victim = out.victims[0]
+    assert obs.context.num_synthetic > 0
+    # Engine side only: the samples the victim really mixed in (ground truth).
+    state = ClientState(0, *exp.client_data(0))
+    x_all, y_all = exp.parts.client.training_data(1, state, victim.images, victim.labels)
+    joint = VictimSimulator(obs.context, synthetic="joint")
+    assert joint.synthetic is None and joint.free == obs.context.num_synthetic
+    got = joint.message(obs.kind, x_all, y_all, create_graph=False)
+    want = joint.target(obs)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6)
+    # The estimate-mode simulator appends its own estimate, which is not what was sent.
+    est = VictimSimulator(obs.context)
+    off = est.message(obs.kind, victim.images, victim.labels, create_graph=False)
+    assert max(float((off[n] - want[n]).abs().max()) for n in want) > 1e-3
+
+
+@pytest.mark.parametrize("attack", ["dlg", "idlg", "ig"])
+def test_joint_mode_scores_only_the_victims_records(attack):
+    cfg = tiny_config(
+        method="zdac",
+        method_params={"zsdg_iters": 5, "zsdg_per_class": 1, "start_round": 0},
+        attack=dict(names=(f"{attack}@joint",), batch=2, round=1, params={"iters": 3}),
+    )
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    assert row.attack == f"{attack}@joint" and row.n_images == 2

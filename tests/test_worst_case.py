@@ -41,14 +41,16 @@ def test_variant_names_set_the_guess_and_are_validated():
     reg = registries()["attack"]
     assert reg.resolve_params("dlg@enumerate", {"iters": 3})["guess"] == "enumerate"
     assert "dlg@enumerate" in reg and reg.entry("dlg@enumerate") is reg.entry("dlg")
-    with pytest.raises(PrivbenchError, match="'guess'.*enumerate"):
+    assert reg.resolve_params("ig@joint", {})["synthetic"] == "joint"
+    with pytest.raises(PrivbenchError, match="'@everything' is not a variant.*@enumerate"):
         reg.resolve_params("dlg@everything", {})
-    with pytest.raises(PrivbenchError, match="'averaged-data' has no parameter 'guess'"):
+    with pytest.raises(PrivbenchError, match="'averaged-data' has no variants"):
         reg.entry("averaged-data@enumerate")
 
 
 def test_all_gradient_expands_to_every_gradient_attack_and_the_guesses_that_apply():
     assert expand_attacks(("all-gradient",), "fedavg") == ("dlg", "idlg", "ig", "ig-inversefed")
+    assert expand_attacks(("all-gradient",), "zdac")[:2] == ("dlg", "dlg@joint")
     assert expand_attacks(("averaged-data", "all-gradient", "dlg"), "fedmix") == (
         "averaged-data",
         "dlg",
