@@ -57,6 +57,9 @@ class VictimSimulator:
         # How the attacker models private randomness it cannot see (FedAvP's op pairs;
         # with guess "enumerate", one candidate of FedMix's X_g entries).
         self.augmenter = context.method.attack_view(guess, gen, candidate)
+        # The view's per-candidate tensors (FedMix: the X_g entry): batched attacks pass
+        # them per trial, so all candidates' trials share one computation.
+        self.view_inputs = self.augmenter.trial_inputs(context.received)
         # The synthetic samples the victim mixed into its batch (Fed-ZDAC, CVAE
         # imputation), as the attacker estimates them from what it holds: the simulated
         # loss is then the victim's real + synthetic loss.
@@ -92,29 +95,33 @@ class VictimSimulator:
         y: torch.Tensor,
         *,
         penalty: bool = True,
+        view: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         model = FunctionalModel(self.module, params, self.buffers)
         if self.synthetic is not None:
             x, y = with_synthetic(x, y, *self.synthetic)
+        augmenter = self.augmenter if view is None else self.augmenter.with_trial_inputs(view)
         # generator=None: the attacker does not know the victim's private randomness, so
         # the method gives its expected loss (see Augmenter.local_loss).
-        loss = self.augmenter.local_loss(model, x, y, received=self.ctx.received, generator=None)
+        loss = augmenter.local_loss(model, x, y, received=self.ctx.received, generator=None)
         if penalty and self.penalised:
             loss = loss + self.ctx.algorithm.penalty(params, self.params0)
         return loss
 
     def step_gradient(
-        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, view=None
     ) -> dict[str, torch.Tensor]:
         """The gradient the victim steps with. Under DP-SGD (public ``record_clip`` C):
         the mean of per-record gradients each clipped to C, then the data-free penalty;
         the noise, unknown and zero-mean, is left out."""
         clip = self.ctx.record_clip
         if clip is None:
-            return grad(lambda p: self.loss(p, x, y))(params)
+            return grad(lambda p: self.loss(p, x, y, view=view))(params)
         total = {n: torch.zeros_like(v) for n, v in params.items()}
         for i in range(len(y)):
-            g = grad(lambda p, i=i: self.loss(p, x[i : i + 1], y[i : i + 1], penalty=False))(params)
+            g = grad(
+                lambda p, i=i: self.loss(p, x[i : i + 1], y[i : i + 1], penalty=False, view=view)
+            )(params)
             norm = torch.sqrt(sum((t**2).sum() for t in g.values()))
             factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
             total = {n: total[n] + factor * g[n] for n in total}
@@ -125,7 +132,12 @@ class VictimSimulator:
         return grads
 
     def message(
-        self, kind: str, x: torch.Tensor, y: torch.Tensor, create_graph: bool = True
+        self,
+        kind: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        create_graph: bool = True,
+        view: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """What the victim would have sent had its data been (x, y).
 
@@ -133,17 +145,19 @@ class VictimSimulator:
         reported (like the observation) as new weights minus old, divided by -lr so its
         scale is that of a gradient. Public clipping of the defenses is applied alike.
         ``create_graph=False``: the result need not be differentiable in (x, y).
+        ``view``: the method view's per-candidate tensors for this trial (default: the
+        simulator's own, :attr:`view_inputs`).
         """
         if not create_graph:
             with torch.no_grad():
-                return self.message(kind, x.detach(), y.detach(), create_graph=True)
+                return self.message(kind, x.detach(), y.detach(), create_graph=True, view=view)
         lr = self.ctx.lr
         if kind == "gradient":
-            out = self.step_gradient(dict(self.params0), x, y)
+            out = self.step_gradient(dict(self.params0), x, y, view)
         else:
             current = dict(self.params0)
             for _ in range(self.ctx.local_steps):
-                grads = self.step_gradient(current, x, y)
+                grads = self.step_gradient(current, x, y, view)
                 current = {n: current[n] - lr * grads[n] for n in self.param_names}
             out = {n: (current[n] - self.params0[n]) / -lr for n in self.param_names}
         if self.mask is not None:  # pruning: the observed zeros are the mask
@@ -462,7 +476,8 @@ class _Problem:
         return (
             self.kind == other.kind
             and all(getattr(ca, f) == getattr(cb, f) for f in scalars)
-            and a.augmenter is b.augmenter
+            and a.augmenter.recipe is b.augmenter.recipe
+            and _same_shapes(a.view_inputs, b.view_inputs)
             and ca.algorithm is cb.algorithm
             and self.prior.kind == other.prior.kind
             and _same_tensors(self.prior.means, other.prior.means)
@@ -484,6 +499,10 @@ def _same_tensors(a, b) -> bool:
     if isinstance(a, tuple) and isinstance(b, tuple):
         return len(a) == len(b) and all(_same_tensors(u, v) for u, v in zip(a, b, strict=True))
     return a is b or a == b
+
+
+def _same_shapes(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
 
 
 def group_problems(problems: list[_Problem]) -> list[list[int]]:
@@ -563,9 +582,9 @@ class _LBFGSAttack(Attack):
         sim, kind, prior = problem.sim, problem.kind, problem.prior
         joint = self.joint_labels
 
-        def one(x, labels, target):
+        def one(x, labels, target, view=None):
             y = torch.softmax(labels, dim=1) if joint else labels
-            return prior(_l2_distance(sim.message(kind, x, y), target), x, y)
+            return prior(_l2_distance(sim.message(kind, x, y, view=view), target), x, y)
 
         return one
 
@@ -618,6 +637,7 @@ class _LBFGSAttack(Attack):
             for n in problems[group[0]].target
         }
         fixed = None if self.joint_labels else torch.stack([problems[v].fixed for v in group])
+        views = _stacked_views(problems, group)
         trial_fn = TrialFunction(
             self._trial_loss(problems[group[0]]), argnums=(0, 1) if self.joint_labels else 0
         )
@@ -626,7 +646,9 @@ class _LBFGSAttack(Attack):
             parts = split_trials(flat, shapes)
             mine = owner[idx]
             labels = parts[1] if self.joint_labels else fixed[mine]
-            values, grads = trial_fn(parts[0], labels, index_trials(targets, mine))
+            values, grads = trial_fn(
+                parts[0], labels, index_trials(targets, mine), index_trials(views, mine)
+            )
             return values, stack_trials(grads)
 
         opt = BatchedLBFGS(
@@ -658,6 +680,12 @@ class _LBFGSAttack(Attack):
             found = parts[1][i].argmax(dim=1) if self.joint_labels else problems[v].fixed
             out[(v, r)] = (float(last[i]), x.clone(), found.clone())
         return out
+
+
+def _stacked_views(problems: list[_Problem], group: list[int]) -> dict[str, torch.Tensor]:
+    """The group's per-candidate view tensors, stacked in group order."""
+    first = problems[group[0]].sim.view_inputs
+    return {k: torch.stack([problems[v].sim.view_inputs[k] for v in group]) for k in first}
 
 
 _LBFGS_PARAMS = (
@@ -817,9 +845,10 @@ class InvertingGradients(Attack):
         m, s = self.units(sim.ctx)
         raw = self.params["units"] == "raw"
 
-        def one(z, labels, target):
+        def one(z, labels, target, view=None):
             x = z if raw else m + s * z
-            loss = prior(_cosine_distance(sim.message(kind, x, labels), target), x, labels)
+            message = sim.message(kind, x, labels, view=view)
+            loss = prior(_cosine_distance(message, target), x, labels)
             return loss + tv * total_variation(z) if tv > 0 else loss  # TV in z's units
 
         return one
@@ -839,6 +868,10 @@ class InvertingGradients(Attack):
         one = self._one(first)
         labels = torch.stack([problems[v].fixed for v, _ in keys])
         targets = {n: torch.stack([problems[v].target[n] for v, _ in keys]) for n in first.target}
+        views = {
+            k: torch.stack([problems[v].sim.view_inputs[k] for v, _ in keys])
+            for k in first.sim.view_inputs
+        }
         trial_fn = TrialFunction(one) if batched else None
         with bar(iters, f"ig x{len(keys)} trials") as pbar:
             for _ in range(iters):
@@ -846,7 +879,7 @@ class InvertingGradients(Attack):
                 if trial_fn is None:
                     one(x[0], labels[0], index_trials(targets, 0)).backward()
                 else:
-                    x.grad = trial_fn(x.detach(), labels, targets)[1][0]
+                    x.grad = trial_fn(x.detach(), labels, targets, views)[1][0]
                 if self.params["signed"]:
                     x.grad.sign_()
                 opt.step()

@@ -222,17 +222,32 @@ class MeanAugmented(Augmenter):
 
 
 class EntryView(Augmenter):
-    """An adversary's view of a MAFL client that mixed with X_g entry ``entry``."""
+    """An adversary's view of a MAFL client that mixed with X_g entry ``entry``. The
+    entry is a trial input: the views of all entries are one function of it, so an
+    enumerating attack runs every candidate in one batched computation."""
 
-    def __init__(self, method: MeanAugmented, entry: int):
+    def __init__(self, method: MeanAugmented, entry: int | None, fixed=None):
         super().__init__()
-        self.method, self.entry = method, entry
+        self.method, self.entry, self.fixed = method, entry, fixed
         self.name = f"{method.name}[entry {entry}]"
 
-    def local_loss(self, model, x, y, *, received, generator=None):
+    @property
+    def recipe(self):
+        return self.method
+
+    def trial_inputs(self, received) -> dict[str, torch.Tensor]:
+        if self.fixed is not None:
+            return dict(self.fixed)
         xg, yg = received["averaged_data"]["x"], received["averaged_data"]["y"]
         j = self.entry
-        return self.method.mixed_loss(model, x, y, xg[j : j + 1], yg[j : j + 1])
+        return {"xbar": xg[j : j + 1], "ybar": yg[j : j + 1]}
+
+    def with_trial_inputs(self, inputs):
+        return EntryView(self.method, self.entry, fixed=inputs)
+
+    def local_loss(self, model, x, y, *, received, generator=None):
+        entry = self.trial_inputs(received)
+        return self.method.mixed_loss(model, x, y, entry["xbar"], entry["ybar"])
 
 
 def _soft(y: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -290,6 +290,23 @@ class Augmenter(Configurable):
         choice was candidate ``candidate`` (see :meth:`attack_candidates`)."""
         return self
 
+    # A view may hold its candidate as tensors (``trial_inputs``) so that the views of all
+    # candidates are one function of those tensors (``recipe``: the object they share) and
+    # an attack runs every candidate's trials as one batched computation.
+    @property
+    def recipe(self) -> Augmenter:
+        """The object whose views differ only by :meth:`trial_inputs` (itself here)."""
+        return self
+
+    def trial_inputs(self, received: Mapping[str, Payload]) -> dict[str, torch.Tensor]:
+        """This view's per-candidate tensors, given what the victim ``received`` (none:
+        the view is the recipe itself)."""
+        return {}
+
+    def with_trial_inputs(self, inputs: Mapping[str, torch.Tensor]) -> Augmenter:
+        """The view whose per-candidate tensors are ``inputs`` (possibly batched-traced)."""
+        return self
+
     def attack_candidates(self, received: Mapping[str, Payload]) -> int:
         """How many values of the victim's private choice an adversary that knows
         ``received`` can enumerate (FedMix: the X_g entries it may mix with); 0: nothing
