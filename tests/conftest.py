@@ -26,3 +26,27 @@ def _no_network(monkeypatch):
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+def shared_data_root() -> str:
+    """The folder of the real datasets (MNIST, Fashion-MNIST in torchvision's layout):
+    ``PRIVBENCH_DATA_ROOT``, else ``../shared/data`` beside the project. Tests that need
+    it skip without it on a developer's machine and fail in CI (``CI=true``), where the
+    folder must be there."""
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("PRIVBENCH_DATA_ROOT") or str(
+        Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    if not (Path(root) / "MNIST" / "raw").is_dir():
+        message = f"the real datasets are not at {root} (set PRIVBENCH_DATA_ROOT)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture
+def data_root() -> str:
+    return shared_data_root()

@@ -151,7 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="1: victim sends a gradient (FedSGD); >1: a multi-step update",
     )
     o = run.add_argument_group("data and output")
-    o.add_argument("--data-root", default=None, help="folder of torchvision datasets")
+    o.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of file-backed datasets (torchvision layout: MNIST/raw, FashionMNIST/raw, "
+        "...); default: $PRIVBENCH_DATA_ROOT, else ./data",
+    )
     o.add_argument("--download", action="store_true", help="download torchvision data")
     o.add_argument("--out", default="privbench-results", help="result folder")
     o.add_argument("--no-save", action="store_true", help="do not write results")

@@ -188,6 +188,8 @@ def load_faces(*, image_size=None, root=None, download=False) -> DataBundle:
     return _finish("faces", x[tr], y[tr], x[te], y[te], ["non-face", "face"], image_size)
 
 
+DATA_ROOT_ENV = "PRIVBENCH_DATA_ROOT"  # the data folder when --data-root is not given
+
 # name -> (torchvision class name, folder it reads under root, extra kwargs)
 _TORCHVISION = {
     "mnist": ("MNIST", "MNIST/raw", {}),
@@ -382,8 +384,12 @@ def _read_image_folder(path: str, image_size: int | None, channels: int | None):
 def load_dataset(
     name: str, params: dict | None = None, *, root: str | None = None, download: bool = False
 ) -> DataBundle:
-    """Load a registered dataset by name with validated parameters."""
+    """Load a registered dataset by name with validated parameters. ``root``: the folder
+    of file-backed datasets; when not given, the ``PRIVBENCH_DATA_ROOT`` environment
+    variable, else ``./data``."""
     resolved = DATASETS.resolve_params(name, params)
+    if root is None:
+        root = os.environ.get(DATA_ROOT_ENV) or None
     if name == "emnist":
         resolved["split"] = resolved.pop("emnist_split")
     return DATASETS.entry(name).factory(root=root, download=download, **resolved)
