@@ -435,6 +435,8 @@ class PolicyGuess(Augmenter):
         self.method, self.guess, self.generator = method, guess, generator
         self.name = f"{method.name}[{guess}]"
         self._fixed = None
+        if guess == "expected":  # drawn now: the view is the same however many restarts
+            self._fixed = torch.rand(2, NUM_OPS, 2, generator=generator)
 
     def local_loss(self, model, x, y, *, received, generator=None):
         m = self.method

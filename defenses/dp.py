@@ -189,4 +189,5 @@ class ClientDP(Defense):
         history = [(self.z, q, len(self.server_rounds) - certain), (self.z, 1.0, certain)]
         eps = client_epsilon(history, self.delta)
         note = f" and q=1 in {certain} forced round{'s' * (certain != 1)}" if certain else ""
+        note = note if q < 1 else ""  # every client in every round: nothing to add
         return PrivacySpend(eps, self.delta, f"rdp (sampled Gaussian, q={q:g}{note})", "client")

@@ -7,7 +7,7 @@ import pytest
 
 import privbench
 from privbench import registries
-from privbench.config import expand_attacks
+from privbench.adversary import expand_attacks
 from privbench.errors import PrivbenchError
 from privbench.evaluation.attacking import AttackScores, worst_case
 from privbench.evaluation.metrics import LeakageScore

@@ -12,13 +12,13 @@ import sys
 from typing import Any
 
 from privbench import registries
+from privbench.adversary import expand_attacks
 from privbench.config import (
     DEFAULT_MODEL,
     AttackConfig,
     FedConfig,
     RunConfig,
     default_model_for,
-    expand_attacks,
 )
 from privbench.errors import PrivbenchError
 

@@ -114,7 +114,7 @@ def worst_case_view(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The rows a reader sees by default: where a run wrote a ``worst-case`` row, it
     stands for that run's gradient attacks (their own rows are left out: each victim's
     best is in it); every other row as is. Rows are :func:`latest` rows."""
-    from privbench.config import gradient_attacks
+    from privbench.adversary import gradient_attacks
 
     rows = latest(rows)
     gradient = set(gradient_attacks())
