@@ -33,3 +33,9 @@ def test_the_environment_variable_is_the_default_data_root(data_root, monkeypatc
     monkeypatch.setenv("PRIVBENCH_DATA_ROOT", str(tmp_path))  # an empty folder: a clear error
     with pytest.raises(privbench.PrivbenchError, match="not found: expected .*FashionMNIST"):
         privbench.run(cfg)
+
+
+def test_the_environment_variable_is_not_an_image_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRIVBENCH_DATA_ROOT", str(tmp_path))
+    with pytest.raises(privbench.PrivbenchError, match="needs --data-root"):
+        load_dataset("imagefolder")

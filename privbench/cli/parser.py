@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root",
         default=None,
         help="folder of file-backed datasets (torchvision layout: MNIST/raw, FashionMNIST/raw, "
-        "...); default: $PRIVBENCH_DATA_ROOT, else ./data",
+        "...); torchvision datasets default to $PRIVBENCH_DATA_ROOT, else ./data",
     )
     o.add_argument("--download", action="store_true", help="download torchvision data")
     o.add_argument("--out", default="privbench-results", help="result folder")

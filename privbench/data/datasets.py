@@ -385,10 +385,11 @@ def load_dataset(
     name: str, params: dict | None = None, *, root: str | None = None, download: bool = False
 ) -> DataBundle:
     """Load a registered dataset by name with validated parameters. ``root``: the folder
-    of file-backed datasets; when not given, the ``PRIVBENCH_DATA_ROOT`` environment
-    variable, else ``./data``."""
+    of file-backed datasets; for the torchvision datasets, when not given, the
+    ``PRIVBENCH_DATA_ROOT`` environment variable, else ``./data`` (``imagefolder`` always
+    needs its own folder)."""
     resolved = DATASETS.resolve_params(name, params)
-    if root is None:
+    if root is None and name in _TORCHVISION:
         root = os.environ.get(DATA_ROOT_ENV) or None
     if name == "emnist":
         resolved["split"] = resolved.pop("emnist_split")
