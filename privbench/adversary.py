@@ -4,6 +4,7 @@ which expands to every gradient attack with every variant the method calls for."
 from __future__ import annotations
 
 ALL_GRADIENT = "all-gradient"
+WORST_CASE = "worst-case"  # the attack name of a run's worst-case row
 
 
 def gradient_attacks() -> list[str]:
@@ -56,4 +57,4 @@ def base_name(name: str) -> str:
     return name.partition("@")[0]
 
 
-__all__ = ["ALL_GRADIENT", "base_name", "expand_attacks", "gradient_attacks"]
+__all__ = ["ALL_GRADIENT", "WORST_CASE", "base_name", "expand_attacks", "gradient_attacks"]

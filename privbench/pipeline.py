@@ -13,6 +13,7 @@ import time
 import traceback
 from dataclasses import replace
 
+from privbench.adversary import WORST_CASE
 from privbench.config import RunConfig
 from privbench.engine.experiment import Experiment
 from privbench.engine.outcome import TrainingOutcome
@@ -21,8 +22,6 @@ from privbench.evaluation.attacking import AttackScores, attack_victims, worst_c
 from privbench.results import Result, Results, ResultStore, versions
 
 log = logging.getLogger("privbench")
-
-WORST_CASE = "worst-case"  # the attack name of a run's worst-case row
 
 
 def base_row(cfg: RunConfig, attack: str) -> Result:

@@ -114,11 +114,11 @@ def worst_case_view(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The rows a reader sees by default: where a run wrote a ``worst-case`` row, it
     stands for that run's gradient attacks (their own rows are left out: each victim's
     best is in it); every other row as is. Rows are :func:`latest` rows."""
-    from privbench.adversary import gradient_attacks
+    from privbench.adversary import WORST_CASE, gradient_attacks
 
     rows = latest(rows)
     gradient = set(gradient_attacks())
-    covered = {r.get("config_hash") for r in rows if r.get("attack") == "worst-case"}
+    covered = {r.get("config_hash") for r in rows if r.get("attack") == WORST_CASE}
     return [
         r
         for r in rows
