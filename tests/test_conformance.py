@@ -9,7 +9,7 @@ from privbench import registries
 from privbench import testing as conformance
 
 ALL = [(kind, name) for kind, reg in registries().items() for name in reg.names()]
-EMBEDDED = ("digits", "photos", "faces")
+EMBEDDED = ("digits", "photos", "faces", "lfw")
 
 
 @pytest.mark.parametrize("kind, name", ALL)

@@ -43,6 +43,12 @@ def test_faces():
     assert len(d.y_train) + len(d.y_test) == 200
 
 
+def test_lfw_is_the_faces_data_under_its_papers_name():
+    a, b = load_dataset("faces"), load_dataset("lfw", {"image_size": 32})
+    assert b.name == "lfw" and b.shape == (1, 32, 32) and b.class_names == a.class_names
+    assert torch.equal(a.y_train, b.y_train)
+
+
 def test_bad_dataset_params():
     with pytest.raises(ParameterError, match="'image_size' parameter of dataset 'digits'"):
         load_dataset("digits", {"image_size": 2})

@@ -5,7 +5,7 @@ shaped (N, C, H, W) with int64 labels; small enough to live in memory, so local
 training indexes tensors instead of running a DataLoader per batch.
 
 Embedded (no internet): ``digits`` (scikit-learn), ``photos`` (scikit-image's
-bundled photographs), ``faces`` (scikit-image's LFW subset). From ``--data-root``:
+bundled photographs), ``faces`` and ``lfw`` (scikit-image's LFW subset). From ``--data-root``:
 ``mnist``, ``fashionmnist``, ``emnist``, ``cifar10``, ``cifar100`` and ``imagefolder``
 (one sub-folder of images per class). A user's own data (tensors, arrays, any
 map-style ``Dataset``) becomes a bundle through :func:`as_bundle`; an import string
@@ -173,19 +173,33 @@ def load_photos(*, image_size=None, per_class=150, root=None, download=False) ->
     return _finish("photos", x[tr], y[tr], x[te], y[te], list(PHOTO_NAMES), image_size)
 
 
-@DATASETS.register(
-    "faces",
-    params=(_SIZE,),
-    description="scikit-image's 200 real 25x25 grayscale LFW crops: face vs non-face (embedded)",
-)
-def load_faces(*, image_size=None, root=None, download=False) -> DataBundle:
+def _lfw_subset(name: str, image_size: int | None) -> DataBundle:
     import skimage.data
 
     imgs = skimage.data.lfw_subset().astype(np.float32)  # (200, 25, 25): 100 faces, 100 not
     x = torch.from_numpy(imgs).unsqueeze(1)
     y = torch.from_numpy(np.array([1] * 100 + [0] * 100, dtype=np.int64))
     tr, te = fixed_split(len(y), 0.2, salt=2)
-    return _finish("faces", x[tr], y[tr], x[te], y[te], ["non-face", "face"], image_size)
+    return _finish(name, x[tr], y[tr], x[te], y[te], ["non-face", "face"], image_size)
+
+
+@DATASETS.register(
+    "faces",
+    params=(_SIZE,),
+    description="scikit-image's 200 real 25x25 grayscale LFW crops: face vs non-face (embedded)",
+)
+def load_faces(*, image_size=None, root=None, download=False) -> DataBundle:
+    return _lfw_subset("faces", image_size)
+
+
+@DATASETS.register(
+    "lfw",
+    params=(_SIZE,),
+    description="the LFW crops of 'faces' under the name face-reconstruction papers use "
+    "(DLG attacks LFW): same 200 images and labels (embedded)",
+)
+def load_lfw(*, image_size=None, root=None, download=False) -> DataBundle:
+    return _lfw_subset("lfw", image_size)
 
 
 DATA_ROOT_ENV = "PRIVBENCH_DATA_ROOT"  # the data folder when --data-root is not given
