@@ -15,10 +15,10 @@ and summarised in ``adaptive_fedmix.md``.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
+from _store import RESULTS as OUT  # run as a script: benchmarks/ is on sys.path
+from _store import RowStore
 
 import privbench
 from privbench import AttackConfig, FedConfig, RunConfig
@@ -28,7 +28,6 @@ from privbench.results.report import mean_std as ms
 # batched DLG trials per victim with 4 restarts; left out of this table.
 METHODS = ("fedavg", "naivemix", "fedmix")
 ATTACKS = ("dlg", "dlg@enumerate", "worst-case")
-OUT = Path(__file__).parent / "results"
 
 
 def config(method: str, seed: int) -> RunConfig:
@@ -45,12 +44,7 @@ def config(method: str, seed: int) -> RunConfig:
 
 
 def measure(seeds: int) -> list[dict]:
-    path = OUT / "adaptive_fedmix.jsonl"
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            done[r["method"], r["seed"], r["attack"]] = r
+    done = RowStore(OUT / "adaptive_fedmix.jsonl", lambda r: (r["method"], r["seed"], r["attack"]))
     for method in METHODS:
         for seed in range(seeds):
             if all((method, seed, a) in done for a in ATTACKS):
@@ -71,9 +65,7 @@ def measure(seeds: int) -> list[dict]:
                     "worst_of": row.worst_of,
                     "attack_s": row.attack_s,
                 }
-                with path.open("a") as f:  # one line per measured point: resumable
-                    f.write(json.dumps(r) + "\n")
-                done[method, seed, row.attack] = r
+                done.add(r)
                 print(f"  {method} seed {seed} {row.attack}: {row.psnr:.2f} dB", flush=True)
     return [done[m, s, a] for m in METHODS for s in range(seeds) for a in ATTACKS]
 

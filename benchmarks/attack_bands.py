@@ -25,16 +25,16 @@ import argparse
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
+from _store import RESULTS as OUT  # run as a script: benchmarks/ is on sys.path
+from _store import RowStore
 
 from privbench import AttackConfig, FedConfig, RunConfig
 from privbench.engine.experiment import Experiment
 from privbench.evaluation.attacking import attack_victims
 from privbench.results.report import mean_std as ms
 
-OUT = Path(__file__).parent / "results"
 SUCCESS_DB = 30.0
 
 # (label, dataset, model, victim steps, attack batch, rounds, attack round, victims)
@@ -90,12 +90,7 @@ def seeds_of(setting, seeds: int) -> int:
 
 
 def measure(seeds: int, variants: list[str]) -> list[dict]:
-    path = OUT / "attack_bands.jsonl"
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            done[r["setting"], r["variant"], r["seed"]] = r
+    done = RowStore(OUT / "attack_bands.jsonl", lambda r: (r["setting"], r["variant"], r["seed"]))
     for setting in SETTINGS:
         label = setting[0]
         for seed in range(seeds_of(setting, seeds)):
@@ -130,9 +125,7 @@ def measure(seeds: int, variants: list[str]) -> list[dict]:
                     "victims": len(per_victim),
                     "attack_s": seconds,
                 }
-                with path.open("a") as f:  # one line per measured point: resumable
-                    f.write(json.dumps(r) + "\n")
-                done[label, variant, seed] = r
+                done.add(r)
                 print(
                     f"    {variant}: {r['psnr']:.1f} dB, {r['successes']}/{r['victims']} "
                     f"> {SUCCESS_DB:.0f} dB, {seconds:.1f}s",
