@@ -1,34 +1,25 @@
-"""The resumable row store of the benchmark scripts: one JSON object per line, one line
-per measured point, appended as it is measured, so a rerun skips what is there."""
+"""The resumable row store of the benchmark scripts: privbench's ResultStore (one JSON
+object per line, appended under a lock and fsynced, a torn line skipped and measured
+again) under the script's own file name, indexed by each row's point."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from privbench.results.store import ResultStore
 
 RESULTS = Path(__file__).parent / "results"
 
 
 class RowStore:
-    """Rows of ``path`` keyed by ``key(row)``; ``add`` appends one line and flushes it to
-    disk before returning, so a killed script loses at most the point in flight."""
+    """Rows of ``path`` keyed by ``key(row)``; ``add`` appends one row and returns once it
+    is on disk, so a killed script loses at most the point in flight."""
 
     def __init__(self, path: Path, key: Callable[[dict], tuple]):
-        self.path, self.key = Path(path), key
-        self.rows: dict[tuple, dict] = {}
-        if self.path.exists():
-            for n, line in enumerate(self.path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    # A line cut by a kill mid-write: the point is measured again.
-                    print(f"  {self.path.name}:{n}: not a complete row, skipped", flush=True)
-                    continue
-                self.rows[key(row)] = row
+        path = Path(path)
+        self.store, self.key = ResultStore(str(path.parent), path.name), key
+        self.rows = {key(row): row for row in self.store.read()}
 
     def __contains__(self, k: tuple) -> bool:
         return k in self.rows
@@ -40,16 +31,6 @@ class RowStore:
         return iter(self.rows.values())
 
     def add(self, row: dict) -> dict:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A line cut by a kill has no newline: start on a line of our own.
-        cut = self.path.exists() and self.path.stat().st_size > 0
-        if cut:
-            with self.path.open("rb") as f:
-                f.seek(-1, os.SEEK_END)
-                cut = f.read(1) != b"\n"
-        with self.path.open("a") as f:
-            f.write(("\n" if cut else "") + json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.store.append([row])
         self.rows[self.key(row)] = row
         return row

@@ -60,7 +60,9 @@ def attack(exp: Experiment, outcome, name: str, **params):
     """Run one attack variant on the recorded messages of a finished training run:
     (score, label-distribution error), or (None, None) when it failed (counted)."""
     cfg = exp.cfg
-    exp.cfg = replace(cfg, attack=replace(cfg.attack, params={**cfg.attack.params, name: params}))
+    # The attack builds from resolved parameters: the variant's, over the defaults.
+    atk = replace(cfg.attack, names=(name,), params={name: params})
+    exp.cfg = replace(cfg, attack=atk).resolve()
     try:
         score, err, _, _ = attack_victims(exp, name, outcome, None)
         return score, err
@@ -91,23 +93,18 @@ def one_run(dataset, method, seed, args) -> dict:
         "policy_up": outcome.channel.bytes["policy"]["up"],
         "policy_down": outcome.channel.bytes["policy"]["down"],
     }
-    row["dlg_psnr"], row["dlg_ssim"] = _psnr_ssim(attack(exp, outcome, ATTACK, **grad)[0])
+    # Every view of the victim's loss the attacker can take; the worst case for the one
+    # victim is its best view (highest PSNR).
+    views = {"dlg": {}}
     if method == "fedavp":
-        for guess in GUESSES[1:]:
-            score, _ = attack(exp, outcome, ATTACK, **grad, guess=guess)
-            row[f"dlg_{guess}_psnr"], row[f"dlg_{guess}_ssim"] = _psnr_ssim(score)
+        views.update({f"dlg_{g}": {"guess": g} for g in GUESSES[1:]})
     if method == "fedmix":  # the server enumerates the X_g entries it built
-        score, _ = attack(exp, outcome, ATTACK, **grad, guess="enumerate")
-        row["dlg_enumerate_psnr"], row["dlg_enumerate_ssim"] = _psnr_ssim(score)
-    # The worst case for the one victim: the attacker's best guess (highest PSNR).
-    tried = [k[: -len("_psnr")] for k in row if k.startswith("dlg") and k.endswith("_psnr")]
-    best = max(
-        (k for k in tried if row[k + "_psnr"] is not None),
-        default=None,
-        key=lambda k: row[k + "_psnr"],
-    )
-    row["worst_psnr"] = row[best + "_psnr"] if best else None
-    row["worst_ssim"] = row[best + "_ssim"] if best else None
+        views["dlg_enumerate"] = {"guess": "enumerate"}
+    scores = {k: attack(exp, outcome, ATTACK, **grad, **p)[0] for k, p in views.items()}
+    for k, score in scores.items():
+        row[k + "_psnr"], row[k + "_ssim"] = _psnr_ssim(score)
+    best = max((s for s in scores.values() if s is not None), default=None, key=lambda s: s.psnr)
+    row["worst_psnr"], row["worst_ssim"] = _psnr_ssim(best)
     if method in ARTIFACT:
         row["label_err"] = attack(exp, outcome, ARTIFACT[method])[1]
     _, labels = exp.client_data(0)

@@ -181,6 +181,9 @@ def test_store_skips_a_torn_last_line(tmp_path):
         fh.write('{"config_hash": "b", "sta')  # a writer killed mid-line
     with pytest.warns(UserWarning, match="incomplete row"):
         assert store.finished_hashes() == {"a"}
+    store.append([{"config_hash": "c", "status": "ok"}])  # not swallowed by the torn line
+    with pytest.warns(UserWarning, match=":2: skipping an incomplete row"):
+        assert store.finished_hashes() == {"a", "c"}
 
 
 def test_concurrent_appends_never_interleave(tmp_path):

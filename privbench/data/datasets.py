@@ -173,33 +173,21 @@ def load_photos(*, image_size=None, per_class=150, root=None, download=False) ->
     return _finish("photos", x[tr], y[tr], x[te], y[te], list(PHOTO_NAMES), image_size)
 
 
-def _lfw_subset(name: str, image_size: int | None) -> DataBundle:
-    import skimage.data
+def _register_lfw(name: str, description: str) -> None:
+    def load(*, image_size=None, root=None, download=False) -> DataBundle:
+        import skimage.data
 
-    imgs = skimage.data.lfw_subset().astype(np.float32)  # (200, 25, 25): 100 faces, 100 not
-    x = torch.from_numpy(imgs).unsqueeze(1)
-    y = torch.from_numpy(np.array([1] * 100 + [0] * 100, dtype=np.int64))
-    tr, te = fixed_split(len(y), 0.2, salt=2)
-    return _finish(name, x[tr], y[tr], x[te], y[te], ["non-face", "face"], image_size)
+        imgs = skimage.data.lfw_subset().astype(np.float32)  # (200, 25, 25): 100 faces, 100 not
+        x = torch.from_numpy(imgs).unsqueeze(1)
+        y = torch.from_numpy(np.array([1] * 100 + [0] * 100, dtype=np.int64))
+        tr, te = fixed_split(len(y), 0.2, salt=2)
+        return _finish(name, x[tr], y[tr], x[te], y[te], ["non-face", "face"], image_size)
 
-
-@DATASETS.register(
-    "faces",
-    params=(_SIZE,),
-    description="scikit-image's 200 real 25x25 grayscale LFW crops: face vs non-face (embedded)",
-)
-def load_faces(*, image_size=None, root=None, download=False) -> DataBundle:
-    return _lfw_subset("faces", image_size)
+    DATASETS.register(name, params=(_SIZE,), description=description)(load)
 
 
-@DATASETS.register(
-    "lfw",
-    params=(_SIZE,),
-    description="the LFW crops of 'faces' under the name face-reconstruction papers use "
-    "(DLG attacks LFW): same 200 images and labels (embedded)",
-)
-def load_lfw(*, image_size=None, root=None, download=False) -> DataBundle:
-    return _lfw_subset("lfw", image_size)
+_register_lfw("faces", "scikit-image's 200 real 25x25 grey LFW crops: face vs non-face (embedded)")
+_register_lfw("lfw", "the 'faces' crops under the name face-reconstruction papers use (embedded)")
 
 
 DATA_ROOT_ENV = "PRIVBENCH_DATA_ROOT"  # the data folder when --data-root is not given

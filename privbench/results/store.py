@@ -190,11 +190,11 @@ def write_json_atomic(path: str, data: Any) -> None:
 
 
 class ResultStore:
-    """``DIR/results.jsonl`` plus ``DIR/reconstructions/*.npz``."""
+    """``DIR/results.jsonl`` (or ``DIR/<filename>``) plus ``DIR/reconstructions/*.npz``."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, filename: str = "results.jsonl"):
         self.directory = os.path.abspath(directory)
-        self.path = os.path.join(self.directory, "results.jsonl")
+        self.path = os.path.join(self.directory, filename)
 
     def append(self, rows: list[Result] | list[dict[str, Any]]) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -204,10 +204,13 @@ class ResultStore:
             for r in rows
         )
         data = text.encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data  # after a torn line: start a line of our own
                 view = memoryview(data)
                 while view:
                     written = os.write(fd, view)
