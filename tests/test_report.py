@@ -84,6 +84,19 @@ def test_formats_carry_units_and_values():
     assert r"\begin{tabular}{lrrr}" in tex and r"35.00 $\pm$ 5.00 \\" in tex
 
 
+def test_every_row_metric_of_the_strongest_attacker_and_each_privacy_level_is_a_column():
+    rows = [
+        {**r, "psnr_affine": r["psnr"] + 1, "epsilon_record": 2.0, "guess_identified": 0.5}
+        for r in CLEAN
+    ]
+    metrics = ("psnr_affine", "epsilon_record", "epsilon_client", "guess_identified")
+    md = format_table(summarize(rows, by=("defense",), metrics=metrics), metrics).splitlines()
+    assert md[0] == (
+        "| defense | runs | errors | PSNR affine (dB) | ε record | ε client | guess identified |"
+    )
+    assert md[2] == "| none | 2 | 0 | 36.00 ± 5.00 | 2.00 ± 0.00 | - | 0.50 ± 0.00 |"
+
+
 def test_unknown_metric_and_column_list_the_valid_ones():
     with pytest.raises(ParameterError, match="Unknown metric 'psnrr'.*psnr"):
         summarize(ROWS, metrics=("psnrr",))
@@ -134,3 +147,15 @@ def test_pytest_helper_on_a_real_deterministic_run():
     stricter = dict(base, groups=[dict(g, psnr=g["psnr"] - 5.0) for g in base["groups"]])
     with pytest.raises(AssertionError, match="psnr rose"):
         assert_no_leakage_regression(privbench.run(cfg), stricter)
+
+
+def test_the_readme_lists_every_table_metric():
+    from pathlib import Path
+
+    from privbench.results.report import METRICS
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    listed = text.split("`--metrics` takes any of", 1)[1].split("(ε per level", 1)[0]
+    assert sorted(listed.replace("`", "").replace("\n", " ").replace(" ", "").split(",")) == sorted(
+        METRICS
+    )

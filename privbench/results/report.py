@@ -42,6 +42,7 @@ METRICS: dict[str, Metric] = {
     "client_acc_var": Metric("client acc var", 1.0, 4),
     "class_acc_var": Metric("class acc var", 1.0, 4),
     "psnr": Metric("PSNR (dB)", 1.0, 2, True),
+    "psnr_affine": Metric("PSNR affine (dB)", 1.0, 2, True),
     "ssim": Metric("SSIM", 1.0, 3, True),
     "mse": Metric("MSE", 1.0, 4),
     "label_acc": Metric("label acc", 1.0, 2, True),
@@ -49,6 +50,9 @@ METRICS: dict[str, Metric] = {
     "bytes_up": Metric("up (MiB)", 2.0**-20, 3),
     "bytes_down": Metric("down (MiB)", 2.0**-20, 3),
     "epsilon": Metric("ε", 1.0, 2),
+    "epsilon_record": Metric("ε record", 1.0, 2),
+    "epsilon_client": Metric("ε client", 1.0, 2),
+    "guess_identified": Metric("guess identified", 1.0, 2),
     "wall_s": Metric("wall (s)", 1.0, 1),
 }
 DEFAULT_BY = ("method", "attack", "defense")
