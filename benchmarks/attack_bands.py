@@ -25,6 +25,8 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from _store import RESULTS as OUT  # run as a script: benchmarks/ is on sys.path
@@ -37,13 +39,25 @@ from privbench.results.report import mean_std as ms
 
 SUCCESS_DB = 30.0
 
-# (label, dataset, model, victim steps, attack batch, rounds, attack round, victims)
+
+class Setting(NamedTuple):
+    label: str
+    dataset: str
+    model: str
+    steps: int  # the victim's SGD steps (1: the gradient is sent)
+    batch: int  # the victim's images
+    rounds: int
+    round: int  # the attacked round (trained rounds before it)
+    victims: int
+    dataset_params: tuple = ()  # (name, value) pairs of the dataset's parameters
+
+
 SETTINGS = [
-    ("digits 8x8, gradient, B=1", "digits", "lenet-sigmoid", 1, 1, 1, 0, 4),
-    ("digits 8x8, gradient, B=4", "digits", "lenet-sigmoid", 1, 4, 1, 0, 4),
-    ("digits 8x8, 3-step update, B=1", "digits", "lenet-sigmoid", 3, 1, 1, 0, 4),
-    ("photos 32x32 RGB, gradient, B=1", "photos", "lenet-sigmoid", 1, 1, 1, 0, 8),
-    ("digits 8x8, trained cnn (4 rounds), gradient, B=1", "digits", "cnn", 1, 1, 5, 4, 4),
+    Setting("digits 8x8, gradient, B=1", "digits", "lenet-sigmoid", 1, 1, 1, 0, 4),
+    Setting("digits 8x8, gradient, B=4", "digits", "lenet-sigmoid", 1, 4, 1, 0, 4),
+    Setting("digits 8x8, 3-step update, B=1", "digits", "lenet-sigmoid", 3, 1, 1, 0, 4),
+    Setting("photos 32x32 RGB, gradient, B=1", "photos", "lenet-sigmoid", 1, 1, 1, 0, 8),
+    Setting("digits 8x8, trained cnn (4 rounds), gradient, B=1", "digits", "cnn", 1, 1, 5, 4, 4),
 ]
 
 # variant -> (attack, its parameters)
@@ -64,21 +78,21 @@ VARIANTS = {
 DEFAULT_VARIANTS = [v for v in VARIANTS if v != "ig: 1 start x4 iters"]
 
 
-def config(setting, seed: int, attack: str, params: dict) -> RunConfig:
-    _, dataset, model, steps, batch, rounds, rnd, victims = setting
+def config(setting: Setting, seed: int, attack: str, params: dict) -> RunConfig:
     return RunConfig(
-        dataset=dataset,
+        dataset=setting.dataset,
+        dataset_params=dict(setting.dataset_params),
         partition="iid",
-        model=model,
+        model=setting.model,
         seed=seed,
-        fed=FedConfig(clients=max(4, victims), rounds=rounds, eval_every=0),
+        fed=FedConfig(clients=max(4, setting.victims), rounds=setting.rounds, eval_every=0),
         attack=AttackConfig(
             names=(attack,),
             params={attack: params},
-            batch=batch,
-            steps=steps,
-            round=rnd,
-            victims=victims,
+            batch=setting.batch,
+            steps=setting.steps,
+            round=setting.round,
+            victims=setting.victims,
         ),
     )
 
@@ -86,25 +100,33 @@ def config(setting, seed: int, attack: str, params: dict) -> RunConfig:
 def seeds_of(setting, seeds: int) -> int:
     """The photos setting attacks one fixed set of eight photos (seed 0): every photo of
     the embedded set is a victim there, so more seeds only redraw crops."""
-    return 1 if setting[1] == "photos" else seeds
+    return 1 if setting.dataset == "photos" else seeds
 
 
-def measure(seeds: int, variants: list[str]) -> list[dict]:
-    done = RowStore(OUT / "attack_bands.jsonl", lambda r: (r["setting"], r["variant"], r["seed"]))
-    for setting in SETTINGS:
-        label = setting[0]
+def measure(
+    seeds: int,
+    variants: list[str],
+    settings: list[Setting] = SETTINGS,
+    store: Path = OUT / "attack_bands.jsonl",
+    all_variants: dict = VARIANTS,
+) -> list[dict]:
+    """Train once per (setting, seed), attack with every variant not in ``store`` yet;
+    return the stored rows of these settings and variants."""
+    done = RowStore(store, lambda r: (r["setting"], r["variant"], r["seed"]))
+    for setting in settings:
+        label = setting.label
         for seed in range(seeds_of(setting, seeds)):
             todo = [v for v in variants if (label, v, seed) not in done]
             if not todo:
                 continue
             # Train once; every variant attacks the same messages.
-            attack, params = VARIANTS[todo[0]]
+            attack, params = all_variants[todo[0]]
             exp = Experiment(config(setting, seed, attack, params))
             t0 = time.perf_counter()
             outcome = exp.train()
             print(f"  {label} seed {seed}: trained in {time.perf_counter() - t0:.1f}s", flush=True)
             for variant in todo:
-                attack, params = VARIANTS[variant]
+                attack, params = all_variants[variant]
                 # Same training config (same hash); only the attacker differs.
                 exp.cfg = replace(exp.cfg, attack=config(setting, seed, attack, params).attack)
                 exp.cfg = exp.cfg.resolve()
@@ -133,7 +155,7 @@ def measure(seeds: int, variants: list[str]) -> list[dict]:
                 )
     return [
         done[s[0], v, seed]
-        for s in SETTINGS
+        for s in settings
         for v in variants
         for seed in range(seeds_of(s, seeds))
         if (s[0], v, seed) in done
