@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from privbench.adversary import base_name as _base
 from privbench.adversary import expand_attacks
 from privbench.errors import ParameterError, PrivbenchError
+from privbench.tuning import default_lr
 
 CLIENT_SAMPLING = ("auto", "fixed", "poisson")
 DEFAULT_MODEL = "lenet-sigmoid"  # DLG's model; a method that needs another sets default_model
@@ -42,7 +44,8 @@ class FedConfig:
     rounds: int = 10
     local_epochs: int = 2
     batch_size: int = 10
-    lr: float = 0.5
+    # None: the default tuned for the dataset x model (privbench.tuning; 0.5 untuned)
+    lr: float | None = None
     local_test_fraction: float = 0.2
     eval_every: int = 1
     # How a round's clients are drawn: "fixed" (m = round(fraction * N) without
@@ -143,7 +146,12 @@ class RunConfig:
         )
         check(fed.local_epochs >= 1, "local_epochs", ">= 1", fed.local_epochs)
         check(fed.batch_size >= 1, "batch_size", ">= 1", fed.batch_size)
-        check(fed.lr > 0, "lr", "> 0", fed.lr)
+        check(
+            fed.lr is None or (isinstance(fed.lr, (int, float)) and 0 < fed.lr < math.inf),
+            "lr",
+            "a finite number > 0 (or None: the tuned default)",
+            fed.lr,
+        )
         check(
             0 <= fed.local_test_fraction < 1,
             "local_test_fraction",
@@ -200,6 +208,9 @@ class RunConfig:
                 fed,
                 algorithm_params=algorithm_params,
                 client_sampling=self._client_sampling(defense_params),
+                lr=fed.lr
+                if fed.lr is not None
+                else default_lr(self.dataset, model, provided="dataset" in provided)[0],
             ),
             attack=replace(atk, params=attack_params, threat_params=threat_params),
         )

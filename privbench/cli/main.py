@@ -179,12 +179,14 @@ def _describe(entry) -> dict[str, Any]:
 
 def cmd_list(as_json: bool) -> int:
     from privbench.plugins import FAILED
+    from privbench.tuning import FALLBACK_LR, defaults_table
 
     data: dict[str, Any] = {
         kind: {name: _describe(reg.entry(name)) for name in reg.names()}
         for kind, reg in registries().items()
     }
     if as_json:
+        data["default_lr"] = defaults_table()
         data["failed_plugins"] = [f.__dict__ for f in FAILED]
         print(json.dumps(data, indent=2, default=str))
         return 0
@@ -201,6 +203,12 @@ def cmd_list(as_json: bool) -> int:
                 + (f"  [{params}]" if params else "")
             )
         print()
+    print("default learning rates (without --lr; tuned on a validation split):")
+    for key, info in defaults_table().items():
+        if info["lr"] != FALLBACK_LR or info["source"].startswith("tuned"):
+            print(f"  {key}: {info['lr']:g}  ({info['source']})")
+    print(f"  any other dataset/model: {FALLBACK_LR:g} (not tuned; the embedded data's default)")
+    print()
     for f in FAILED:
         print(f"plugin '{f.name}' ({f.value}, from {f.distribution}) failed to load: {f.error}")
     return 0

@@ -115,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--rounds", type=int, default=d.fed.rounds)
     f.add_argument("--local-epochs", type=int, default=d.fed.local_epochs)
     f.add_argument("--batch-size", type=int, default=d.fed.batch_size)
-    f.add_argument("--lr", type=float, default=d.fed.lr, help="client SGD learning rate")
+    f.add_argument(
+        "--lr",
+        type=float,
+        default=d.fed.lr,
+        help="client SGD learning rate (default: tuned per dataset x model; `privbench list`)",
+    )
     f.add_argument("--local-test-fraction", type=float, default=d.fed.local_test_fraction)
     f.add_argument(
         "--eval-every",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,36 @@ class DataBundle:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # (C, H, W)
+
+    def validation_split(self, fraction: float = 0.1, seed: int = 0) -> DataBundle:
+        """A bundle for tuning: ``fraction`` of each class of the *training* set is held
+        out and becomes the test split; the real test set is dropped, so nothing tuned
+        on this bundle has seen it. Fixed by ``seed``."""
+        if not 0 < fraction < 1:
+            raise ParameterError(
+                f"The 'fraction' parameter must be > 0 and < 1. Got {fraction!r} instead."
+            )
+        rng = np.random.default_rng([seed, 7919])
+        y = self.y_train.numpy()
+        held = []
+        for c in np.unique(y):
+            idx = np.flatnonzero(y == c)
+            k = int(round(len(idx) * fraction))
+            held.append(rng.choice(idx, size=k, replace=False))
+        val = np.sort(np.concatenate(held))
+        if not len(val) or len(val) == len(y):
+            raise ParameterError(
+                f"a validation fraction of {fraction} of {len(y)} training images leaves "
+                "an empty split; use a larger dataset or another fraction."
+            )
+        keep = np.setdiff1d(np.arange(len(y)), val)
+        return replace(
+            self,
+            x_train=self.x_train[keep],
+            y_train=self.y_train[keep],
+            x_test=self.x_train[val],
+            y_test=self.y_train[val],
+        )
 
 
 def fixed_split(n: int, test_fraction: float, salt: int) -> tuple[np.ndarray, np.ndarray]:

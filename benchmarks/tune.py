@@ -1,0 +1,145 @@
+"""Tune the client learning rate per dataset x model on a validation split; write the
+defaults privbench uses when ``--lr`` is not given (``privbench/tuned.json``).
+
+Protocol (the CLI's defaults, so the tuned value suits a first run): FedAvg, 10 clients,
+the default Dirichlet(0.5) partition, 2 local epochs, batch 10, 3 rounds; a fixed random
+subset of ``--train-size`` training images, of which 10% of each class is held out as
+the validation split (``DataBundle.validation_split``) and the test set is never
+loaded into the search. Grid of learning rates x ``--seeds`` seeds; the value with the
+highest mean validation accuracy wins (a tie goes to the smaller step). Every run is a
+row in ``benchmarks/results/tuning/results.jsonl`` (resumable: a rerun skips what is
+there); ``privbench/tuned.json`` records the winner and the whole search.
+
+    python benchmarks/tune.py --data-root ../shared/data
+    python benchmarks/tune.py --write-only      # tuned.json again from the rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+import privbench
+from privbench import FedConfig, ResultStore, RunConfig, registries
+from privbench.data.datasets import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "tuning"
+TUNED = ROOT / "privbench" / "tuned.json"
+GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+DATASETS = ("mnist", "fashionmnist")
+MODELS = ("lenet-sigmoid", "cnn", "cnn-bn")
+PROTOCOL = {
+    "method": "fedavg",
+    "partition": "dirichlet (alpha 0.5, the default)",
+    "clients": 10,
+    "rounds": 3,
+    "local_epochs": 2,
+    "batch_size": 10,
+    "validation": "10% of each class of the training subset; the test set is not used",
+    "score": "mean validation accuracy over seeds; ties go to the smaller learning rate",
+}
+
+
+def label(dataset: str) -> str:
+    return f"{dataset}:validation"
+
+
+def subset(dataset: str, train_size: int) -> dict:
+    """The dataset's train_size parameter, for datasets that have one."""
+    own = {p.name for p in registries()["dataset"].entry(dataset).params}
+    return {"train_size": train_size} if "train_size" in own else {}
+
+
+def config(
+    dataset: str, model: str, lr: float, seed: int, train_size: int, rounds: int = 3
+) -> RunConfig:
+    return RunConfig(
+        dataset=label(dataset),
+        dataset_params=subset(dataset, train_size),
+        model=model,
+        seed=seed,
+        fed=FedConfig(
+            clients=10, rounds=rounds, local_epochs=2, batch_size=10, lr=lr, eval_every=0
+        ),
+    )
+
+
+def choose(rows: list[dict]) -> dict[str, dict]:
+    """``{"dataset/model": {"lr", "validation_accuracy": {lr: [per seed]}}}`` from rows;
+    a failed run (diverged) scores 0."""
+    search: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        dataset = r["dataset"].removesuffix(":validation")
+        acc = r["accuracy"] if r["status"] == "ok" and r["accuracy"] is not None else 0.0
+        lr = r["config"]["fed"]["lr"]
+        search.setdefault(f"{dataset}/{r['model']}", {}).setdefault(lr, []).append(acc)
+    out = {}
+    for key, by_lr in sorted(search.items()):
+        best = max(sorted(by_lr), key=lambda lr, by_lr=by_lr: round(float(np.mean(by_lr[lr])), 9))
+        out[key] = {
+            "lr": best,
+            "validation_accuracy": {f"{lr:g}": by_lr[lr] for lr in sorted(by_lr)},
+        }
+    return out
+
+
+def write(store: ResultStore, args) -> dict:
+    record = {
+        "command": "python benchmarks/tune.py",
+        "protocol": {
+            **PROTOCOL,
+            "rounds": args.rounds,
+            "train_size": args.train_size,
+            "grid": args.grid,
+        },
+        "rows": "benchmarks/results/tuning/results.jsonl",
+        "lr": choose([r for r in store.read() if r.get("attack") == "none"]),
+    }
+    tmp = Path(args.tuned + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, args.tuned)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=os.environ.get("PRIVBENCH_DATA_ROOT"))
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--train-size", type=int, default=12_000)
+    ap.add_argument("--rounds", type=int, default=PROTOCOL["rounds"])
+    ap.add_argument("--grid", type=float, nargs="+", default=list(GRID))
+    ap.add_argument("--out", default=str(OUT), help="result folder of the search")
+    ap.add_argument("--tuned", default=str(TUNED), help="where the defaults are written")
+    ap.add_argument("--write-only", action="store_true")
+    args = ap.parse_args(argv)
+    store = ResultStore(args.out)
+    if not args.write_only:
+        done = store.finished_hashes()
+        for dataset in args.datasets:
+            full = load_dataset(dataset, subset(dataset, args.train_size), root=args.data_root)
+            for seed in range(args.seeds):
+                data = full.validation_split(0.1, seed=seed)
+                for model in args.models:
+                    for lr in args.grid:
+                        cfg = config(dataset, model, lr, seed, args.train_size, args.rounds)
+                        if cfg.resolve(provided=frozenset({"dataset"})).hash() in done:
+                            continue
+                        (row,) = privbench.run(cfg, data=data, out=store)
+                        print(
+                            f"  {dataset} {model} lr {lr:g} seed {seed}: "
+                            f"{row.status} val acc {row.accuracy}",
+                            flush=True,
+                        )
+    for key, entry in write(store, args)["lr"].items():
+        print(f"{key}: lr {entry['lr']:g}  {entry['validation_accuracy']}")
+
+
+if __name__ == "__main__":
+    main()

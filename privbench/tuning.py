@@ -1,0 +1,59 @@
+"""Default learning rates, tuned per dataset x model on a validation split.
+
+``benchmarks/tune.py`` runs a grid of client learning rates for each dataset x model
+with FedAvg on a validation split carved from the training set (never the test set),
+keeps every run as a row in ``benchmarks/results/tuning/``, and writes the best value
+with its search into ``privbench/tuned.json``. A run without ``--lr`` takes its value
+from there (the row's resolved config shows the value used); an explicit ``--lr`` wins.
+
+Where no tuning exists: the embedded datasets keep privbench's historical 0.5 (their
+tables and golden values were measured with it); another dataset takes the smallest
+value tuned for the same model on any dataset (the most conservative step known to
+learn with that model); your own data (``privbench.run(data=...)``) keeps 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+FALLBACK_LR = 0.5
+EMBEDDED = frozenset({"digits", "photos", "faces", "lfw"})
+
+
+@lru_cache(maxsize=1)
+def tuned() -> dict[str, Any]:
+    """The committed tuning record: ``{"protocol": ..., "lr": {"dataset/model": {...}}}``."""
+    text = resources.files("privbench").joinpath("tuned.json").read_text()
+    return json.loads(text)
+
+
+def default_lr(dataset: str, model: str, *, provided: bool = False) -> tuple[float, str]:
+    """(learning rate, where it comes from) for a run that did not set ``--lr``."""
+    if provided:
+        return FALLBACK_LR, "privbench's default for your own data (not tuned)"
+    table = tuned()["lr"]
+    entry = table.get(f"{dataset}/{model}")
+    if entry is not None:
+        return float(entry["lr"]), f"tuned on a validation split of {dataset} for {model}"
+    if dataset in EMBEDDED:
+        return FALLBACK_LR, "privbench's historical default on the embedded data (not tuned)"
+    same_model = {k: float(v["lr"]) for k, v in table.items() if k.endswith(f"/{model}")}
+    if same_model:
+        key = min(same_model, key=same_model.get)
+        return same_model[key], f"not tuned for {dataset}: the smallest value tuned for {key}"
+    return FALLBACK_LR, f"not tuned for {dataset}/{model}"
+
+
+def defaults_table() -> dict[str, dict[str, Any]]:
+    """Every registered dataset x model: the default learning rate and its source."""
+    from privbench import registries
+
+    regs = registries()
+    return {
+        f"{d}/{m}": dict(zip(("lr", "source"), default_lr(d, m), strict=True))
+        for d in regs["dataset"].names()
+        for m in regs["model"].names()
+    }
