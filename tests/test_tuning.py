@@ -120,13 +120,13 @@ def test_the_search_runs_end_to_end_and_writes_the_defaults(tmp_path):
 @pytest.mark.slow
 def test_a_first_mnist_run_without_lr_learns(data_root):
     cmd = [sys.executable, "-m", "privbench", "run", "fedavg", "--dataset", "mnist"]
-    cmd += ["--model", "cnn", "--partition", "iid", "--clients", "10", "--rounds", "2"]
+    cmd += ["--model", "cnn", "--partition", "iid", "--clients", "10", "--rounds", "1"]
     cmd += ["--train-size", "12000", "--test-size", "2000", "--data-root", data_root]
     cmd += ["--json", "--no-save", "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     (row,) = json.loads(proc.stdout)
     assert row["config"]["fed"]["lr"] == default_lr("mnist", "cnn")[0] != FALLBACK_LR
-    assert row["accuracy"] > 0.7  # 0.83 measured; 0.5, the old default, stays at chance
+    assert row["accuracy"] > 0.3  # 0.45 measured (0.83 after 2 rounds); 0.5 stays at chance
 
 
 def test_the_readme_table_is_the_committed_tuning():
