@@ -17,7 +17,6 @@ there); ``privbench/tuned.json`` records the winner and the whole search.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import privbench
 from privbench import FedConfig, ResultStore, RunConfig, registries
 from privbench.data.datasets import load_dataset
+from privbench.results import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "tuning"
@@ -100,9 +100,7 @@ def write(store: ResultStore, args) -> dict:
         "rows": "benchmarks/results/tuning/results.jsonl",
         "lr": choose([r for r in store.read() if r.get("attack") == "none"]),
     }
-    tmp = Path(args.tuned + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, args.tuned)
+    write_json_atomic(args.tuned, record)
     return record
 
 
