@@ -9,6 +9,10 @@ Table 2 — FedMix's averaged data as M_k varies: artifact-attack PSNR/SSIM (mea
 de-averaged class prototypes), label-distribution error, averaged-data bytes, and the
 extra cost against the model's (the paper's d_i / (T p_m)), measured.
 
+Rows go to ``benchmarks/results/fedmix_table.jsonl`` as each run finishes (a rerun skips
+what is there, so an interrupted run resumes); the docs' results page is generated from
+them.
+
     python benchmarks/fedmix_table.py --seeds 3
 """
 
@@ -18,6 +22,7 @@ import argparse
 import json
 
 import numpy as np
+from _store import RESULTS, RowStore  # run as a script: benchmarks/ is on sys.path
 
 import privbench
 from privbench import AttackConfig, FedConfig, RunConfig
@@ -26,6 +31,15 @@ from privbench.results.report import mean_std as ms
 
 METHODS = ("fedavg", "localmix", "naivemix", "fedmix", "globalmix")
 MAFL = ("naivemix", "fedmix", "globalmix")
+MEAN_SIZES = (1, 10, "all")
+STORE = RESULTS / "fedmix_table.jsonl"
+
+
+def store(path=STORE) -> RowStore:
+    def key(r: dict) -> tuple:
+        return r["table"], str(r.get("method", r.get("mean_size"))), r["seed"]
+
+    return RowStore(path, key)
 
 
 def config(method, seed, attacks, attack_params=None, method_params=None, **fed):
@@ -52,11 +66,12 @@ def attacks_of(method: str) -> tuple[str, ...]:
     return attacks + (("averaged-data",) if method in MAFL else ())
 
 
-def table_methods(seeds: int, lam: float) -> tuple[str, list[dict]]:
-    raw = []
+def measure_methods(seeds: int, lam: float, done: RowStore) -> list[dict]:
     for method in METHODS:
         mp = {"lam": lam} if method != "fedavg" else {}
         for seed in range(seeds):
+            if ("methods", method, seed) in done:
+                continue
             rows = {
                 r.attack: r
                 for r in privbench.run(config(method, seed, attacks_of(method), method_params=mp))
@@ -72,10 +87,12 @@ def table_methods(seeds: int, lam: float) -> tuple[str, list[dict]]:
             worst = max(tried, key=lambda r: r.psnr, default=None)
             a = rows.get("averaged-data")
             enum = rows.get("dlg@enumerate")
-            raw.append(
+            r = done.add(
                 {
+                    "table": "methods",
                     "method": method,
                     "seed": seed,
+                    "lam": lam,
                     "accuracy": d.accuracy,
                     "macro_f1": d.macro_f1,
                     "dlg_psnr": d.psnr,
@@ -96,9 +113,13 @@ def table_methods(seeds: int, lam: float) -> tuple[str, list[dict]]:
             )
             print(
                 f"  {method} seed {seed}: acc {d.accuracy:.3f} worst case "
-                f"{raw[-1]['worst_psnr']} dB ({raw[-1]['worst_of']})",
+                f"{r['worst_psnr']} dB ({r['worst_of']})",
                 flush=True,
             )
+    return [r for r in done if r["table"] == "methods" and r["seed"] < seeds]
+
+
+def table_methods(raw: list[dict]) -> str:
     lines = [
         "| method | accuracy | macro-F1 | DLG PSNR dB (mean entry) | iDLG PSNR dB "
         "| DLG enumerate PSNR dB | DLG + mean prior PSNR dB | worst-case PSNR dB "
@@ -108,6 +129,8 @@ def table_methods(seeds: int, lam: float) -> tuple[str, list[dict]]:
     ]
     for method in METHODS:
         rs = [r for r in raw if r["method"] == method]
+        if not rs:
+            continue
         lines.append(
             "| "
             + " | ".join(
@@ -135,13 +158,15 @@ def table_methods(seeds: int, lam: float) -> tuple[str, list[dict]]:
             )
             + " |"
         )
-    return "\n".join(lines), raw
+    return "\n".join(lines)
 
 
-def table_mean_size(seeds: int, lam: float) -> tuple[str, list[dict]]:
-    raw = []
-    for mean_size in (1, 10, None):
+def measure_mean_size(seeds: int, lam: float, done: RowStore) -> list[dict]:
+    for size in MEAN_SIZES:
+        mean_size = None if size == "all" else size
         for seed in range(seeds):
+            if ("mean_size", str(size), seed) in done:
+                continue
             rows = {}
             for flag in (False, True):
                 (r,) = privbench.run(
@@ -161,10 +186,12 @@ def table_mean_size(seeds: int, lam: float) -> tuple[str, list[dict]]:
                 + r.bytes_by_kind.get("gradient", {}).get("up", 0)
             )
             avg = r.bytes_by_kind["averaged_data"]
-            raw.append(
+            done.add(
                 {
-                    "mean_size": mean_size or "all",
+                    "table": "mean_size",
+                    "mean_size": size,
                     "seed": seed,
+                    "lam": lam,
                     "accuracy": r.accuracy,
                     "psnr": r.psnr,
                     "ssim": r.ssim,
@@ -176,15 +203,21 @@ def table_mean_size(seeds: int, lam: float) -> tuple[str, list[dict]]:
                     "extra_ratio": (avg["up"] + avg["down"]) / model_bytes,
                 }
             )
-            print(f"  M_k={mean_size or 'all'} seed {seed}: {r.psnr:.1f} dB", flush=True)
+            print(f"  M_k={size} seed {seed}: {r.psnr:.1f} dB", flush=True)
+    return [r for r in done if r["table"] == "mean_size" and r["seed"] < seeds]
+
+
+def table_mean_size(raw: list[dict]) -> str:
     lines = [
         "| M_k | accuracy | means PSNR dB | means SSIM | de-averaged PSNR dB | "
         "de-averaged SSIM | label-dist error | averaged_data up / down KiB | "
         "extra bytes / model bytes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for m in (1, 10, "all"):
+    for m in MEAN_SIZES:
         rs = [r for r in raw if r["mean_size"] == m]
+        if not rs:
+            continue
         lines.append(
             "| "
             + " | ".join(
@@ -203,7 +236,7 @@ def table_mean_size(seeds: int, lam: float) -> tuple[str, list[dict]]:
             )
             + " |"
         )
-    return "\n".join(lines), raw
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -212,8 +245,10 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=0.05)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    t1, raw1 = table_methods(args.seeds, args.lam)
-    t2, raw2 = table_mean_size(args.seeds, args.lam)
+    done = store()
+    raw1 = measure_methods(args.seeds, args.lam, done)
+    raw2 = measure_mean_size(args.seeds, args.lam, done)
+    t1, t2 = table_methods(raw1), table_mean_size(raw2)
     if args.json:
         print(json.dumps({"methods": raw1, "mean_size": raw2}, indent=2))
     else:

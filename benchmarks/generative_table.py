@@ -31,8 +31,11 @@ Then it checks two claims of the papers against the measured numbers: Fed-ZDAC l
 client accuracy variance against FedAvg (Fed-ZDA, multimodal), and minority imputation
 reaches at least the macro-F1 of uniform imputation at high skew (thesis, Dirichlet 0.1).
 
-    python benchmarks/generative_table.py --seeds 3 --json raw.json
-    python benchmarks/generative_table.py --reuse raw.json   # tables again, no retraining
+Rows go to ``benchmarks/results/generative_table.jsonl`` as each run finishes (a rerun
+skips what is there, so an interrupted run resumes; the docs' results page is generated
+from them):
+
+    python benchmarks/generative_table.py --seeds 3
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import json
 
 import numpy as np
 import torch
+from _store import RESULTS, RowStore  # run as a script: benchmarks/ is on sys.path
 
 import privbench
 from privbench import AttackConfig, FedConfig, RunConfig
@@ -54,6 +58,12 @@ from privbench.evaluation.metrics import score_nearest
 METHODS = ("fedavg", "zdac", "zdas", "cvae-uniform", "cvae-minority", "cvae-finetune")
 PARTITIONS = {"multimodal": {}, "dirichlet-0.1": {"alpha": 0.1}}
 ATTACK_ROUND = 3
+STORE = RESULTS / "generative_table.jsonl"
+
+
+def store(path=STORE) -> RowStore:
+    """Runs keyed by (partition, method, seed); membership rows by method "membership"."""
+    return RowStore(path, lambda r: (r["partition"], r.get("method", "membership"), r["seed"]))
 
 
 def ms(values, digits: int = 3) -> str:
@@ -90,13 +100,14 @@ def public_baseline(cfg: RunConfig, count: int, seed: int) -> float:
     return score_nearest(private, exp.data.x_test[pick], exp.data.value_range).psnr
 
 
-def membership(seeds: int) -> list[dict]:
+def membership(seeds: int, done: RowStore) -> list[dict]:
     """Generator audit PSNR on victim 0's images (members) vs public test images
     (non-members), through the server's view of victim 0's last CVAE upload. The CVAE
     phase is the same for every cvae-* method, so one method stands for all."""
-    out = []
     for partition in PARTITIONS:
         for seed in range(seeds):
+            if (partition, "membership", seed) in done:
+                continue
             exp = Experiment(config("cvae-uniform", partition, seed, ATTACK_ROUND + 1))
             states = {
                 c.client_id: ClientState(c.client_id, *exp.client_data(c.client_id))
@@ -123,13 +134,13 @@ def membership(seeds: int) -> list[dict]:
                 scores[name] = float(
                     np.mean([psnr_of(a, b) for a, b in zip(images, rec.images, strict=True)])
                 )
-            out.append({"partition": partition, "seed": seed, **scores})
+            done.add({"partition": partition, "method": "membership", "seed": seed, **scores})
             print(
                 f"  membership {partition} seed {seed}: members {scores['member']:.2f} dB, "
                 f"non-members {scores['non_member']:.2f} dB",
                 flush=True,
             )
-    return out
+    return [r for r in done if r["method"] == "membership" and r["seed"] < seeds]
 
 
 def psnr_of(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -138,11 +149,12 @@ def psnr_of(a: torch.Tensor, b: torch.Tensor) -> float:
     return psnr(a.double().numpy(), b.double().clamp(0, 1).numpy())
 
 
-def run(seeds: int, rounds: int) -> list[dict]:
-    raw = []
+def run(seeds: int, rounds: int, done: RowStore) -> list[dict]:
     for partition in PARTITIONS:
         for method in METHODS:
             for seed in range(seeds):
+                if (partition, method, seed) in done:
+                    continue
                 cfg = config(method, partition, seed, rounds)
                 rows = {r.attack: r for r in privbench.run(cfg)}
                 first = next(iter(rows.values()))
@@ -178,7 +190,7 @@ def run(seeds: int, rounds: int) -> list[dict]:
                     "bytes_down": first.bytes_down,
                     "errors": errors,
                 }
-                raw.append(rec)
+                done.add(rec)
                 print(
                     f"  {partition} {method} seed {seed}: acc {rec['accuracy']:.3f} "
                     f"client var {rec['client_acc_var']:.4f} F1 {rec['macro_f1']:.3f} "
@@ -187,7 +199,7 @@ def run(seeds: int, rounds: int) -> list[dict]:
                     + (f" errors {errors}" if errors else ""),
                     flush=True,
                 )
-    return raw
+    return [r for r in done if r["method"] in METHODS and r["seed"] < seeds]
 
 
 def table(raw: list[dict]) -> str:
@@ -277,21 +289,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--out", default=str(STORE), help="row store (JSONL)")
     ap.add_argument("--json", metavar="FILE", help="also write the per-seed numbers here")
-    ap.add_argument(
-        "--reuse", metavar="FILE", help="per-seed numbers of an earlier --json run: no retraining"
-    )
     args = ap.parse_args()
-    if args.reuse:
-        with open(args.reuse) as fh:
-            raw = json.load(fh)
-    else:
-        raw = run(args.seeds, args.rounds)
-    members = membership(args.seeds)
+    done = store(args.out)
+    raw = run(args.seeds, args.rounds, done)
+    members = membership(args.seeds, done)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(raw, fh, indent=2)
-    print(table(raw), "", membership_table(members), "", claims(raw), sep="\n")
+    print(report(raw, members))
+
+
+def report(raw: list[dict], members: list[dict]) -> str:
+    """The page's tables from stored rows."""
+    parts = [table(raw)]
+    if members:
+        parts += [
+            "Membership check of the shared decoder: the `generator` audit on victim 0's "
+            "own images against public images with the same labels, both through the "
+            "server's view of victim 0's last CVAE upload:",
+            membership_table(members),
+        ]
+    return "\n\n".join([*parts, claims(raw)])
 
 
 if __name__ == "__main__":

@@ -149,12 +149,11 @@ def test_pytest_helper_on_a_real_deterministic_run():
         assert_no_leakage_regression(privbench.run(cfg), stricter)
 
 
-def test_the_readme_lists_every_table_metric():
-    from pathlib import Path
-
+def test_the_docs_list_every_table_metric():
     from privbench.results.report import METRICS
+    from tests.test_docs import render
 
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    text = render("sweeps.md")
     listed = text.split("`--metrics` takes any of", 1)[1].split("(ε per level", 1)[0]
     assert sorted(listed.replace("`", "").replace("\n", " ").replace(" ", "").split(",")) == sorted(
         METRICS

@@ -129,12 +129,14 @@ def test_a_first_mnist_run_without_lr_learns(data_root):
     assert row["accuracy"] > 0.3  # 0.45 measured (0.83 after 2 rounds); 0.5 stays at chance
 
 
-def test_the_readme_table_is_the_committed_tuning():
+def test_the_docs_table_is_the_committed_tuning():
     import re
 
     import numpy as np
 
-    text = (ROOT / "README.md").read_text()
+    from tests.test_docs import render
+
+    text = render("cli.md")
     lr = tuned()["lr"]
     for dataset in ("mnist", "fashionmnist"):
         (line,) = [x for x in text.splitlines() if x.startswith(f"| `{dataset}` | ")]

@@ -160,37 +160,17 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _describe(entry) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "description": entry.description,
-        "origin": entry.origin,
-        "params": {
-            p.name: {"default": p.default, "allowed": p.allowed(), "help": p.help}
-            for p in entry.params
-        },
-    }
-    # What crosses the channel for this plugin: what a method shares, what an attack needs.
-    for attr in ("shares", "consumes"):
-        kinds = getattr(entry.factory, attr, None)
-        if kinds:
-            info[attr] = list(kinds)
-    return info
-
-
 def cmd_list(as_json: bool) -> int:
+    from privbench.catalogue import catalogue
     from privbench.plugins import FAILED
     from privbench.tuning import FALLBACK_LR, defaults_table
 
-    data: dict[str, Any] = {
-        kind: {name: _describe(reg.entry(name)) for name in reg.names()}
-        for kind, reg in registries().items()
-    }
+    data = catalogue()
     if as_json:
-        data["default_lr"] = defaults_table()
-        data["failed_plugins"] = [f.__dict__ for f in FAILED]
         print(json.dumps(data, indent=2, default=str))
         return 0
-    for kind, entries in data.items():
+    for kind in registries():
+        entries = data[kind]
         print(f"{kind}s:")
         width = max(len(n) for n in entries)
         for name, info in entries.items():

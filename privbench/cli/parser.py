@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     regs = registries()
     d = RunConfig()
     parser = _Parser(prog="privbench", description=__doc__.splitlines()[0])
+    from privbench import __version__
+
+    parser.add_argument("--version", action="version", version=f"privbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="train federated, attack, print and store result rows")

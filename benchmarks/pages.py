@@ -1,0 +1,203 @@
+"""The docs site's results pages, generated from the committed result stores.
+
+Each entry of :data:`TABLES` turns one store under ``benchmarks/results/`` into the
+markdown its page shows, with the benchmark script's own table function, so rerunning a
+benchmark updates its page on the next ``mkdocs build``; :data:`FIGURES` draws the
+figures the same way. A page asks for a table with a line ``<!-- privbench:NAME -->``
+(see ``tools/mkdocs_hooks.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+if str(HERE) not in sys.path:  # the scripts import their siblings by name (run as files)
+    sys.path.insert(0, str(HERE))
+
+
+def _jsonl(path: Path) -> list[dict]:
+    from privbench.results.report import load_rows
+
+    return load_rows(str(path)) if path.exists() else []
+
+
+def _missing(path: Path) -> str:
+    return f"*No rows yet in `{path.relative_to(HERE.parent)}`: the benchmark has not run.*"
+
+
+def headline() -> str:
+    from privbench.results.report import format_table, load_rows, summarize
+
+    metrics = ["accuracy", "psnr", "ssim", "label_dist_error", "bytes_up", "epsilon"]
+    rows = load_rows(str(RESULTS / "headline"))
+    summary = summarize(rows, by=["method", "defense", "attack"], metrics=metrics)
+    return format_table(summary, metrics, "md")
+
+
+def fedmix() -> str:
+    import fedmix_table
+
+    rows = _jsonl(fedmix_table.STORE)
+    if not rows:
+        return _missing(fedmix_table.STORE)
+    methods = [r for r in rows if r["table"] == "methods"]
+    sizes = [r for r in rows if r["table"] == "mean_size"]
+    parts = []
+    if methods:
+        parts += ["**Table 1: methods against the strongest attacker.**", ""]
+        parts += [fedmix_table.table_methods(methods), ""]
+    if sizes:
+        parts += ["**Table 2: FedMix's averaged data as M_k varies.**", ""]
+        parts += [fedmix_table.table_mean_size(sizes)]
+    return "\n".join(parts)
+
+
+def fedavp() -> str:
+    import fedavp_table
+
+    rows = _jsonl(RESULTS / "fedavp_table.jsonl")
+    if not rows:
+        return _missing(RESULTS / "fedavp_table.jsonl")
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    return fedavp_table.tables(rows, datasets)
+
+
+def generative() -> str:
+    import generative_table as bench
+
+    rows = _jsonl(bench.STORE)
+    if not rows:
+        return _missing(bench.STORE)
+    runs = [r for r in rows if r["method"] != "membership"]
+    members = [r for r in rows if r["method"] == "membership"]
+    return bench.report(runs, members)
+
+
+def adaptive_fedmix() -> str:
+    import adaptive_fedmix as bench
+
+    rows = _jsonl(RESULTS / "adaptive_fedmix.jsonl")
+    if not rows:
+        return _missing(RESULTS / "adaptive_fedmix.jsonl")
+    seeds = len({r["seed"] for r in rows})
+    return bench.table(rows, seeds)
+
+
+def attack_bands() -> str:
+    import attack_bands as bench
+
+    rows = _jsonl(RESULTS / "attack_bands.jsonl")
+    return bench.table(rows) if rows else _missing(RESULTS / "attack_bands.jsonl")
+
+
+def gradient_inversion() -> str:
+    import attack_bands as bench
+    from reproduce import gradient_inversion as repro
+
+    path = RESULTS / "reproduce" / "gradient_inversion.jsonl"
+    rows = _jsonl(path)
+    if not rows:
+        return _missing(path)
+    return "\n".join([bench.table(rows), "", *repro.paper_lines(rows)])
+
+
+def defense_curve() -> str:
+    import defense_curve as bench
+
+    from privbench import ResultStore
+
+    store = ResultStore(str(RESULTS / "defense_curve"))
+    seeds = 1 + max((r["seed"] for r in store.read()), default=-1)
+    return bench.table(seeds, store) if seeds else _missing(RESULTS / "defense_curve")
+
+
+def tuning() -> str:
+    """The tuned learning rates per dataset x model, from ``privbench/tuned.json``."""
+    import tune
+
+    from privbench.tuning import tuned
+
+    found = tuned()["lr"]
+    # The search's own order first (mnist before fashionmnist, LeNet first), then others.
+    datasets = list(dict.fromkeys([*tune.DATASETS, *(k.split("/")[0] for k in found)]))
+    models = list(dict.fromkeys([*tune.MODELS, *(k.split("/")[1] for k in found)]))
+    datasets = [d for d in datasets if any(k.startswith(d + "/") for k in found)]
+    models = [m for m in models if any(k.endswith("/" + m) for k in found)]
+    lines = [
+        "| dataset | " + " | ".join(f"`{m}`" for m in models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
+    for dataset in datasets:
+        cells = []
+        for m in models:
+            v = found.get(f"{dataset}/{m}")
+            if v is None:
+                cells.append("-")
+                continue
+            acc = v["validation_accuracy"][f"{v['lr']:g}"]
+            cells.append(f"{v['lr']:g} (val. acc {sum(acc) / len(acc):.2f})")
+        lines.append(f"| `{dataset}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "results:headline": headline,
+    "results:fedmix": fedmix,
+    "results:fedavp": fedavp,
+    "results:generative": generative,
+    "results:adaptive-fedmix": adaptive_fedmix,
+    "results:attack-bands": attack_bands,
+    "results:gradient-inversion": gradient_inversion,
+    "results:defense-curve": defense_curve,
+    "results:tuning": tuning,
+}
+
+
+def _frontier(out: str) -> str:
+    from privbench.results.plots import frontier
+    from privbench.results.report import load_rows, worst_case_view
+
+    return frontier(worst_case_view(load_rows(str(RESULTS / "headline"))), out)
+
+
+def _reconstructions(out: str) -> str:
+    from privbench.results.plots import plot
+    from privbench.results.report import load_rows
+
+    # One image per defense point: the photos victim of seed 0 under DLG.
+    rows = [
+        r
+        for r in load_rows(str(RESULTS / "defense_curve"))
+        if r["dataset"] == "photos"
+        and r["seed"] == 0
+        and r["attack"] == "dlg"
+        and r.get("reconstruction_file")
+    ]
+    return plot("reconstructions", rows, out, results_dir=str(RESULTS / "defense_curve"))
+
+
+FIGURES: dict[str, Callable[[str], str]] = {
+    "figures/headline_frontier.png": _frontier,
+    "figures/defense_reconstructions.png": _reconstructions,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Draw the figures into a folder (the README's copies live in ``docs/img``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--figures", default=str(HERE.parent / "docs" / "img"))
+    args = ap.parse_args(argv)
+    for uri, draw in FIGURES.items():
+        target = Path(args.figures) / Path(uri).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        print(draw(str(target)))
+
+
+if __name__ == "__main__":
+    main()
