@@ -20,9 +20,10 @@ if str(HERE) not in sys.path:  # the scripts import their siblings by name (run 
 
 
 def _jsonl(path: Path) -> list[dict]:
-    from privbench.results.report import load_rows
+    """A benchmark script's own row store (its rows are not privbench result rows)."""
+    from privbench.results.store import ResultStore
 
-    return load_rows(str(path)) if path.exists() else []
+    return ResultStore(str(path.parent), path.name).read(required=())
 
 
 def _missing(path: Path) -> str:
@@ -105,6 +106,20 @@ def gradient_inversion() -> str:
     return "\n".join([bench.table(rows), "", *repro.paper_lines(rows)])
 
 
+def reproduce_fedmix() -> str:
+    from reproduce import fedmix as repro
+
+    rows = _jsonl(repro.OUT / "results.jsonl")
+    return repro.table(rows) if rows else _missing(repro.OUT / "results.jsonl")
+
+
+def reproduce_dp() -> str:
+    from reproduce import dp as repro
+
+    rows = _jsonl(repro.OUT / "results.jsonl")
+    return repro.table(rows) if rows else _missing(repro.OUT / "results.jsonl")
+
+
 def defense_curve() -> str:
     import defense_curve as bench
 
@@ -153,6 +168,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "results:attack-bands": attack_bands,
     "results:gradient-inversion": gradient_inversion,
     "results:defense-curve": defense_curve,
+    "results:reproduce-fedmix": reproduce_fedmix,
+    "results:reproduce-dp": reproduce_dp,
     "results:tuning": tuning,
 }
 
@@ -162,6 +179,15 @@ def _frontier(out: str) -> str:
     from privbench.results.report import load_rows, worst_case_view
 
     return frontier(worst_case_view(load_rows(str(RESULTS / "headline"))), out)
+
+
+def _curves(out: str) -> str:
+    from privbench.results.plots import curves
+    from privbench.results.report import load_rows
+
+    # one row per run: the worst-case row carries the run's history like any other
+    rows = [r for r in load_rows(str(RESULTS / "headline")) if r["attack"] == "worst-case"]
+    return curves(rows, out)
 
 
 def _reconstructions(out: str) -> str:
@@ -180,9 +206,35 @@ def _reconstructions(out: str) -> str:
     return plot("reconstructions", rows, out, results_dir=str(RESULTS / "defense_curve"))
 
 
+def _fedmix_curves(out: str) -> str:
+    from reproduce import fedmix as repro
+
+    from privbench.results.plots import curves
+
+    rows = [r for r in _jsonl(repro.OUT / "results.jsonl") if r.get("status") == "ok"]
+    if not rows:
+        return _placeholder(out, "no rows yet: benchmarks/reproduce/fedmix.py has not run")
+    return curves(rows, out)
+
+
+def _placeholder(out: str, text: str) -> str:
+    """A figure that says its benchmark has not run yet (the site still builds)."""
+    from privbench.results.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 FIGURES: dict[str, Callable[[str], str]] = {
     "figures/headline_frontier.png": _frontier,
+    "figures/headline_curves.png": _curves,
     "figures/defense_reconstructions.png": _reconstructions,
+    "figures/reproduce_fedmix_curves.png": _fedmix_curves,
 }
 
 

@@ -146,7 +146,18 @@ def cli_reference() -> str:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help for c in sub._choices_actions}
-    out: list[str] = []
+    out: list[str] = [
+        "### `privbench`",
+        "",
+        "Options before (or, for `--traceback`, anywhere after) the command.",
+        "",
+    ]
+    top = argparse.ArgumentParser(add_help=False)
+    group = top.add_argument_group("options")
+    for action in parser._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            group._group_actions.append(action)
+    out += _options(top)
     for name, p in sub.choices.items():
         usage = " ".join(p.format_usage().split())
         usage = usage.removeprefix("usage: ")

@@ -68,6 +68,8 @@ def test_the_cli_reference_lists_every_option_of_every_command():
     text = cli_reference()
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for flag in ("--version", "--traceback"):
+        assert f"`{flag}`" in text
     for name, p in sub.choices.items():
         assert f"### `privbench {name}`" in text
         for action in p._actions:
@@ -96,6 +98,14 @@ def test_version_flag(capsys):
 
 
 def test_the_results_pages_are_generated_from_the_stores():
+    import warnings
+
+    pages = sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "results").glob("*.md"))
+    for page in pages:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a store line that is not a row is a failure
+            text = render(page)
+        assert "<!-- privbench:" not in text, page
     for page in ("results/headline.md", "results/defense-curve.md", "results/fedavp.md"):
         text = render(page)
         assert "<!-- privbench:" not in text
@@ -145,3 +155,33 @@ def test_the_site_builds_in_strict_mode_with_the_generated_reference(tmp_path):
     assert (site / "figures/headline_frontier.png").stat().st_size > 1000
     api = (site / "reference/api/index.html").read_text()
     assert "attack_update" in api and "RunConfig" in api
+
+
+def _cli_transcripts():
+    """(page, argv, first printed line) of every ``$ python -m privbench ...`` line."""
+    import shlex
+
+    for page in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("$ python -m privbench "):
+                command = line.removeprefix("$ python -m privbench ").split(" | ")[0]
+                following = lines[i + 1] if i + 1 < len(lines) else ""
+                yield page.name, shlex.split(command), following
+
+
+def test_every_cli_example_of_the_docs_is_a_valid_command(capsys):
+    """Error transcripts are run and their message compared; the others (whose output
+    has timings) must parse and resolve to a valid configuration."""
+    from privbench.cli.main import main
+    from privbench.cli.parser import build_parser, config_from_args
+
+    seen = 0
+    for page, argv, printed in _cli_transcripts():
+        seen += 1
+        if printed.startswith("privbench: error: "):
+            assert main(argv) == 2, (page, argv)
+            assert capsys.readouterr().err.strip() == printed, (page, argv)
+        else:
+            config_from_args(build_parser().parse_args(argv)).resolve()
+    assert seen >= 10

@@ -19,7 +19,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK = re.compile(r"<!-- privbench:([\w:-]+) -->")
+MARK = re.compile(r"<!-- privbench:([a-z][a-z0-9:-]*) -->")
 
 
 def _pages():

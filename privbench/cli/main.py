@@ -194,7 +194,24 @@ def cmd_list(as_json: bool) -> int:
     return 0
 
 
+def _wants_traceback(argv: list[str]) -> tuple[list[str], bool]:
+    """``--traceback`` anywhere on the command line (or ``PRIVBENCH_TRACEBACK=1``): show
+    the full traceback of an error, for debugging, after its one-line message."""
+    env = os.environ.get("PRIVBENCH_TRACEBACK", "").strip().lower() in ("1", "true", "yes")
+    return [a for a in argv if a != "--traceback"], env or "--traceback" in argv
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line as one line each, without the source line."""
+    print(f"privbench: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv, show_traceback = _wants_traceback(list(sys.argv[1:] if argv is None else argv))
+    if not show_traceback:
+        import warnings
+
+        warnings.showwarning = _one_line_warning
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":
@@ -218,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         # The CLI is a thin layer over the Python API: the same function, the same rows.
         rows = [r.to_dict() for r in privbench.run(config, out=store)]
     except (UsageError, PrivbenchError) as err:
+        if show_traceback:
+            import traceback
+
+            traceback.print_exc()
         print(f"privbench: error: {err}", file=sys.stderr)
         return 2
     if args.json:

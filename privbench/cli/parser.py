@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     from privbench import __version__
 
     parser.add_argument("--version", action="version", version=f"privbench {__version__}")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, also print the full traceback (anywhere on the command line; "
+        "or PRIVBENCH_TRACEBACK=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="train federated, attack, print and store result rows")
