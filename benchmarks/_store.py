@@ -19,7 +19,7 @@ class RowStore:
     def __init__(self, path: Path, key: Callable[[dict], tuple]):
         path = Path(path)
         self.store, self.key = ResultStore(str(path.parent), path.name), key
-        self.rows = {key(row): row for row in self.store.read()}
+        self.rows = {key(row): row for row in self.store.read(required=())}
 
     def __contains__(self, k: tuple) -> bool:
         return k in self.rows

@@ -51,6 +51,11 @@ class Defense(Configurable):
     # True: the defense zeroes entries of the update (pruning): the zeros it sends are a
     # public mask that a defense-aware attacker applies to its simulated message.
     masks_message = False
+    # The message kinds the defense acts on (None: every model update or gradient); a
+    # run whose method shares none of them is refused (the defense would do nothing).
+    acts_on: tuple[str, ...] | None = None
+    # The level of the formal guarantee it gives ("record" or "client"), None for none.
+    guarantee: str | None = None
 
     def setup(
         self,

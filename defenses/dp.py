@@ -99,6 +99,7 @@ def clip_(payload: dict[str, torch.Tensor], max_norm: float) -> float:
 )
 class ClientDP(Defense):
     name = "client-dp"
+    guarantee = "client"
 
     def __init__(self, **params):
         super().__init__(**params)

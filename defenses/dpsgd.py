@@ -184,6 +184,7 @@ class DPTrainer:
 )
 class DPSGD(Defense):
     name = "dp-sgd"
+    guarantee = "record"
 
     def __init__(self, **params):
         super().__init__(**params)

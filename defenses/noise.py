@@ -48,6 +48,7 @@ LABEL_KEYS = {"averaged_data": ("y",), "synthetic_data": ("y",)}
 )
 class ArtifactNoise(Defense):
     name = "artifact-noise"
+    acts_on = ARTIFACT_KINDS
 
     def __init__(self, **params):
         super().__init__(**params)

@@ -79,7 +79,10 @@ def run(
     :meth:`RunConfig.with_params`). The CLI runs exactly this function.
     """
     from privbench.pipeline import run as _run
+    from privbench.validation import require_config
 
+    if config is not None:
+        require_config(config, "privbench.run")
     store = out if isinstance(out, ResultStore) else (ResultStore(out) if out else None)
     config = config or RunConfig()
     if params:

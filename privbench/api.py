@@ -22,6 +22,7 @@ import torch
 from privbench.engine.channel import SERVER, Observation, PublicContext
 from privbench.errors import ParameterError
 from privbench.evaluation.metrics import LeakageScore, score_reconstruction
+from privbench.validation import require_finite_message
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ def _named(model: torch.nn.Module, message: Any) -> dict[str, torch.Tensor]:
                 f"update tensor '{n}' is shaped {tuple(t.shape)} but the parameter is "
                 f"{tuple(params[n].shape)}."
             )
+        if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+            raise ParameterError(
+                f"update tensor '{n}' has dtype {t.dtype}; give real floating-point tensors."
+            )
+    require_finite_message(tensors, "the update")
     return {n: t.detach().to(params[n].dtype).cpu() for n, t in tensors.items()}
 
 
@@ -131,11 +137,22 @@ def attack_update(
     if input_shape is None:
         raise ParameterError("give input_shape=(C, H, W) (or ground_truth to infer it from).")
     batch_size = batch_size or 1
+    if not isinstance(model, torch.nn.Module):
+        raise ParameterError(
+            f"The 'model' argument of attack_update must be a torch.nn.Module. "
+            f"Got a {type(model).__name__} instead."
+        )
     model = copy.deepcopy(model).cpu()
     if num_classes is None:
         model.eval()
-        with torch.no_grad():
-            num_classes = int(model(torch.zeros(1, *input_shape)).shape[-1])
+        try:
+            with torch.no_grad():
+                num_classes = int(model(torch.zeros(1, *input_shape)).shape[-1])
+        except Exception as err:  # the user's model does not take this input shape
+            raise ParameterError(
+                f"the model fails on an input shaped (1, *{tuple(input_shape)}): "
+                f"{type(err).__name__}: {err}; give the input_shape the model takes."
+            ) from err
     model.train()
     augmenter = registries()["method"].create(method)
     augmenter.setup(num_classes=num_classes, input_shape=input_shape, num_clients=1, seed=seed)

@@ -109,7 +109,10 @@ class RunConfig:
         names are labels then, not registry names.
         """
         from privbench import registries
+        from privbench.validation import field_problems
 
+        if typed := field_problems(self):  # wrong types first: the checks below compare
+            raise ParameterError(" ".join(typed))
         problems: list[str] = []
 
         def check(cond: bool, name: str, allowed: str, got: Any) -> None:
@@ -194,6 +197,10 @@ class RunConfig:
         defense_params = _resolve_shared(
             plugin, "defense", self.defenses, self.defense_params, problems
         )
+        if not problems and self.method in registries()["method"]:
+            from privbench.validation import combination_problems
+
+            problems += combination_problems(self.method, tuple(self.defenses))
         if problems:
             raise PrivbenchError(" ".join(problems))
         return replace(

@@ -21,3 +21,12 @@ class DatasetNotFoundError(PrivbenchError):
 
 class IncompatibleError(PrivbenchError):
     """A combination that cannot work (an attack whose observations the threat model never sees)."""
+
+
+class DivergedError(PrivbenchError):
+    """Training produced non-finite weights: the run ends as an error row, not a score."""
+
+
+class UserCodeError(PrivbenchError):
+    """A user's callable (a ``--dataset``/``--model`` import string, a model factory, a
+    data loader) raised or returned something privbench cannot use."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from privbench.errors import IncompatibleError, UnknownNameError
+from privbench.errors import IncompatibleError, PrivbenchError, UnknownNameError, UserCodeError
 from privbench.registry import Entry, Param, Registry, first_doc_line
 
 
@@ -31,6 +31,34 @@ def model_factory(obj: Any, label: str) -> Callable[..., nn.Module]:
     """
     if isinstance(obj, nn.Module):
         return lambda shape, num_classes: copy.deepcopy(obj)
+    return _guarded(_factory(obj, label), label)
+
+
+def _guarded(factory: Callable[..., Any], label: str) -> Callable[..., nn.Module]:
+    """``factory`` whose failures are the user's, said in one line: an exception it raises
+    or a return value that is not an ``nn.Module`` becomes a :class:`UserCodeError`."""
+
+    def build(shape, num_classes, **params) -> nn.Module:
+        try:
+            model = factory(shape, num_classes, **params)
+        except PrivbenchError:
+            raise
+        except Exception as err:
+            raise UserCodeError(
+                f"model '{label}' (--model): your factory raised {type(err).__name__}: {err} "
+                f"(called as factory({tuple(shape)}, {num_classes}))"
+            ) from err
+        if not isinstance(model, nn.Module):
+            raise UserCodeError(
+                f"model '{label}' (--model): your factory returned {type(model).__name__} "
+                f"{model!r:.60}; a model factory must return a torch.nn.Module."
+            )
+        return model
+
+    return build
+
+
+def _factory(obj: Any, label: str) -> Callable[..., Any]:
     if not callable(obj):
         raise UnknownNameError(
             f"model '{label}' is a {type(obj).__name__}, not a model factory: give a "

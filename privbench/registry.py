@@ -32,7 +32,8 @@ class Param:
 
     ``low``/``high`` bound numbers (``low_open``/``high_open`` make the bound strict);
     ``choices`` restricts to a set; ``nullable`` allows ``None``; ``parse`` turns a
-    CLI string into the value (defaults to ``type``).
+    CLI string into the value (defaults to ``type``). A float must be finite unless
+    ``allow_inf`` (NaN never passes).
     """
 
     name: str
@@ -46,6 +47,7 @@ class Param:
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
     parse: Callable[[str], Any] | None = None
+    allow_inf: bool = False
 
     def allowed(self) -> str:
         """Human description of the allowed values, used in error messages."""
@@ -56,7 +58,8 @@ class Param:
             parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
         if self.high is not None:
             parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        number = "a number" if self.allow_inf else "a finite number"
+        kind = {int: "an integer", float: number, bool: "true or false", str: "a string"}.get(
             self.type, self.type.__name__
         )
         text = kind + (" " + " and ".join(parts) if parts else "")
@@ -95,7 +98,7 @@ class Param:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise fail()
             value = float(value)
-            if math.isnan(value):
+            if math.isnan(value) or (math.isinf(value) and not self.allow_inf):
                 raise fail()
         elif not isinstance(value, self.type):
             raise fail()
@@ -174,6 +177,13 @@ def import_object(spec: str, kind: str) -> Any:
             f"Cannot import {kind} '{spec}': {err}. The module must be importable from the "
             "working directory or PYTHONPATH."
         ) from None
+    except Exception as err:  # the user's module fails while it is imported
+        from privbench.errors import UserCodeError
+
+        raise UserCodeError(
+            f"Cannot import {kind} '{spec}': importing '{module_name}' raised "
+            f"{type(err).__name__}: {err}"
+        ) from err
     for part in attr.split("."):
         if not hasattr(obj, part):
             public = sorted(n for n in dir(obj) if not n.startswith("_"))

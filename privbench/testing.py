@@ -231,7 +231,20 @@ def check_attack(name: str) -> None:
 
 
 def check_defense(name: str) -> None:
-    _run_ok(tiny_config(defenses=() if name == "none" else (name,)), f"defense '{name}'")
+    """A run with the defense; one that acts on shared artifacts (``acts_on``) runs with
+    the first registered method that shares one of them."""
+    acts = getattr(_registries()["defense"].entry(name).factory, "acts_on", None)
+    method = "fedavg"
+    if acts is not None:
+        methods = _registries()["method"]
+        sharing = [
+            m
+            for m in methods.names()
+            if set(getattr(methods.entry(m).factory, "shares", ())) & set(acts)
+        ]
+        method = "fedmix" if "fedmix" in sharing else sharing[0]  # fedmix: the quickest
+    cfg = tiny_config(method=method, defenses=() if name == "none" else (name,))
+    _run_ok(cfg, f"defense '{name}'")
 
 
 def check_partition(name: str) -> None:

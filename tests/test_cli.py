@@ -75,7 +75,7 @@ def test_list_is_built_from_the_registries(capsys):
         (["run", "fedavg", "--attack", "dgl"], "Did you mean 'dlg'?"),
         (
             ["run", "fedavg", "--alpha", "-1"],
-            "The 'alpha' parameter of partition 'dirichlet' must be a number > 0. "
+            "The 'alpha' parameter of partition 'dirichlet' must be a finite number > 0. "
             "Got -1.0 instead.",
         ),
         (["run", "fedavg", "--batch-size", "5000"], "The 'batch_size' parameter must be <="),

@@ -44,7 +44,7 @@ def test_unknown_name_lists_sorted_names_and_suggests():
     "params, fragment",
     [
         ({"size": 0}, "The 'size' parameter of widget 'box' must be an integer >= 1. Got 0"),
-        ({"alpha": 0.0}, "must be a number > 0 and <= 1. Got 0.0"),
+        ({"alpha": 0.0}, "must be a finite number > 0 and <= 1. Got 0.0"),
         ({"alpha": "x"}, "Got 'x' instead"),
         ({"mode": "c"}, "must be one of 'a', 'b'. Got 'c'"),
         ({"size": 1.5}, "Got 1.5 instead"),

@@ -174,16 +174,38 @@ def test_client_threat_cannot_run_gradient_attack():
     assert row.status == "error" and "threat model 'client' never sees" in row.error
 
 
+def _row(config_hash: str, **extra) -> dict:
+    return {
+        "method": "fedavg",
+        "attack": "none",
+        "status": "ok",
+        "config_hash": config_hash,
+        **extra,
+    }
+
+
 def test_store_skips_a_torn_last_line(tmp_path):
     store = ResultStore(str(tmp_path))
-    store.append([{"config_hash": "a", "status": "ok"}])
+    store.append([_row("a")])
     with open(store.path, "a") as fh:
         fh.write('{"config_hash": "b", "sta')  # a writer killed mid-line
-    with pytest.warns(UserWarning, match="incomplete row"):
+    with pytest.warns(UserWarning, match=r"line 2 \(torn: a writer was killed\)"):
         assert store.finished_hashes() == {"a"}
-    store.append([{"config_hash": "c", "status": "ok"}])  # not swallowed by the torn line
-    with pytest.warns(UserWarning, match=":2: skipping an incomplete row"):
+    store.append([_row("c")])  # not swallowed by the torn line
+    with pytest.warns(UserWarning, match=r"skipped 1 line\(s\).*line 2 \(not JSON\)"):
         assert store.finished_hashes() == {"a", "c"}
+
+
+def test_a_skip_done_store_never_writes_a_second_row_for_what_is_done(tmp_path):
+    store = ResultStore(str(tmp_path), skip_done=True)
+    store.append([_row("a"), _row("b", status="error")])
+    store.append([_row("a"), _row("a", status="error"), _row("b")])  # a is done, b is not
+    rows = ResultStore(str(tmp_path)).read()
+    assert [(r["config_hash"], r["status"]) for r in rows] == [
+        ("a", "ok"),
+        ("b", "error"),
+        ("b", "ok"),
+    ]
 
 
 def test_concurrent_appends_never_interleave(tmp_path):
@@ -203,7 +225,7 @@ def test_concurrent_appends_never_interleave(tmp_path):
 def _writer(folder, i):
     store = ResultStore(folder)
     for j in range(50):
-        store.append([{"config_hash": f"{i}-{j}", "status": "ok", "pad": "x" * 5000}])
+        store.append([_row(f"{i}-{j}", pad="x" * 5000)])
 
 
 @pytest.mark.parametrize("algorithm, params", [("fedprox", {"mu": 0.1}), ("qffl", {"q": 1.0})])

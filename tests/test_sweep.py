@@ -162,3 +162,37 @@ def test_cli_rejects_bad_grids_before_running(tmp_path, capsys):
     assert main(["sweep", str(broken)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing ran, nothing written
+
+
+@pytest.mark.slow
+def test_killed_and_rerun_sweeps_leave_exactly_one_ok_row_per_point(tmp_path):
+    """The issue's sequence, 10 times at varying kill times: SIGTERM the sweep (its
+    workers are not signalled), rerun and SIGKILL it, rerun to the end. Workers die with
+    their sweep and a worker never writes a row for a point that already has an ok row,
+    so every point ends with exactly one row, ok."""
+    import random
+
+    grid_file = tmp_path / "grid.toml"
+    fast = {**FAST, "clients": 2}
+    grid_file.write_text(
+        "[sweep]\n"
+        + "".join(f"{k} = {_toml(v)}\n" for k, v in fast.items())
+        + '[grid]\nmethod = ["fedavg"]\nseed = [0, 1, 2, 3]\n'
+    )
+    rnd = random.Random(7)
+    for trial in range(10):
+        out = str(tmp_path / f"sweep{trial}")
+        cmd = [sys.executable, "-m", "privbench", "sweep", str(grid_file), "--out", out]
+        cmd += ["--workers", "2"]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rnd.uniform(0.5, 9.0))
+            proc.send_signal(sig)  # the sweep process only, never its workers
+            proc.wait()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        time.sleep(1.0)  # an orphaned worker would append its late row now
+        rows = ResultStore(out).read()
+        keys = [(r["config_hash"], r["attack"]) for r in rows]
+        assert len(keys) == len(set(keys)) == 4, (trial, keys)
+        assert all(r["status"] == "ok" for r in rows), trial

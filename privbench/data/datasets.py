@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from privbench.data.bundle import DataBundle, as_bundle, fixed_split
-from privbench.errors import DatasetNotFoundError, ParameterError
+from privbench.data.imagefolder import read_image_folder, to_channels
+from privbench.errors import DatasetNotFoundError, ParameterError, PrivbenchError, UserCodeError
 from privbench.registry import Entry, Param, Registry, first_doc_line
 
 
@@ -35,7 +36,15 @@ def _import_dataset(name: str, obj: Any) -> Entry[DataBundle]:
         )
 
     def load(*, root=None, download=False, **params):
-        return as_bundle(obj(**params), name=name)
+        try:
+            got = obj(**params)
+        except PrivbenchError:
+            raise
+        except Exception as err:  # the user's loader failed: say so in one line
+            raise UserCodeError(
+                f"dataset '{name}' (--dataset): your loader raised {type(err).__name__}: {err}"
+            ) from err
+        return as_bundle(got, name=name)
 
     return Entry(name, load, tuple(getattr(obj, "PARAMS", ())), first_doc_line(obj) or name)
 
@@ -316,7 +325,7 @@ def load_imagefolder(
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     if os.path.isdir(train_dir) and os.path.isdir(test_dir):
         (x_tr, y_tr, classes), (x_te, y_te, test_classes) = (
-            _read_image_folder(d, image_size, channels) for d in (train_dir, test_dir)
+            read_image_folder(d, image_size, channels) for d in (train_dir, test_dir)
         )
         if test_classes != classes:
             raise ParameterError(
@@ -324,9 +333,9 @@ def load_imagefolder(
                 f"{test_classes}; they must be the same folders."
             )
         if x_tr.shape[1] != x_te.shape[1]:  # auto channels decided differently per split
-            x_tr, x_te = (_to_channels(x, 3) for x in (x_tr, x_te))
+            x_tr, x_te = (to_channels(x, 3) for x in (x_tr, x_te))
     else:
-        x, y, classes = _read_image_folder(root, image_size, channels)
+        x, y, classes = read_image_folder(root, image_size, channels)
         tr, te = fixed_split(len(y), test_fraction, salt=4)
         if len(tr) == 0 or len(te) == 0:
             raise ParameterError(
@@ -335,52 +344,6 @@ def load_imagefolder(
             )
         x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
     return _finish("imagefolder", x_tr, y_tr, x_te, y_te, classes, None)
-
-
-def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    if x.shape[1] == channels:
-        return x
-    if channels == 3:
-        return x.expand(-1, 3, -1, -1).contiguous()
-    # ITU-R 601-2 luma, the weights PIL's convert("L") uses.
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
-    return (x[:, :3] * w).sum(1, keepdim=True)
-
-
-def _read_image_folder(path: str, image_size: int | None, channels: int | None):
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    try:
-        folder = ImageFolder(path, loader=lambda p: p)  # paths only; decoded below
-    except (FileNotFoundError, RuntimeError) as err:
-        raise DatasetNotFoundError(f"Dataset 'imagefolder' at {path}: {err}") from None
-    if len(folder.classes) < 2:
-        raise ParameterError(
-            f"Dataset 'imagefolder' at {path}: found {len(folder.classes)} class folder(s) "
-            f"({', '.join(folder.classes)}); a classifier needs at least 2."
-        )
-    images, grayscale, sizes = [], True, {}
-    for file, _ in folder.samples:
-        with Image.open(file) as img:
-            grayscale &= img.mode in ("L", "1", "I", "I;16", "F")
-            img = img.convert("L" if img.mode in ("L", "1", "I", "I;16", "F") else "RGB")
-            t = pil_to_tensor(img).float() / 255.0  # (C, H, W)
-        if image_size is not None:
-            t = _resize(t.unsqueeze(0), image_size)[0]
-        sizes.setdefault(tuple(t.shape[1:]), file)
-        images.append(t)
-    if len(sizes) > 1:
-        examples = "; ".join(f"{h}x{w} ({f})" for (h, w), f in list(sizes.items())[:3])
-        raise ParameterError(
-            f"Dataset 'imagefolder' at {path}: images differ in size ({examples}); pass "
-            "--image-size N to resize them all to N x N."
-        )
-    want = channels or (1 if grayscale else 3)
-    x = torch.stack([_to_channels(t.unsqueeze(0), want)[0] for t in images])
-    y = torch.tensor(folder.targets, dtype=torch.long)
-    return x, y, list(folder.classes)
 
 
 def load_dataset(

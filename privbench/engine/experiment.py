@@ -14,7 +14,7 @@ import torch
 
 from privbench.engine.channel import SERVER, Channel, PublicContext
 from privbench.engine.client import ClientWork
-from privbench.engine.federated import clone_state
+from privbench.engine.federated import check_finite_state, clone_state
 from privbench.engine.method import PREPARE_ROUND, ClientState, Reply, run_prepare_phase
 from privbench.engine.outcome import TrainingOutcome, Victim
 from privbench.engine.seeding import derive_seed, torch_generator
@@ -84,6 +84,7 @@ class Experiment(ClientWork):
                 )
                 for d in defenses:
                     new_state = d.privatize_aggregate(rnd, global_state, new_state, len(results))
+                check_finite_state(new_state, rnd, fed.lr)
                 global_model.load_state_dict(new_state)
                 server.after_aggregate(
                     rnd,

@@ -23,6 +23,20 @@ def clone_state(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> State
     return {k: v.detach().clone() for k, v in state.items()}
 
 
+def check_finite_state(state: Mapping[str, torch.Tensor], rnd: int, lr: float | None) -> None:
+    """Raise :class:`DivergedError` when the aggregated model holds NaN or infinity:
+    a diverged run is an error row that says so, never an accuracy."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        from privbench.errors import DivergedError
+
+        raise DivergedError(
+            f"Training diverged in round {rnd}: the aggregated model has non-finite weights "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at learning rate "
+            f"{lr:g}; try a smaller --lr."
+        )
+
+
 def state_delta(new: Mapping[str, torch.Tensor], old: Mapping[str, torch.Tensor]) -> State:
     return {k: new[k] - old[k] for k in new}
 

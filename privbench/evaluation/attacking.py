@@ -176,6 +176,9 @@ def observed_messages(exp: Experiment, attack, name: str, vid: int, seen) -> lis
             f"{vid}, which threat model '{cfg.attack.threat}' never sees in this run "
             f"(method '{cfg.method}'); see `privbench list` for what each attack needs."
         )
+    from privbench.validation import require_finite_message
+
+    require_finite_message(obs[0].payload, f"the {obs[0].kind} message of client {vid}")
     return obs
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from privbench.errors import ParameterError, PrivbenchError
 from privbench.results.report import latest, summarize, worst_case_view
+from privbench.results.store import inside
 
 KINDS = ("frontier", "reconstructions", "curves")
 
@@ -112,9 +113,15 @@ def reconstructions(
         )
     pairs = []
     for r in shown:
-        path = os.path.join(results_dir, r["reconstruction_file"])
-        with np.load(path) as data:
-            gt, rec = _first_image(data, "ground_truth"), _first_image(data, "reconstruction")
+        path = inside(results_dir, r["reconstruction_file"])  # never outside the folder
+        try:
+            with np.load(path) as data:
+                gt, rec = _first_image(data, "ground_truth"), _first_image(data, "reconstruction")
+        except (OSError, ValueError, KeyError) as err:  # missing, unreadable or not ours
+            raise ParameterError(
+                f"Row {r.get('method')}/{r.get('attack')} names the reconstruction file "
+                f"{r['reconstruction_file']!r}, which cannot be read: {type(err).__name__}: {err}"
+            ) from None
         pairs.append((r, gt, rec))
     fig, axes = plt.subplots(2, len(pairs), figsize=(1.8 * len(pairs) + 0.6, 4.2), squeeze=False)
     for j, (r, gt, rec) in enumerate(pairs):
@@ -155,11 +162,13 @@ def curves(rows: Sequence[Mapping[str, Any]], out: str, *, metric: str = "accura
     if not groups:
         raise ParameterError(f"No per-round '{metric}' history in these rows (--eval-every > 0).")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, by_round in groups.items():
+    for i, (label, by_round) in enumerate(groups.items()):
         rounds = sorted(by_round)
         mean = np.array([np.mean(by_round[t]) for t in rounds])
         std = np.array([np.std(by_round[t]) for t in rounds])
-        ax.plot(rounds, mean, marker="o", ms=3, label=label)
+        # matplotlib's colours repeat after 10 lines: the line style tells them apart
+        style = ("-", "--", ":", "-.")[(i // 10) % 4]
+        ax.plot(rounds, mean, marker="o", ms=3, ls=style, label=label)
         ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
     ax.set_xlabel("round")
     ax.set_ylabel(f"global test {metric}")

@@ -189,12 +189,73 @@ def write_json_atomic(path: str, data: Any) -> None:
         raise
 
 
+def _read_all(fd: int) -> bytes:
+    size, chunks, offset = os.fstat(fd).st_size, [], 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _key_of(row: Any) -> tuple[Any, Any] | None:
+    return (row.get("config_hash"), row.get("attack")) if isinstance(row, dict) else None
+
+
+def _ok_keys(data: bytes) -> set[tuple[Any, Any]]:
+    """(config hash, attack) of every ok row in a store's bytes (torn lines ignored)."""
+    keys = set()
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("status") == "ok":
+            keys.add(_key_of(row))
+    return keys
+
+
+# The fields every privbench row has; a line without them is not a row.
+ROW_KEYS = ("method", "attack", "status", "config_hash")
+
+
+def inside(directory: str, relative: Any) -> str:
+    """``directory/relative``, refused with a :class:`ParameterError` when ``relative`` is
+    not a relative path that stays inside ``directory``."""
+    from privbench.errors import ParameterError
+
+    root = os.path.realpath(directory)
+    if (
+        not isinstance(relative, str)
+        or not relative
+        or os.path.isabs(relative)
+        or ".." in relative.replace("\\", "/").split("/")
+    ):
+        raise ParameterError(
+            f"A row names the file {relative!r}; row files must be relative paths inside "
+            f"the result folder {directory} (no absolute path, no '..')."
+        )
+    path = os.path.realpath(os.path.join(root, relative))
+    if os.path.commonpath([root, path]) != root:
+        raise ParameterError(
+            f"A row names the file {relative!r}, which resolves outside the result folder "
+            f"{directory} (through a link); refused."
+        )
+    return path
+
+
 class ResultStore:
     """``DIR/results.jsonl`` (or ``DIR/<filename>``) plus ``DIR/reconstructions/*.npz``."""
 
-    def __init__(self, directory: str, filename: str = "results.jsonl"):
+    def __init__(self, directory: str, filename: str = "results.jsonl", *, skip_done: bool = False):
         self.directory = os.path.abspath(directory)
         self.path = os.path.join(self.directory, filename)
+        # True (sweep workers): under the write lock, drop every row whose configuration
+        # and attack already have an ok row, so a late or repeated point never writes a
+        # second row for what is done.
+        self.skip_done = skip_done
 
     def append(self, rows: list[Result] | list[dict[str, Any]]) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -203,11 +264,20 @@ class ResultStore:
             + "\n"
             for r in rows
         )
-        data = text.encode()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
+                if self.skip_done:
+                    done = _ok_keys(_read_all(fd))
+                    text = "".join(
+                        line
+                        for line in text.splitlines(keepends=True)
+                        if _key_of(json.loads(line)) not in done
+                    )
+                data = text.encode()
+                if not data:
+                    return
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     data = b"\n" + data  # after a torn line: start a line of our own
@@ -221,23 +291,48 @@ class ResultStore:
         finally:
             os.close(fd)
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self, *, required: tuple[str, ...] = ROW_KEYS) -> list[dict[str, Any]]:
+        """Every row of the file. Lines that are not rows — not JSON, JSON that is not an
+        object, an object without the ``required`` fields — are skipped with one warning
+        that counts them and says which lines and why (a torn last line is what a writer
+        killed mid-write leaves). ``required=()`` reads any JSON objects (the benchmark
+        scripts' own row stores)."""
         if not os.path.exists(self.path):
             return []
-        rows = []
-        with open(self.path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    warnings.warn(
-                        f"{self.path}:{lineno}: skipping an incomplete row "
-                        "(a writer was killed mid-write)",
-                        stacklevel=2,
-                    )
+        rows: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        with open(self.path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.readlines()
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                torn = lineno == len(lines) and not line.endswith("\n")
+                skipped.append(f"{lineno} ({'torn: a writer was killed' if torn else 'not JSON'})")
+                continue
+            if not isinstance(obj, dict):
+                skipped.append(f"{lineno} (JSON {type(obj).__name__}, not an object)")
+                continue
+            if missing := [k for k in required if k not in obj]:
+                skipped.append(f"{lineno} (no {', '.join(missing)})")
+                continue
+            rows.append(obj)
+        if skipped:
+            shown = "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+            warnings.warn(
+                f"{self.path}: skipped {len(skipped)} line(s) that are not result rows: "
+                f"line {shown}",
+                stacklevel=2,
+            )
         return rows
+
+    def file_path(self, relative: str) -> str:
+        """The absolute path of a file a row names (``reconstruction_file``), refused unless
+        it lies inside this result folder: a row cannot make a reader open an absolute
+        path or climb out with ``..``."""
+        return inside(self.directory, relative)
 
     def finished_hashes(self) -> set[str]:
         return {r["config_hash"] for r in self.read() if r.get("status") == "ok"}

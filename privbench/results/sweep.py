@@ -208,7 +208,30 @@ def _run_point(argv: list[str], out: str, threads: int) -> list[str]:
     torch.set_num_threads(threads)
     progress.set_enabled(False)
     cfg = config_from_args(build_parser().parse_args(argv), unused=set())
-    return [r.status for r in run(cfg, store=ResultStore(out))]
+    store = ResultStore(out, skip_done=True)  # never a second row for what is done
+    resolved = cfg.resolve()
+    names = resolved.attack.names or ("none",)
+    ok = {
+        r["attack"]
+        for r in store.read()
+        if r["config_hash"] == resolved.hash() and r["status"] == "ok"
+    }
+    if set(names) <= ok:
+        return ["ok"] * len(names)  # finished meanwhile by another sweep
+    return [r.status for r in run(cfg, store=store)]
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a worker ends when the sweep that started it ends (SIGTERM,
+    SIGKILL, a crash), so no orphan appends a late row for a point a rerun also runs."""
+    import ctypes
+    import signal
+
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is not None:  # Linux; elsewhere the skip-done append alone prevents duplicates
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above ran
+        os._exit(1)
 
 
 def _record_crash(point: Point, out: str, err: BaseException) -> None:
@@ -221,7 +244,7 @@ def _record_crash(point: Point, out: str, err: BaseException) -> None:
         row = base_row(point.config, name)
         row.status, row.error = "error", f"worker failed: {type(err).__name__}: {err}"
         rows.append(row)
-    ResultStore(out).append(rows)
+    ResultStore(out, skip_done=True).append(rows)
 
 
 @dataclass
@@ -279,7 +302,13 @@ def _run_local(todo, *, out, workers, threads, address, on_done) -> int:
     ctx = mp.get_context("spawn")  # a fresh interpreter per point: no shared torch state
     with (
         bar(len(todo), "points", leave=True) as pbar,
-        ProcessPoolExecutor(workers, mp_context=ctx, **_one_task_per_child()) as pool,
+        ProcessPoolExecutor(
+            workers,
+            mp_context=ctx,
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+            **_one_task_per_child(),
+        ) as pool,
     ):
         futures = {pool.submit(_run_point, p.argv, out, threads): p for p in todo}
         for fut in as_completed(futures):
