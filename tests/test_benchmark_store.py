@@ -17,11 +17,11 @@ def test_a_rerun_sees_every_row_once_and_a_cut_line_is_measured_again(tmp_path):
     store.add({"point": 2, "psnr": 31.0})
     with path.open("a") as f:
         f.write('{"point": 3, "ps')  # a kill in the middle of a write
-    with pytest.warns(UserWarning, match="rows.jsonl:3: skipping an incomplete row"):
+    with pytest.warns(UserWarning, match=r"rows.jsonl: skipped 1 line.*line 3 \(torn"):
         again = RowStore(path, lambda r: (r["point"],))
     assert (1,) in again and (2,) in again and (3,) not in again
     again.add({"point": 3, "psnr": 32.0})  # starts on a line of its own
-    with pytest.warns(UserWarning, match="rows.jsonl:3: skipping"):
+    with pytest.warns(UserWarning, match=r"rows.jsonl: skipped 1 line.*line 3 \(not JSON"):
         final = RowStore(path, lambda r: (r["point"],))
     assert [r["psnr"] for r in final] == [30.0, 31.0, 32.0]
 
@@ -44,3 +44,50 @@ def test_the_attack_band_harness_trains_once_attacks_per_variant_and_resumes(tmp
     again = measure(1, list(variants), settings, store, variants)  # nothing to measure
     assert again == rows and len(store.read_text().splitlines()) == 2
     assert "| tiny digits | idlg: 1 start |" in table(rows)
+
+
+@pytest.mark.slow
+def test_the_fedmix_reproduction_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce"))
+    import fedmix as repro
+
+    from privbench import ResultStore
+
+    monkeypatch.setattr(repro, "LAMBDAS", (0.05,))
+    todo = repro.points(["digits"], ["shards-2"], 1, rounds=2, train_size=0, clients=4)
+    assert len(todo) == 1 + 4 * len(repro.LAMBDAS)  # FedAvg once, the others per λ
+    store = ResultStore(str(tmp_path))
+    repro.measure(todo, store)
+    rows = store.read()
+    assert len(rows) == len(todo) and all(r["status"] == "ok" for r in rows)
+    repro.measure(todo, store)  # resumes: nothing to run
+    assert len(store.read()) == len(todo)
+    text = repro.table(rows)
+    assert "| digits | shards-2 | fedmix | 0.05 | 1 |" in text
+    assert "| digits | shards-2 | fedavg | - | 1 |" in text
+
+
+@pytest.mark.slow
+def test_the_dp_reproduction_searches_on_validation_then_tests_the_best(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce"))
+    import dp as repro
+
+    from privbench import ResultStore
+    from privbench.data.datasets import load_dataset
+
+    monkeypatch.setattr(repro, "EPSILONS", (8.0,))
+    monkeypatch.setattr(
+        repro, "RECORD_GRID", {"max_grad_norm": (1.0,), "lr": (0.05, 0.5), "batch_size": (32,)}
+    )
+    store = ResultStore(str(tmp_path))
+    kw = {"rounds": 1, "train_size": 0}
+    validation = load_dataset("digits").validation_split(0.1, seed=0)
+    repro.run_all(repro.search("record", "digits", **kw), store, validation)
+    searched = store.read()
+    assert len(searched) == 2 and all(r["dataset"] == "digits:validation" for r in searched)
+    chosen = repro.best(searched)
+    assert list(chosen) == [("record", 8.0)]
+    repro.run_all(repro.finals(searched, 2, "digits", **kw), store, None)
+    final = [r for r in store.read() if r["dataset"] == "digits"]
+    assert len(final) == 2 and all(r["epsilon_record"] <= 8.0 + 1e-6 for r in final)
+    assert "| record | target ε 8 |" in repro.table(store.read())

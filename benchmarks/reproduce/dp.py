@@ -1,0 +1,203 @@
+"""Reproduction: what DP costs on MNIST when its knobs are tuned, at fixed budgets.
+
+Record level (DP-SGD, Abadi et al. 2016, with Opacus): for each target ε in
+{1, 3, 8} (δ = 1e-5; Opacus picks σ for the schedule that runs), the clip norm C, the
+learning rate and the batch size are searched on a validation split carved from the
+training images (10% per class; the test set is never used in the search); the best
+setting per ε is then trained on all training images and evaluated on the test set over
+``--seeds`` seeds. Client level (DP-FedAvg, McMahan et al. 2018): 100 clients, Poisson
+sampling at q = 0.1, central noise; the clip C is searched on the validation split per
+noise multiplier z, and the reported ε is the accountant's for the schedule that ran.
+
+Scaled to 2 CPU cores: a fixed subset of ``--train-size`` MNIST training images, the
+``cnn`` model, short schedules (``--rounds``). The published DP-SGD MNIST numbers
+(Abadi et al.: ~95% at ε = 2, ~97% at ε = 8 with a PCA front end and centralised
+training) are the reference point for the trend, not a number to match: this is
+federated training on a tenth of the data.
+
+Every run is a privbench row in ``benchmarks/results/reproduce/dp/`` (resumable):
+
+    python benchmarks/reproduce/dp.py --data-root ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from itertools import product
+from pathlib import Path
+
+import privbench
+from privbench import FedConfig, ResultStore, RunConfig
+from privbench.data.datasets import load_dataset
+from privbench.results.report import mean_std as ms
+
+OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "dp"
+EPSILONS = (1.0, 3.0, 8.0)
+RECORD_GRID = {"max_grad_norm": (0.1, 1.0), "lr": (0.05, 0.2, 0.5), "batch_size": (32, 128)}
+CLIENT_Z = (0.3, 0.5, 1.0)
+CLIENT_CLIP = (0.05, 0.2, 1.0)
+
+
+def record_config(
+    eps: float,
+    clip: float,
+    lr: float,
+    batch: int,
+    seed: int,
+    *,
+    data: str,
+    rounds: int,
+    train_size: int,
+) -> RunConfig:
+    return RunConfig(
+        dataset=data,
+        dataset_params={"train_size": train_size} if ":" not in data and train_size else {},
+        partition="iid",
+        model="cnn",
+        defenses=("dp-sgd",),
+        defense_params={"dp-sgd": {"target_epsilon": eps, "max_grad_norm": clip}},
+        seed=seed,
+        fed=FedConfig(
+            clients=10, rounds=rounds, local_epochs=1, batch_size=batch, lr=lr, eval_every=0
+        ),
+    )
+
+
+def client_config(
+    z: float, clip: float, seed: int, *, data: str, rounds: int, train_size: int
+) -> RunConfig:
+    return RunConfig(
+        dataset=data,
+        dataset_params={"train_size": train_size} if ":" not in data and train_size else {},
+        partition="iid",
+        model="cnn",
+        defenses=("client-dp",),
+        defense_params={"client-dp": {"noise_multiplier": z, "clip": clip}},
+        seed=seed,
+        fed=FedConfig(
+            clients=100,
+            fraction=0.1,
+            client_sampling="poisson",
+            rounds=rounds,
+            local_epochs=1,
+            batch_size=10,
+            eval_every=0,
+        ),
+    )
+
+
+def search(level: str, dataset: str = "mnist", **kw) -> list[tuple[tuple, RunConfig]]:
+    """(knobs, config) of the validation search of one level."""
+    data = f"{dataset}:validation"
+    if level == "record":
+        return [
+            ((eps, c, lr, b), record_config(eps, c, lr, b, 0, data=data, **kw))
+            for eps, c, lr, b in product(EPSILONS, *RECORD_GRID.values())
+        ]
+    return [
+        ((z, c), client_config(z, c, 0, data=data, **kw)) for z, c in product(CLIENT_Z, CLIENT_CLIP)
+    ]
+
+
+def _knobs(row: dict) -> tuple:
+    c = row["config"]
+    if "dp-sgd" in c["defense_params"]:
+        d = c["defense_params"]["dp-sgd"]
+        return (
+            "record",
+            d["target_epsilon"],
+            d["max_grad_norm"],
+            c["fed"]["lr"],
+            c["fed"]["batch_size"],
+        )
+    d = c["defense_params"]["client-dp"]
+    return ("client", d["noise_multiplier"], d["clip"])
+
+
+def best(rows: list[dict]) -> dict[tuple, tuple]:
+    """Per budget (record: ε; client: z), the knobs with the best validation accuracy;
+    a failed run scores 0."""
+    scores: dict[tuple, dict[tuple, float]] = {}
+    for r in rows:
+        if not r["dataset"].endswith(":validation"):
+            continue
+        k = _knobs(r)
+        acc = r["accuracy"] if r["status"] == "ok" and r["accuracy"] is not None else 0.0
+        scores.setdefault(k[:2], {})[k[2:]] = acc
+    return {budget: max(s, key=s.get) for budget, s in scores.items()}
+
+
+def finals(
+    rows: list[dict], seeds: int, dataset: str = "mnist", **kw
+) -> list[tuple[tuple, RunConfig]]:
+    out = []
+    for (level, budget), knobs in sorted(best(rows).items()):
+        for seed in range(seeds):
+            if level == "record":
+                cfg = record_config(budget, *knobs, seed, data=dataset, **kw)
+            else:
+                cfg = client_config(budget, *knobs, seed, data=dataset, **kw)
+            out.append(((level, budget, knobs, seed), cfg))
+    return out
+
+
+def run_all(todo, store: ResultStore, data) -> None:
+    done = store.finished_hashes()
+    for label, cfg in todo:
+        provided = frozenset({"dataset"}) if data is not None else frozenset()
+        if cfg.resolve(provided=provided).hash() in done:
+            continue
+        (row,) = privbench.run(cfg, data=data, out=store)
+        print(f"  {label}: {row.status} acc {row.accuracy} eps {row.epsilon}", flush=True)
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| level | budget | knobs (validation-best) | runs | test accuracy | ε (Opacus) |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "ok" and not r["dataset"].endswith(":validation"):
+            groups.setdefault(_knobs(r), []).append(r)
+    for k, rs in sorted(groups.items()):
+        level = k[0]
+        budget = f"target ε {k[1]:g}" if level == "record" else f"z {k[1]:g}"
+        knobs = f"C {k[2]:g}, lr {k[3]:g}, batch {k[4]}" if level == "record" else f"C {k[2]:g}"
+        eps = [r[f"epsilon_{level}"] for r in rs]
+        lines.append(
+            f"| {level} | {budget} | {knobs} | {len(rs)} | {ms(r['accuracy'] for r in rs)} "
+            f"| {ms(eps) if all(e is not None for e in eps) else '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--client-rounds", type=int, default=30)
+    ap.add_argument("--train-size", type=int, default=12000)
+    ap.add_argument("--levels", nargs="+", default=["record", "client"])
+    ap.add_argument("--data-root", default=os.environ.get("PRIVBENCH_DATA_ROOT"))
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    if args.data_root:
+        os.environ["PRIVBENCH_DATA_ROOT"] = args.data_root
+    store = ResultStore(args.out)
+    full = load_dataset("mnist", {"train_size": args.train_size}, root=args.data_root)
+    validation = full.validation_split(0.1, seed=0)
+    for level in args.levels:
+        rounds = args.rounds if level == "record" else args.client_rounds
+        kw = {"rounds": rounds, "train_size": args.train_size}
+        run_all(search(level, **kw), store, validation)
+        rows = [r for r in store.read() if _knobs(r)[0] == level]
+        run_all(finals(rows, args.seeds, **kw), store, None)
+    print(table(store.read()))
+    searched = sum(r["dataset"].endswith(":validation") for r in store.read())
+    print(f"validation search: {searched} runs")
+
+
+if __name__ == "__main__":
+    main()
