@@ -149,6 +149,22 @@ def test_headline_grid_is_valid():
     assert problems == [] and len(points) == 39
 
 
+def test_the_other_methods_headline_grid_is_valid_and_covers_them_all():
+    from privbench import registries
+    from privbench.results.sweep import load_grid
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    first, _ = expand(load_grid(os.path.join(root, "benchmarks", "headline.toml")))
+    points, problems = expand(load_grid(os.path.join(root, "benchmarks", "headline_more.toml")))
+    assert problems == [] and len(points) == 60
+    covered = {p.config.method for p in first} | {p.config.method for p in points}
+    assert covered == set(registries()["method"].names())  # all 13 methods
+    per_method = {}
+    for p in points:
+        per_method.setdefault(p.config.method, set()).add(p.attacks)
+    assert all(len(lists) == 1 for lists in per_method.values())  # one attacker per method
+
+
 def test_cli_rejects_bad_grids_before_running(tmp_path, capsys):
     from privbench.cli import main
 
