@@ -189,7 +189,7 @@ def test_killed_and_rerun_sweeps_leave_exactly_one_ok_row_per_point(tmp_path):
     import random
 
     grid_file = tmp_path / "grid.toml"
-    fast = {**FAST, "clients": 2}
+    fast = {k: v for k, v in FAST.items() if k != "iters"} | {"clients": 2}  # no attack
     grid_file.write_text(
         "[sweep]\n"
         + "".join(f"{k} = {_toml(v)}\n" for k, v in fast.items())
@@ -202,7 +202,7 @@ def test_killed_and_rerun_sweeps_leave_exactly_one_ok_row_per_point(tmp_path):
         cmd += ["--workers", "2"]
         for sig in (signal.SIGTERM, signal.SIGKILL):
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rnd.uniform(0.5, 9.0))
+            time.sleep(rnd.uniform(0.5, 5.0))
             proc.send_signal(sig)  # the sweep process only, never its workers
             proc.wait()
         done = subprocess.run(cmd, capture_output=True, text=True)
