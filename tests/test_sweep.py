@@ -212,3 +212,62 @@ def test_killed_and_rerun_sweeps_leave_exactly_one_ok_row_per_point(tmp_path):
         keys = [(r["config_hash"], r["attack"]) for r in rows]
         assert len(keys) == len(set(keys)) == 4, (trial, keys)
         assert all(r["status"] == "ok" for r in rows), trial
+
+
+def _spawned_workers(parent: int) -> list[int]:
+    """Pids of the multiprocessing workers whose parent is ``parent`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # the process ended while we looked
+        if ppid == parent and b"spawn_main" in cmd:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_sweep_workers_die_with_their_sweep(tmp_path, sig):
+    """An orphaned worker would finish its point and append a late row; a rerun that
+    started meanwhile runs the point again: two rows. Workers must end with the sweep."""
+    grid_file = tmp_path / "grid.toml"
+    slow = {k: v for k, v in FAST.items() if k != "iters"} | {"clients": 2, "rounds": 400}
+    grid_file.write_text(
+        "[sweep]\n"
+        + "".join(f"{k} = {_toml(v)}\n" for k, v in slow.items())
+        + '[grid]\nmethod = ["fedavg"]\nseed = [0, 1]\n'
+    )
+    out = str(tmp_path / "sweep")
+    cmd = [sys.executable, "-m", "privbench", "sweep", str(grid_file), "--out", out]
+    proc = subprocess.Popen(cmd + ["--workers", "2"], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(workers := _spawned_workers(proc.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 2, "the sweep did not start its workers"
+    time.sleep(2.0)  # the workers are inside their points now
+    proc.send_signal(sig)  # the sweep only
+    proc.wait()
+    deadline = time.time() + 10
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    alive = [w for w in workers if _alive(w)]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)  # do not leave them running after a failure
+    assert alive == [], "workers outlived their sweep"
+    assert not ResultStore(out).read()  # and no late row
