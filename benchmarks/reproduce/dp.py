@@ -39,6 +39,23 @@ CLIENT_Z = (0.3, 0.5, 1.0)
 CLIENT_CLIP = (0.05, 0.2, 1.0)
 
 
+def _config(
+    data: str, train_size: int, defense: str, params: dict, seed: int, fed: FedConfig
+) -> RunConfig:
+    """The runs of both levels: IID ``cnn`` on ``data`` (its training subset when it is
+    the named dataset, not a provided validation split) under one DP defense."""
+    return RunConfig(
+        dataset=data,
+        dataset_params={"train_size": train_size} if ":" not in data and train_size else {},
+        partition="iid",
+        model="cnn",
+        defenses=(defense,),
+        defense_params={defense: params},
+        seed=seed,
+        fed=fed,
+    )
+
+
 def record_config(
     eps: float,
     clip: float,
@@ -50,41 +67,26 @@ def record_config(
     rounds: int,
     train_size: int,
 ) -> RunConfig:
-    return RunConfig(
-        dataset=data,
-        dataset_params={"train_size": train_size} if ":" not in data and train_size else {},
-        partition="iid",
-        model="cnn",
-        defenses=("dp-sgd",),
-        defense_params={"dp-sgd": {"target_epsilon": eps, "max_grad_norm": clip}},
-        seed=seed,
-        fed=FedConfig(
-            clients=10, rounds=rounds, local_epochs=1, batch_size=batch, lr=lr, eval_every=0
-        ),
+    params = {"target_epsilon": eps, "max_grad_norm": clip}
+    fed = FedConfig(
+        clients=10, rounds=rounds, local_epochs=1, batch_size=batch, lr=lr, eval_every=0
     )
+    return _config(data, train_size, "dp-sgd", params, seed, fed)
 
 
 def client_config(
     z: float, clip: float, seed: int, *, data: str, rounds: int, train_size: int
 ) -> RunConfig:
-    return RunConfig(
-        dataset=data,
-        dataset_params={"train_size": train_size} if ":" not in data and train_size else {},
-        partition="iid",
-        model="cnn",
-        defenses=("client-dp",),
-        defense_params={"client-dp": {"noise_multiplier": z, "clip": clip}},
-        seed=seed,
-        fed=FedConfig(
-            clients=100,
-            fraction=0.1,
-            client_sampling="poisson",
-            rounds=rounds,
-            local_epochs=1,
-            batch_size=10,
-            eval_every=0,
-        ),
+    fed = FedConfig(
+        clients=100,
+        fraction=0.1,
+        client_sampling="poisson",
+        rounds=rounds,
+        local_epochs=1,
+        batch_size=10,
+        eval_every=0,
     )
+    return _config(data, train_size, "client-dp", {"noise_multiplier": z, "clip": clip}, seed, fed)
 
 
 def search(level: str, dataset: str = "mnist", **kw) -> list[tuple[tuple, RunConfig]]:

@@ -26,8 +26,9 @@ def clone_state(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> State
 def check_finite_state(state: Mapping[str, torch.Tensor], rnd: int, lr: float | None) -> None:
     """Raise :class:`DivergedError` when the aggregated model holds NaN or infinity:
     a diverged run is an error row that says so, never an accuracy."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
+    from privbench.validation import nonfinite_tensors
+
+    if bad := nonfinite_tensors(state):
         from privbench.errors import DivergedError
 
         raise DivergedError(
