@@ -15,8 +15,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-if str(HERE) not in sys.path:  # the scripts import their siblings by name (run as files)
-    sys.path.insert(0, str(HERE))
+for _folder in (HERE, HERE / "reproduce"):  # scripts import siblings by name (run as files)
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -95,29 +96,48 @@ def attack_bands() -> str:
     return bench.table(rows) if rows else _missing(RESULTS / "attack_bands.jsonl")
 
 
-def gradient_inversion() -> str:
-    import attack_bands as bench
-    from reproduce import gradient_inversion as repro
-
-    path = RESULTS / "reproduce" / "gradient_inversion.jsonl"
-    rows = _jsonl(path)
-    if not rows:
-        return _missing(path)
-    return "\n".join([bench.table(rows), "", *repro.paper_lines(rows)])
-
-
-def reproduce_fedmix() -> str:
-    from reproduce import fedmix as repro
-
-    rows = _jsonl(repro.OUT / "results.jsonl")
-    return repro.table(rows) if rows else _missing(repro.OUT / "results.jsonl")
+# The reproductions (benchmarks/reproduce/): module name -> where its rows are.
+REPRODUCTIONS = {
+    "gradient-inversion": ("gradient_inversion", "gradient_inversion.jsonl"),
+    "fedmix": ("fedmix", "fedmix/results.jsonl"),
+    "dp": ("dp", "dp/results.jsonl"),
+    "fedzda": ("fedzda", "fedzda/results.jsonl"),
+    "cvae": ("cvae", "cvae.jsonl"),
+    "fedavp": ("fedavp", "fedavp/results.jsonl"),
+}
 
 
-def reproduce_dp() -> str:
-    from reproduce import dp as repro
+def _reproduction(name: str):
+    import importlib
 
-    rows = _jsonl(repro.OUT / "results.jsonl")
-    return repro.table(rows) if rows else _missing(repro.OUT / "results.jsonl")
+    module, store = REPRODUCTIONS[name]
+    path = RESULTS / "reproduce" / store
+    return importlib.import_module(module), _jsonl(path), path
+
+
+def _reproduction_table(name: str) -> Callable[[], str]:
+    def render() -> str:
+        repro, rows, path = _reproduction(name)
+        if not rows:
+            return _missing(path)
+        if name == "gradient-inversion":
+            import attack_bands as bench
+
+            return "\n".join([bench.table(rows), "", *repro.paper_lines(rows)])
+        if name == "cvae":
+            return "\n".join([repro.table(rows), "", *repro.claims(rows)])
+        return repro.table(rows)
+
+    return render
+
+
+def _reproduction_verdicts(name: str) -> Callable[[], str]:
+    def render() -> str:
+        repro, rows, path = _reproduction(name)
+        lines = repro.verdicts(rows) if rows else []
+        return "\n".join(lines) if lines else _missing(path)
+
+    return render
 
 
 def defense_curve() -> str:
@@ -166,11 +186,10 @@ TABLES: dict[str, Callable[[], str]] = {
     "results:generative": generative,
     "results:adaptive-fedmix": adaptive_fedmix,
     "results:attack-bands": attack_bands,
-    "results:gradient-inversion": gradient_inversion,
     "results:defense-curve": defense_curve,
-    "results:reproduce-fedmix": reproduce_fedmix,
-    "results:reproduce-dp": reproduce_dp,
     "results:tuning": tuning,
+    **{f"results:reproduce-{name}": _reproduction_table(name) for name in REPRODUCTIONS},
+    **{f"verdicts:reproduce-{name}": _reproduction_verdicts(name) for name in REPRODUCTIONS},
 }
 
 
@@ -206,15 +225,24 @@ def _reconstructions(out: str) -> str:
     return plot("reconstructions", rows, out, results_dir=str(RESULTS / "defense_curve"))
 
 
-def _fedmix_curves(out: str) -> str:
-    from reproduce import fedmix as repro
+def _reproduction_curves(name: str, partition: str | None = None) -> Callable[[str], str]:
+    """Accuracy per round of a reproduction's runs, one line per dataset and method
+    (mean ± std over seeds), of one partition kind when given."""
 
-    from privbench.results.plots import curves
+    def draw(out: str) -> str:
+        from privbench.results.plots import curves
 
-    rows = [r for r in _jsonl(repro.OUT / "results.jsonl") if r.get("status") == "ok"]
-    if not rows:
-        return _placeholder(out, "no rows yet: benchmarks/reproduce/fedmix.py has not run")
-    return curves(rows, out)
+        _, rows, path = _reproduction(name)
+        rows = [
+            r
+            for r in rows
+            if r.get("status") == "ok" and partition in (None, r["config"]["partition"])
+        ]
+        if not rows:
+            return _placeholder(out, f"no rows yet in {path.relative_to(HERE.parent)}")
+        return curves(rows, out, by=("dataset", "partition", "method"))
+
+    return draw
 
 
 def _placeholder(out: str, text: str) -> str:
@@ -234,7 +262,9 @@ FIGURES: dict[str, Callable[[str], str]] = {
     "figures/headline_frontier.png": _frontier,
     "figures/headline_curves.png": _curves,
     "figures/defense_reconstructions.png": _reconstructions,
-    "figures/reproduce_fedmix_curves.png": _fedmix_curves,
+    "figures/reproduce_fedmix_curves.png": _reproduction_curves("fedmix", "shards"),
+    "figures/reproduce_fedzda_curves.png": _reproduction_curves("fedzda", "multimodal"),
+    "figures/reproduce_fedavp_curves.png": _reproduction_curves("fedavp"),
 }
 
 

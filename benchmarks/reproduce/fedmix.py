@@ -17,7 +17,7 @@ Here, scaled to 2 CPU cores and stated beside the paper's setting:
   split (``privbench/tuned.json``), the same for every method;
 - λ = 0.05 and 0.2 (the paper tunes λ per dataset in that range); M_k = all.
 
-The side-by-side table is in ``docs/results/reproduce-fedmix.md``.
+The side-by-side table is in ``docs/reproductions.md``.
 
 Every run is a privbench row in ``benchmarks/results/reproduce/fedmix/`` (resumable:
 a rerun skips configurations that have an ok row); the accuracy of every round is in
@@ -30,13 +30,12 @@ the row's history, so the page shows curves, not one point. MNIST comes from
 from __future__ import annotations
 
 import argparse
-import os
 from itertools import product
 from pathlib import Path
 
 import numpy as np
+from _common import add_data_root, measure, seed_major, use_data_root
 
-import privbench
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.results.report import mean_std as ms
 
@@ -94,16 +93,20 @@ def points(datasets, partitions, seeds: int, **kw) -> list[tuple[tuple, RunConfi
             for lam in (None,) if method == "fedavg" else LAMBDAS:
                 cfg = config(dataset, partition, method, lam or 0.0, seed, **kw)
                 out.append(((dataset, partition, method, lam, seed), cfg))
-    return out
+    return seed_major(out)
 
 
-def measure(todo: list[tuple[tuple, RunConfig]], store: ResultStore) -> None:
-    done = store.finished_hashes()
-    for label, cfg in todo:
-        if cfg.resolve().hash() in done:
-            continue
-        (row,) = privbench.run(cfg, out=store)
-        print(f"  {label}: {row.status} acc {row.accuracy}", flush=True)
+def _partition(c: dict) -> str:
+    """The name in :data:`PARTITIONS` of a row's partition."""
+    return next(
+        (
+            n
+            for n, (kind, p) in PARTITIONS.items()
+            if kind == c["partition"]
+            and all(c["partition_params"].get(k) == v for k, v in p.items())
+        ),
+        c["partition"],
+    )
 
 
 def table(rows: list[dict]) -> str:
@@ -115,15 +118,7 @@ def table(rows: list[dict]) -> str:
             continue
         c = r["config"]
         lam = c["method_params"].get("lam")
-        part = next(
-            (
-                n
-                for n, (kind, p) in PARTITIONS.items()
-                if kind == c["partition"]
-                and all(c["partition_params"].get(k) == v for k, v in p.items())
-            ),
-            c["partition"],
-        )
+        part = _partition(c)
         groups.setdefault((r["dataset"], part, r["method"], lam), []).append(r)
     lines = [
         "| dataset | partition | method | λ | runs | accuracy | vs FedAvg | best round acc |",
@@ -146,6 +141,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def verdicts(rows: list[dict]) -> list[str]:
+    """The paper's ordering FedMix ≥ NaiveMix ≥ FedAvg in final accuracy (means over
+    seeds), per dataset, partition and λ: holds when both inequalities hold, partly when
+    FedMix beats FedAvg alone."""
+    acc: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            c = r["config"]
+            key = (r["dataset"], _partition(c), r["method"], c["method_params"].get("lam"))
+            acc.setdefault(key, []).append(r["accuracy"])
+    out = []
+    for dataset, part, _, lam in sorted(k for k in acc if k[2] == "fedmix"):
+        fm = float(np.mean(acc[(dataset, part, "fedmix", lam)]))
+        nm = acc.get((dataset, part, "naivemix", lam))
+        fa = acc.get((dataset, part, "fedavg", None))
+        if nm is None or fa is None:
+            continue
+        nm, fa = float(np.mean(nm)), float(np.mean(fa))
+        verdict = "holds" if fm >= nm >= fa else "partly" if fm >= fa else "does not hold"
+        out.append(
+            f"- {dataset}, {part}, λ = {lam:g}: FedMix {fm:.3f}, NaiveMix {nm:.3f}, "
+            f"FedAvg {fa:.3f}: **{verdict}**"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=2)
@@ -153,11 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-size", type=int, default=12000)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
-    ap.add_argument("--data-root", default=None, help="MNIST's folder (PRIVBENCH_DATA_ROOT)")
+    add_data_root(ap)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
-    if args.data_root:
-        os.environ["PRIVBENCH_DATA_ROOT"] = args.data_root
+    use_data_root(args.data_root)
     store = ResultStore(args.out)
     todo = points(
         args.datasets, args.partitions, args.seeds, rounds=args.rounds, train_size=args.train_size

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ (run as a file)
 
-from attack_bands import Setting, measure, table  # noqa: E402
+from attack_bands import SUCCESS_DB, Setting, measure, table  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce"
 MNIST = (("train_size", 2000), ("test_size", 500))
@@ -80,6 +80,37 @@ def paper_lines(rows: list[dict]) -> list[str]:
             f"| 1.000 | {got['idlg']} |"
         )
     return lines
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """The papers' claims against this run: iDLG's label is exact at B = 1 (holds when
+    every image's label is right); DLG recovers images pixel-wise at B = 1 (holds when
+    most single-start DLG reconstructions pass 30 dB, partly when some do)."""
+    out = []
+    for s in (s for s in SETTINGS if s.batch == 1):
+
+        def pooled(variant, key, s=s):
+            rs = [r for r in rows if (r["setting"], r["variant"]) == (s.label, variant)]
+            n = sum(r["victims"] for r in rs)
+            return (sum(r[key] * r["victims"] for r in rs) / n if n else None), n
+
+        label, n = pooled("idlg: 1 start (paper)", "label_acc")
+        if n:
+            verdict = "holds" if label == 1.0 else "does not hold"
+            out.append(
+                f"- {s.dataset}, iDLG's label at B = 1: {label:.3f} of {n} images right "
+                f"(paper: 1.000): **{verdict}**"
+            )
+        rs = [r for r in rows if (r["setting"], r["variant"]) == (s.label, "dlg: 1 start (paper)")]
+        wins, total = sum(r["successes"] for r in rs), sum(r["victims"] for r in rs)
+        if total:
+            share = wins / total
+            verdict = "holds" if share > 0.5 else "partly" if wins else "does not hold"
+            out.append(
+                f"- {s.dataset}, DLG recovers the image at B = 1: {wins}/{total} above "
+                f"{SUCCESS_DB:.0f} dB with one start: **{verdict}**"
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -149,13 +149,20 @@ def _first_image(data, key: str) -> np.ndarray:
     return np.clip(img[..., 0] if img.shape[-1] == 1 else img, 0, 1)
 
 
-def curves(rows: Sequence[Mapping[str, Any]], out: str, *, metric: str = "accuracy") -> str:
+def curves(
+    rows: Sequence[Mapping[str, Any]],
+    out: str,
+    *,
+    metric: str = "accuracy",
+    by: Sequence[str] = ("method", "defense"),
+) -> str:
+    """``metric`` per round, one line per value of the row fields ``by``."""
     plt = _pyplot()
     groups: dict[str, dict[int, list[float]]] = {}
     for r in latest(rows):
         if r.get("status") != "ok" or not r.get("history"):
             continue
-        label = f"{r['method']} / {r['defense']}"
+        label = " / ".join(str(r[k]) for k in by)
         for h in r["history"]:
             if h.get(metric) is not None:
                 groups.setdefault(label, {}).setdefault(int(h["round"]), []).append(h[metric])

@@ -1,0 +1,65 @@
+"""What every reproduction script shares: where MNIST comes from, the resumable run loop
+over a privbench ResultStore, and grouping rows for the tables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+import privbench
+from privbench import ResultStore, RunConfig
+
+
+def add_data_root(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--data-root",
+        default=os.environ.get("PRIVBENCH_DATA_ROOT"),
+        help="the folder holding MNIST/ and FashionMNIST/ (default: PRIVBENCH_DATA_ROOT)",
+    )
+
+
+def use_data_root(root: str | None) -> None:
+    """Make ``--data-root`` the root every run of this process reads."""
+    if root:
+        os.environ["PRIVBENCH_DATA_ROOT"] = root
+
+
+def measure(todo: Iterable[tuple[tuple, RunConfig]], store: ResultStore, data=None) -> None:
+    """Run every (label, config) that has no ok row in ``store`` yet, one row each as it
+    finishes (a killed script resumes where it stopped). ``data``: a provided dataset
+    (a validation split) that replaces the config's."""
+    done = store.finished_hashes()
+    provided = frozenset({"dataset"}) if data is not None else frozenset()
+    for label, cfg in todo:
+        if cfg.resolve(provided=provided).hash() in done:
+            continue
+        (row,) = privbench.run(cfg, data=data, out=store)
+        print(f"  {label}: {row.status} acc {row.accuracy}", flush=True)
+
+
+def seed_major(points: list[tuple[tuple, RunConfig]]) -> list[tuple[tuple, RunConfig]]:
+    """The same runs, every configuration's seed 0 first: an interrupted grid then
+    covers every cell with one seed before it adds the next."""
+    return sorted(points, key=lambda p: p[1].seed)
+
+
+def group(rows: Iterable[dict], key: Callable[[dict], tuple]) -> dict[tuple, list[dict]]:
+    """The ok rows of ``rows`` by ``key(row)``."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            out.setdefault(key(r), []).append(r)
+    return out
+
+
+def mean_std(values: Iterable[float | None], digits: int = 2) -> str:
+    """'mean ± std' over seeds (population std) at ``digits`` decimals, the value alone
+    for one seed, '-' for none (privbench's report format, with a chosen precision)."""
+    arr = np.array([v for v in values if v is not None], dtype=float)
+    if not len(arr):
+        return "-"
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(arr.mean())} ± {f.format(arr.std())}" if len(arr) > 1 else f.format(arr[0])
