@@ -174,7 +174,8 @@ def tuning() -> str:
                 cells.append("-")
                 continue
             acc = v["validation_accuracy"][f"{v['lr']:g}"]
-            cells.append(f"{v['lr']:g} (val. acc {sum(acc) / len(acc):.2f})")
+            runs = "/".join(map(str, v.get("rounds", []))) or "?"
+            cells.append(f"{v['lr']:g} (val. acc {sum(acc) / len(acc):.2f}, {runs} rounds)")
         lines.append(f"| `{dataset}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

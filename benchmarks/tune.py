@@ -73,16 +73,19 @@ def choose(rows: list[dict]) -> dict[str, dict]:
     """``{"dataset/model": {"lr", "validation_accuracy": {lr: [per seed]}}}`` from rows;
     a failed run (diverged) scores 0."""
     search: dict[str, dict[float, list[float]]] = {}
+    rounds: dict[str, set[int]] = {}
     for r in rows:
         dataset = r["dataset"].removesuffix(":validation")
         acc = r["accuracy"] if r["status"] == "ok" and r["accuracy"] is not None else 0.0
         lr = r["config"]["fed"]["lr"]
         search.setdefault(f"{dataset}/{r['model']}", {}).setdefault(lr, []).append(acc)
+        rounds.setdefault(f"{dataset}/{r['model']}", set()).add(r["config"]["fed"].get("rounds"))
     out = {}
     for key, by_lr in sorted(search.items()):
         best = max(sorted(by_lr), key=lambda lr, by_lr=by_lr: round(float(np.mean(by_lr[lr])), 9))
         out[key] = {
             "lr": best,
+            "rounds": sorted(n for n in rounds[key] if n is not None),
             "validation_accuracy": {f"{lr:g}": by_lr[lr] for lr in sorted(by_lr)},
         }
     return out

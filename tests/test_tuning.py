@@ -140,11 +140,22 @@ def test_the_docs_table_is_the_committed_tuning():
 
     text = render("cli.md")
     lr = tuned()["lr"]
-    for dataset in ("mnist", "fashionmnist"):
+    header = next(x for x in text.splitlines() if x.startswith("| dataset | `"))
+    models = re.findall(r"`([a-z-]+)`", header)
+    seen = 0
+    for dataset in ("mnist", "fashionmnist", "digits", "photos"):
         (line,) = [x for x in text.splitlines() if x.startswith(f"| `{dataset}` | ")]
-        cells = re.findall(r"([\d.]+) \((?:val\. acc )?([\d.]+)\)", line)
-        for model, (value, acc) in zip(("lenet-sigmoid", "cnn", "cnn-bn"), cells, strict=True):
-            entry = lr[f"{dataset}/{model}"]
-            assert float(value) == entry["lr"]
+        cells = line.split(" | ")[1:]
+        for model, cell in zip(models, cells, strict=True):
+            entry = lr.get(f"{dataset}/{model}")
+            if entry is None:
+                assert cell.strip(" |") == "-"
+                continue
+            value, acc, rounds = re.fullmatch(
+                r"([\d.]+) \(val\. acc ([\d.]+), ([\d/]+) rounds\) ?\|?", cell.strip()
+            ).groups()
+            assert float(value) == entry["lr"] and rounds == "/".join(map(str, entry["rounds"]))
             mean = np.mean(entry["validation_accuracy"][f"{entry['lr']:g}"])
             assert acc == f"{mean:.2f}"
+            seen += 1
+    assert seen == len(lr)
