@@ -53,6 +53,11 @@ class FedConfig:
     # DP-FedAvg's accountant assumes), or "auto" (poisson under central client-level DP,
     # else fixed). Resolved to fixed or poisson.
     client_sampling: str = "auto"
+    # The clients' local optimiser: "sgd" (what vectorised clients and the attacks'
+    # simulators compute) or "adam" (fresh per client and round, e.g. the CVAE thesis'
+    # recipe), with L2 weight decay. Plain SGD without decay is left out of the hash.
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
     # Train the clients of a round as one vectorised computation where the method allows
     # (same results as one by one, within float rounding). An execution choice: not part
     # of the config hash.
@@ -109,7 +114,7 @@ class RunConfig:
         names are labels then, not registry names.
         """
         from privbench import registries
-        from privbench.validation import field_problems
+        from privbench.validation import field_problems, optimizer_problems
 
         if typed := field_problems(self):  # wrong types first: the checks below compare
             raise ParameterError(" ".join(typed))
@@ -147,6 +152,7 @@ class RunConfig:
             "one of " + ", ".join(CLIENT_SAMPLING),
             fed.client_sampling,
         )
+        problems += optimizer_problems(fed, atk)
         check(fed.local_epochs >= 1, "local_epochs", ">= 1", fed.local_epochs)
         check(fed.batch_size >= 1, "batch_size", ">= 1", fed.batch_size)
         check(
@@ -321,6 +327,9 @@ class RunConfig:
         d["fed"].pop("vectorise", None)
         if d["fed"].get("client_sampling") in ("fixed", "auto"):
             d["fed"].pop("client_sampling")  # the sampling of every run before the option
+        for key, plain in (("optimizer", "sgd"), ("weight_decay", 0.0)):
+            if d["fed"].get(key) == plain:
+                d["fed"].pop(key)  # the local training of every run before the options
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

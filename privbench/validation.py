@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any
 
+OPTIMIZERS = ("sgd", "adam")  # the clients' local optimisers (FedConfig.optimizer)
+
 _NAMES = {
     int: "an integer",
     float: "a finite number",
@@ -135,6 +137,29 @@ def require_finite_message(payload: Any, what: str) -> None:
             f"{what} holds NaN or infinite values (in {', '.join(map(str, bad[:3]))}"
             f"{', ...' if len(bad) > 3 else ''}); an attack needs a finite message."
         )
+
+
+def optimizer_problems(fed: Any, atk: Any) -> list[str]:
+    """The local optimiser's problems: its name, the decay, and the combinations whose
+    simulation assumes plain SGD (an attacked victim taking several steps, q-FFL)."""
+    out = []
+    if fed.optimizer not in OPTIMIZERS:
+        out.append(f"The 'optimizer' parameter must be sgd or adam. Got {fed.optimizer!r} instead.")
+    if fed.weight_decay < 0:
+        out.append(f"The 'weight_decay' parameter must be >= 0. Got {fed.weight_decay!r} instead.")
+    if fed.optimizer != "sgd" or fed.weight_decay:
+        what = f"{fed.optimizer!r} (weight decay {fed.weight_decay:g})"
+        if atk.names and atk.steps > 1:
+            out.append(
+                "The 'optimizer' parameter must be sgd without weight decay when the victim "
+                f"takes several steps (the attacks simulate plain SGD). Got {what} instead."
+            )
+        if fed.algorithm == "qffl":
+            out.append(
+                "The 'optimizer' parameter must be sgd without weight decay under q-FFL (its "
+                f"aggregation assumes SGD steps). Got {what} instead."
+            )
+    return out
 
 
 def combination_problems(method: str, defenses: tuple[str, ...]) -> list[str]:

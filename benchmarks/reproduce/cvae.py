@@ -16,11 +16,10 @@ Protocol, the thesis' beside ours (scaled to 2 CPU cores):
 - data: binarised MNIST, ~600 training images per client; here MNIST (pixels in [0, 1],
   the CVAE's Bernoulli likelihood on them), a fixed subset of ``--train-size`` training
   images over 100 clients, each keeping 20% as its local test split;
-- clients: 100, all taking part in every round, 15 rounds, 1 local epoch, batch 32: as
-  in the thesis; the classifier's optimiser is Adam (lr 0.01, weight decay 1e-4) in the
-  thesis, privbench's local SGD at the learning rate tuned for ``cnn`` on a validation
-  split here (privbench's local training is SGD). The server's pre-training and the
-  clients' local fine-tuning use the thesis' recipe (Adam, 0.01, 1e-4, batch 32);
+- clients: 100, all taking part in every round, 15 rounds, 1 local epoch: as in the
+  thesis, with its classifier recipe everywhere (Adam, lr 0.01, weight decay 1e-4,
+  batch 32): the clients' local training (``FedConfig.optimizer = "adam"``, fresh per
+  client and round), the server's pre-training and the local fine-tuning;
 - classifier: ExquisiteNet in the thesis, ``cnn`` here;
 - k: {100, 500} of ~600 real images (1/6 and 5/6 of a client's real training images)
   in the thesis; the same fractions of this run's per-client training images here;
@@ -102,7 +101,10 @@ def config(
             fraction=1.0,
             rounds=rounds,
             local_epochs=1,
-            batch_size=32,
+            batch_size=RECIPE["batch_size"],
+            lr=RECIPE["lr"],
+            optimizer="adam",
+            weight_decay=RECIPE["weight_decay"],
             eval_every=0,
         ),
     )

@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.fed.lr,
         help="client SGD learning rate (default: tuned per dataset x model; `privbench list`)",
     )
+    f.add_argument("--optimizer", choices=("sgd", "adam"), default=d.fed.optimizer)
+    f.add_argument("--local-weight-decay", type=float, default=d.fed.weight_decay)
     f.add_argument("--local-test-fraction", type=float, default=d.fed.local_test_fraction)
     f.add_argument(
         "--eval-every",
@@ -375,6 +377,8 @@ def config_from_args(args: argparse.Namespace, *, unused: set[str] | None = None
             local_epochs=args.local_epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            optimizer=args.optimizer,
+            weight_decay=args.local_weight_decay,
             local_test_fraction=args.local_test_fraction,
             eval_every=args.eval_every,
             vectorise=args.vectorise,

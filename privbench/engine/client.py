@@ -96,6 +96,8 @@ class ClientWork(Case):
             num_records=len(state.y),
             per_sample=method.per_sample_grads,
             fixed_batch=is_victim,
+            optimizer=fed.optimizer,
+            weight_decay=fed.weight_decay,
         )
         if kind == "gradient":  # FedSGD: one gradient at the global weights
             payload = training.gradient(model, task)
@@ -112,6 +114,8 @@ class ClientWork(Case):
         defense replacing local training, no randomness inside the model."""
         return (
             self.cfg.fed.vectorise
+            and self.cfg.fed.optimizer == "sgd"
+            and self.cfg.fed.weight_decay == 0
             and parts.method.plain_loss
             and parts.training.is_plain
             and self._model_vectorises

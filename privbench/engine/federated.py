@@ -175,10 +175,17 @@ def local_train(
     algorithm: Algorithm | None = None,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
+    optimizer: str = "sgd",
 ) -> int:
-    """Train ``model`` in place with mini-batch SGD; return the number of steps taken."""
+    """Train ``model`` in place with mini-batch SGD (or a fresh Adam); return the number
+    of steps taken."""
     global_params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
     model.train()
     steps = 0
     for idx in minibatches(

@@ -46,6 +46,8 @@ class LocalTask:
     num_records: int
     per_sample: str | None
     fixed_batch: bool
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
 
 
 class LocalTraining:
@@ -74,6 +76,8 @@ class LocalTraining:
             lr=task.lr,
             generator=task.generator,
             algorithm=task.algorithm,
+            optimizer=task.optimizer,
+            weight_decay=task.weight_decay,
         )
 
     @property
@@ -82,14 +86,20 @@ class LocalTraining:
         return type(self) is LocalTraining
 
 
-def training_chain(client: Any, defenses: Iterable[Any]) -> LocalTraining:
+def training_chain(client: Any, defenses: Iterable[Any], optimizer: str = "sgd") -> LocalTraining:
     """The run's local training: the method's client strategy (plain SGD unless it
     brings its own), wrapped by each defense in the order given. A wrapper that cannot
-    serve what it is given raises :class:`~privbench.errors.IncompatibleError`."""
+    serve what it is given raises :class:`~privbench.errors.IncompatibleError`, and so
+    does another optimiser than SGD when a strategy replaces local SGD."""
     training = client.local_training() or LocalTraining()
     for d in defenses:
         wrapped = d.wrap_training(training)
         if wrapped is not training and wrapped.replaces and not training.is_plain:
             raise IncompatibleError(f"{wrapped.replaces}, and {training.replaces}; choose one.")
         training = wrapped
+    if optimizer != "sgd" and not training.is_plain:
+        raise IncompatibleError(
+            f"The optimizer {optimizer!r} needs plain local training, and {training.replaces} "
+            "trains with its own SGD; use --optimizer sgd."
+        )
     return training
