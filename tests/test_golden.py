@@ -4,7 +4,8 @@
 timings (``wall_s``, ``train_s``, ``attack_s``) and the package versions, as printed by
 ``python -m privbench <command> --json`` on the commit before the redesign (then extended, values
 unchanged, by the columns the adversary issue added: psnr_affine, guess_identified and
-the per-level epsilons). Re-recorded when the strongest-adversary work moved the attack
+the per-level epsilons, and later by the local optimiser's fields, sgd and no decay).
+Re-recorded when the strongest-adversary work moved the attack
 numbers on purpose (4 batched restarts by default, FedAvP's expected view drawn before
 the starts, client sampling and worst_of in the rows): accuracy, bytes and epsilon of
 every row stayed the same. A refactor
