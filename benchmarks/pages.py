@@ -120,13 +120,8 @@ def _reproduction_table(name: str) -> Callable[[], str]:
         repro, rows, path = _reproduction(name)
         if not rows:
             return _missing(path)
-        if name == "gradient-inversion":
-            import attack_bands as bench
-
-            return "\n".join([bench.table(rows), "", *repro.paper_lines(rows)])
-        if name == "cvae":
-            return "\n".join([repro.table(rows), "", *repro.claims(rows)])
-        return repro.table(rows)
+        # a script whose page shows more than its table says so with page()
+        return getattr(repro, "page", repro.table)(rows)
 
     return render
 

@@ -27,6 +27,48 @@ def use_data_root(root: str | None) -> None:
         os.environ["PRIVBENCH_DATA_ROOT"] = root
 
 
+def parser(
+    doc: str, *, out, seeds: int, rounds: int | None = None, train_size: int | None = 12000
+) -> argparse.ArgumentParser:
+    """The options every reproduction takes (``--seeds``, ``--rounds``, ``--train-size``,
+    ``--data-root``, ``--out``, with the script's defaults); the script adds its own."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=seeds)
+    if rounds is not None:
+        ap.add_argument("--rounds", type=int, default=rounds)
+    if train_size is not None:
+        ap.add_argument("--train-size", type=int, default=train_size)
+    add_data_root(ap)
+    ap.add_argument("--out", default=str(out))
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``--data-root`` then holds for every run of the process."""
+    args = ap.parse_args(argv)
+    use_data_root(args.data_root)
+    return args
+
+
+def partition_name(partitions: dict[str, tuple[str, dict]], config: dict) -> str:
+    """The name in ``partitions`` ({name: (kind, params)}) of a row config's partition;
+    its kind when none matches."""
+    return next(
+        (
+            name
+            for name, (kind, params) in partitions.items()
+            if kind == config["partition"]
+            and all(config["partition_params"].get(k) == v for k, v in params.items())
+        ),
+        config["partition"],
+    )
+
+
+def verdict(passed: int, of: int) -> str:
+    """A claim's verdict from how many of its ``of`` checks passed."""
+    return "holds" if passed == of else "partly" if passed else "does not hold"
+
+
 def measure(todo: Iterable[tuple[tuple, RunConfig]], store: ResultStore, data=None) -> None:
     """Run every (label, config) that has no ok row in ``store`` yet, one row each as it
     finishes (a killed script resumes where it stopped). ``data``: a provided dataset

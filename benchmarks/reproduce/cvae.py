@@ -38,7 +38,6 @@ of every cell first):
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from itertools import product
@@ -46,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import add_data_root, use_data_root
 from _common import mean_std as ms
+from _common import parse, parser, verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ (run as a file)
 
@@ -178,14 +177,15 @@ def measure(
     clients: int = 100,
 ) -> None:
     kw = {"rounds": rounds, "train_size": train_size, "dataset": dataset, "clients": clients}
+    split: dict[tuple, Experiment] = {}
     for seed, beta, (method, share) in product(range(seeds), betas, VARIANTS):
         variant = method if not share else f"{method} k={share:.2f}n"
         names = [variant, *(FINETUNE if method == "cvae-finetune" else ())]
         if all((dataset, beta, n, seed) in store for n in names):
             continue
-        k = 0
-        if share:
-            k = per_client_k(Experiment(config(beta, "fedavg", 0, seed, **kw)), share)
+        if share and (seed, beta) not in split:  # the clients' sizes: one partition per cell
+            split[seed, beta] = Experiment(config(beta, "fedavg", 0, seed, **kw))
+        k = per_client_k(split[seed, beta], share) if share else 0
         cfg = config(beta, method, k, seed, **kw)
         base = {"dataset": dataset, "beta": beta, "seed": seed, "method": method, "k": k}
         exp = Experiment(cfg)
@@ -287,12 +287,6 @@ def verdicts(rows: list[dict]) -> list[str]:
     def diffs(a, b, where):
         return [f[(*c, a)] - f[(*c, b)] for c in where if (*c, a) in f and (*c, b) in f]
 
-    def judge(values, want_positive=True):
-        if not values:
-            return None
-        good = sum((v > 0) == want_positive for v in values)
-        return "holds" if good == len(values) else "partly" if good else "does not hold"
-
     claims = [
         (
             "imputing 1/6 n raises macro-F1 over FedAvg at heavy skew (β ≤ 0.3)",
@@ -322,28 +316,27 @@ def verdicts(rows: list[dict]) -> list[str]:
     ]
     out = []
     for text, values, positive in claims:
-        verdict = judge(values, positive)
-        if verdict:
+        if values:
+            passed = verdict(sum((v > 0) == positive for v in values), len(values))
             spread = ", ".join(f"{v:+.3f}" for v in values)
-            out.append(f"- {text}: differences {spread}: **{verdict}**")
+            out.append(f"- {text}: differences {spread}: **{passed}**")
     return out
 
 
+def page(rows: list[dict]) -> str:
+    """The results page's block: the table, then the differences per β."""
+    return "\n".join([table(rows), "", *claims(rows)])
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--train-size", type=int, default=12000)
+    ap = parser(__doc__, out=STORE, seeds=3, rounds=15)
     ap.add_argument("--betas", nargs="+", type=float, default=list(BETAS))
-    add_data_root(ap)
-    ap.add_argument("--out", default=str(STORE))
-    args = ap.parse_args(argv)
-    use_data_root(args.data_root)
+    args = parse(ap, argv)
     store = RowStore(Path(args.out), key)
     measure(args.betas, args.seeds, store, rounds=args.rounds, train_size=args.train_size)
     rows = list(store)
-    print(table(rows))
-    print("\n".join(claims(rows) + verdicts(rows)))
+    print(page(rows))
+    print("\n".join(verdicts(rows)))
 
 
 if __name__ == "__main__":

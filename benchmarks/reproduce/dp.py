@@ -22,12 +22,11 @@ Every run is a privbench row in ``benchmarks/results/reproduce/dp/`` (resumable)
 
 from __future__ import annotations
 
-import argparse
 from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import add_data_root, measure, use_data_root
+from _common import measure, parse, parser
 
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.data.datasets import load_dataset
@@ -197,16 +196,10 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap = parser(__doc__, out=OUT, seeds=3, rounds=5)
     ap.add_argument("--client-rounds", type=int, default=30)
-    ap.add_argument("--train-size", type=int, default=12000)
     ap.add_argument("--levels", nargs="+", default=["record", "client"])
-    add_data_root(ap)
-    ap.add_argument("--out", default=str(OUT))
-    args = ap.parse_args(argv)
-    use_data_root(args.data_root)
+    args = parse(ap, argv)
     store = ResultStore(args.out)
     full = load_dataset("mnist", {"train_size": args.train_size}, root=args.data_root)
     validation = full.validation_split(0.1, seed=0)

@@ -30,12 +30,11 @@ seed 0 of every cell first):
 
 from __future__ import annotations
 
-import argparse
 from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import add_data_root, group, measure, seed_major, use_data_root
+from _common import group, measure, parse, parser, seed_major, verdict
 from _common import mean_std as ms
 
 from privbench import FedConfig, ResultStore, RunConfig
@@ -123,23 +122,16 @@ def verdicts(rows: list[dict]) -> list[str]:
             if rs:
                 other = np.mean([r["accuracy"] for r in rs])
                 beaten.append((base, other, acc >= other))
-        n = sum(b for *_, b in beaten)
-        verdict = "holds" if n == len(beaten) else "partly" if n else "does not hold"
+        passed = verdict(sum(b for *_, b in beaten), len(beaten))
         detail = ", ".join(f"{b} {o:.3f}" for b, o, _ in beaten)
-        out.append(f"- {dataset}: FedAvP {acc:.3f} vs {detail}: **{verdict}**")
+        out.append(f"- {dataset}: FedAvP {acc:.3f} vs {detail}: **{passed}**")
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=100)
-    ap.add_argument("--train-size", type=int, default=12000)
+    ap = parser(__doc__, out=OUT, seeds=3, rounds=100)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    add_data_root(ap)
-    ap.add_argument("--out", default=str(OUT))
-    args = ap.parse_args(argv)
-    use_data_root(args.data_root)
+    args = parse(ap, argv)
     store = ResultStore(args.out)
     kw = {"rounds": args.rounds, "train_size": args.train_size}
     measure(points(args.datasets, args.seeds, **kw), store)

@@ -29,12 +29,11 @@ the row's history, so the page shows curves, not one point. MNIST comes from
 
 from __future__ import annotations
 
-import argparse
 from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import add_data_root, measure, seed_major, use_data_root
+from _common import group, measure, parse, parser, partition_name, seed_major
 
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.results.report import mean_std as ms
@@ -97,16 +96,7 @@ def points(datasets, partitions, seeds: int, **kw) -> list[tuple[tuple, RunConfi
 
 
 def _partition(c: dict) -> str:
-    """The name in :data:`PARTITIONS` of a row's partition."""
-    return next(
-        (
-            n
-            for n, (kind, p) in PARTITIONS.items()
-            if kind == c["partition"]
-            and all(c["partition_params"].get(k) == v for k, v in p.items())
-        ),
-        c["partition"],
-    )
+    return partition_name(PARTITIONS, c)
 
 
 def table(rows: list[dict]) -> str:
@@ -145,12 +135,16 @@ def verdicts(rows: list[dict]) -> list[str]:
     """The paper's ordering FedMix ≥ NaiveMix ≥ FedAvg in final accuracy (means over
     seeds), per dataset, partition and λ: holds when both inequalities hold, partly when
     FedMix beats FedAvg alone."""
-    acc: dict[tuple, list[float]] = {}
-    for r in rows:
-        if r["status"] == "ok":
-            c = r["config"]
-            key = (r["dataset"], _partition(c), r["method"], c["method_params"].get("lam"))
-            acc.setdefault(key, []).append(r["accuracy"])
+    runs = group(
+        rows,
+        lambda r: (
+            r["dataset"],
+            _partition(r["config"]),
+            r["method"],
+            r["config"]["method_params"].get("lam"),
+        ),
+    )
+    acc = {k: [r["accuracy"] for r in rs] for k, rs in runs.items()}
     out = []
     for dataset, part, _, lam in sorted(k for k in acc if k[2] == "fedmix"):
         fm = float(np.mean(acc[(dataset, part, "fedmix", lam)]))
@@ -168,16 +162,10 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=50)
-    ap.add_argument("--train-size", type=int, default=12000)
+    ap = parser(__doc__, out=OUT, seeds=2, rounds=50)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
-    add_data_root(ap)
-    ap.add_argument("--out", default=str(OUT))
-    args = ap.parse_args(argv)
-    use_data_root(args.data_root)
+    args = parse(ap, argv)
     store = ResultStore(args.out)
     todo = points(
         args.datasets, args.partitions, args.seeds, rounds=args.rounds, train_size=args.train_size

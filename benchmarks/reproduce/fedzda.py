@@ -31,12 +31,11 @@ seed 0 of every cell first); rows hold the accuracy of every evaluated round:
 
 from __future__ import annotations
 
-import argparse
 from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import add_data_root, group, measure, seed_major, use_data_root
+from _common import group, measure, parse, parser, partition_name, seed_major, verdict
 from _common import mean_std as ms
 
 from privbench import FedConfig, ResultStore, RunConfig
@@ -118,10 +117,7 @@ def points(datasets, partitions, seeds: int, **kw) -> list[tuple[tuple, RunConfi
 
 
 def _partition(row: dict) -> str:
-    return next(
-        (n for n, (kind, _) in PARTITIONS.items() if kind == row["config"]["partition"]),
-        row["config"]["partition"],
-    )
+    return partition_name(PARTITIONS, row["config"])
 
 
 def _paper(dataset: str, partition: str, method: str, i: int) -> str:
@@ -175,28 +171,19 @@ def verdicts(rows: list[dict]) -> list[str]:
             var = np.mean([r["client_acc_var"] for r in rs])
             acc = np.mean([r["client_acc_mean"] for r in rs])
             fairer, kept = var < b_var, acc >= b_acc - 0.01
-            verdict = (
-                "holds" if fairer and kept else "partly" if fairer or kept else "does not hold"
-            )
             out.append(
                 f"- {dataset}, {part}, {method}: client variance {var * 1e4:.1f} vs FedAvg "
                 f"{b_var * 1e4:.1f} %², local accuracy {acc * 100:.2f} vs {b_acc * 100:.2f} % "
-                f"({len(rs)} vs {len(base)} runs): **{verdict}**"
+                f"({len(rs)} vs {len(base)} runs): **{verdict(fairer + kept, 2)}**"
             )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=50)
-    ap.add_argument("--train-size", type=int, default=12000)
+    ap = parser(__doc__, out=OUT, seeds=3, rounds=50)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
-    add_data_root(ap)
-    ap.add_argument("--out", default=str(OUT))
-    args = ap.parse_args(argv)
-    use_data_root(args.data_root)
+    args = parse(ap, argv)
     store = ResultStore(args.out)
     kw = {"rounds": args.rounds, "train_size": args.train_size}
     measure(points(args.datasets, args.partitions, args.seeds, **kw), store)

@@ -26,13 +26,12 @@ rerun resumes); the table to ``gradient_inversion.md`` beside it. MNIST comes fr
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ (run as a file)
 
+from _common import parse, parser  # noqa: E402
 from attack_bands import SUCCESS_DB, Setting, measure, table  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce"
@@ -82,6 +81,11 @@ def paper_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def page(rows: list[dict]) -> str:
+    """The results page's block: the bands and the papers' label accuracy beside ours."""
+    return "\n".join([table(rows), *paper_lines(rows)])
+
+
 def verdicts(rows: list[dict]) -> list[str]:
     """The papers' claims against this run: iDLG's label is exact at B = 1 (holds when
     every image's label is right); DLG recovers images pixel-wise at B = 1 (holds when
@@ -114,17 +118,11 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--data-root", default=None, help="MNIST's folder (PRIVBENCH_DATA_ROOT)")
-    ap.add_argument("--out", default=str(OUT))
-    args = ap.parse_args(argv)
-    if args.data_root:
-        os.environ["PRIVBENCH_DATA_ROOT"] = args.data_root
+    args = parse(parser(__doc__, out=OUT, seeds=2, train_size=None), argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = measure(args.seeds, list(VARIANTS), SETTINGS, out / "gradient_inversion.jsonl", VARIANTS)
-    text = "\n".join([table(rows), *paper_lines(rows)])
+    text = page(rows)
     command = "python benchmarks/reproduce/gradient_inversion.py"
     (out / "gradient_inversion.md").write_text(f"`{command} --seeds {args.seeds}`\n\n{text}\n")
     print(text)
