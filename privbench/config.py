@@ -64,6 +64,12 @@ class FedConfig:
     vectorise: bool = True
 
     @property
+    def plain_sgd(self) -> bool:
+        """Local SGD without weight decay: what vectorised clients, the attacks'
+        simulators, q-FFL and the strategies that replace local SGD assume."""
+        return self.optimizer == "sgd" and self.weight_decay == 0
+
+    @property
     def clients_per_round(self) -> int:
         return max(1, int(round(self.fraction * self.clients)))
 

@@ -147,7 +147,7 @@ def optimizer_problems(fed: Any, atk: Any) -> list[str]:
         out.append(f"The 'optimizer' parameter must be sgd or adam. Got {fed.optimizer!r} instead.")
     if fed.weight_decay < 0:
         out.append(f"The 'weight_decay' parameter must be >= 0. Got {fed.weight_decay!r} instead.")
-    if fed.optimizer != "sgd" or fed.weight_decay:
+    if not fed.plain_sgd:
         what = f"{fed.optimizer!r} (weight decay {fed.weight_decay:g})"
         if atk.names and atk.steps > 1:
             out.append(

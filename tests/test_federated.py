@@ -176,3 +176,5 @@ def test_adam_runs_one_by_one_and_is_refused_where_sgd_is_assumed():
         RunConfig(fed=FedConfig(algorithm="qffl", optimizer="adam")).resolve()
     with pytest.raises(IncompatibleError, match="needs plain local training"):
         Experiment(RunConfig(method="fedavp", fed=FedConfig(optimizer="adam")))
+    with pytest.raises(IncompatibleError, match="weight decay 0.0001.*needs plain local"):
+        Experiment(RunConfig(method="fedavp", fed=FedConfig(weight_decay=1e-4)))

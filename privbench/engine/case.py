@@ -153,7 +153,7 @@ class Case:
             self.regs["defense"].build(n, self.cfg.defense_params[n]) for n in self.cfg.defenses
         ]
         # Raises when two strategies replace local SGD.
-        training_chain(self.public_method.client_role(), defenses, self.cfg.fed.optimizer)
+        training_chain(self.public_method.client_role(), defenses, self.cfg.fed)
         self._model_fixers = [c.prepare_model for c in classes]
         for name, fix in zip(self.cfg.defenses, self._model_fixers, strict=True):
             if fix(self._raw_model())[1]:
@@ -230,7 +230,7 @@ class Case:
             method.server_role(),
             defenses,
             channel,
-            training_chain(client, defenses, self.cfg.fed.optimizer),
+            training_chain(client, defenses, self.cfg.fed),
         )
 
     def make_augmenter(self, *, setup: bool = True):

@@ -114,8 +114,7 @@ class ClientWork(Case):
         defense replacing local training, no randomness inside the model."""
         return (
             self.cfg.fed.vectorise
-            and self.cfg.fed.optimizer == "sgd"
-            and self.cfg.fed.weight_decay == 0
+            and self.cfg.fed.plain_sgd
             and parts.method.plain_loss
             and parts.training.is_plain
             and self._model_vectorises

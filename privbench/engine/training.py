@@ -86,20 +86,22 @@ class LocalTraining:
         return type(self) is LocalTraining
 
 
-def training_chain(client: Any, defenses: Iterable[Any], optimizer: str = "sgd") -> LocalTraining:
+def training_chain(client: Any, defenses: Iterable[Any], fed: Any = None) -> LocalTraining:
     """The run's local training: the method's client strategy (plain SGD unless it
     brings its own), wrapped by each defense in the order given. A wrapper that cannot
     serve what it is given raises :class:`~privbench.errors.IncompatibleError`, and so
-    does another optimiser than SGD when a strategy replaces local SGD."""
+    does a local optimiser other than plain SGD (``fed``: the run's FedConfig) when a
+    strategy replaces local SGD: it trains with its own SGD and would drop it."""
     training = client.local_training() or LocalTraining()
     for d in defenses:
         wrapped = d.wrap_training(training)
         if wrapped is not training and wrapped.replaces and not training.is_plain:
             raise IncompatibleError(f"{wrapped.replaces}, and {training.replaces}; choose one.")
         training = wrapped
-    if optimizer != "sgd" and not training.is_plain:
+    if fed is not None and not fed.plain_sgd and not training.is_plain:
         raise IncompatibleError(
-            f"The optimizer {optimizer!r} needs plain local training, and {training.replaces} "
-            "trains with its own SGD; use --optimizer sgd."
+            f"The optimizer {fed.optimizer!r} (weight decay {fed.weight_decay:g}) needs plain "
+            f"local training, and {training.replaces} trains with its own SGD; use "
+            "--optimizer sgd without --local-weight-decay."
         )
     return training
