@@ -1,0 +1,60 @@
+"""Which machine a set of golden rows was recorded on.
+
+Float results are exact on one machine and move in the last bits on another: BLAS and
+oneDNN pick their kernels by CPU vendor and instruction set, the sum order moves with
+the thread count, and DLG's L-BFGS amplifies a last-bit difference into a different
+reconstruction. Golden rows are therefore kept per machine: ``default_rows.json`` for
+the machine they were first recorded on (before fingerprints existed) and
+``default_rows.<fingerprint>.json`` for each machine recorded since
+(``python -m tests.golden.record``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+HERE = Path(__file__).parent
+LEGACY = HERE / "default_rows.json"
+# The instruction sets that decide which BLAS / oneDNN kernels run.
+ISA = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: the platform's own description stands in
+        return {"model name": platform.processor() or platform.machine()}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def fingerprint() -> dict[str, str]:
+    """What decides float results here: CPU vendor, model and instruction sets, torch's
+    version and its thread count (``OMP_NUM_THREADS``, else the core count)."""
+    import torch
+
+    cpu = _cpuinfo()
+    flags = set(cpu.get("flags", "").split())
+    threads = os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
+    return {
+        "cpu": f"{cpu.get('vendor_id', '?')} {cpu.get('model name', '?')}",
+        "isa": " ".join(f for f in ISA if f in flags),
+        "torch": torch.__version__,
+        "threads": threads,
+    }
+
+
+def key(fp: dict[str, str]) -> str:
+    return hashlib.sha256(repr(sorted(fp.items())).encode()).hexdigest()[:12]
+
+
+def rows_file(fp: dict[str, str] | None = None) -> Path:
+    """This machine's golden rows, or the first machine's when it has none."""
+    own = HERE / f"default_rows.{key(fp or fingerprint())}.json"
+    return own if own.exists() else LEGACY
