@@ -355,9 +355,14 @@ def test_cvae_samples_stay_in_the_value_range():
     ],
 )
 def test_default_generative_runs_print_their_rows(argv, capsys):
+    """Default training; the attack short (its default, 4 x 300 L-BFGS steps on zdac's
+    cnn-bn, takes minutes and is exercised by the golden rows and the benchmarks)."""
     from privbench.cli import main
 
-    assert main(["run", *argv, "--no-save", "--no-progress", "--json"]) == 0
+    short = {"dlg": ["--iters", "20", "--restarts", "1"], "synthetic-nn": []}.get(
+        argv[2], ["--iters", "20"]
+    )
+    assert main(["run", *argv, *short, "--no-save", "--no-progress", "--json"]) == 0
     import json
 
     (row,) = json.loads(capsys.readouterr().out)

@@ -75,6 +75,7 @@ def test_all_gradient_run_writes_a_worst_case_row_at_least_as_strong_as_each_att
     cfg = tiny_config(method="fedmix", attack=dict(names=("all-gradient",), victims=2))
     cfg = cfg.with_params(
         {"dlg.iters": 30, "idlg.iters": 30, "ig.iters": 60, "ig-inversefed.iters": 60}
+        | {f"{a}.restarts": 1 for a in ("dlg", "idlg", "ig")}
     )
     rows = privbench.run(cfg, out=str(tmp_path))
     by = {r.attack: r for r in rows}
