@@ -6,6 +6,11 @@ quality check next to it (PSNR for attacks, accuracy for training) so a speed-up
 changes results shows. Run:
 
     python benchmarks/perf.py [--json] [--trials 1,16,64] [--clients 10,100] [--no-flower]
+                              [--data-root ../shared/data]
+
+With ``--data-root`` it adds the MNIST points of
+``perf_mnist.py``: a 100-client round in img/s and GFLOP/s beside a plain PyTorch loop
+and the sgemm ceiling.
 
 Flower needs the bench extra: pip install -e '.[bench]'.
 """
@@ -274,6 +279,10 @@ def markdown(report: dict) -> str:
         for r in report["runs"]:
             peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             lines.append(f"| `{r['command']}` | {r['seconds']:.1f} | {peak} |")
+    if report.get("mnist"):
+        from perf_mnist import markdown as mnist_markdown
+
+        lines += ["", *mnist_markdown(report["mnist"])]
     return "\n".join(lines)
 
 
@@ -287,6 +296,7 @@ def main() -> None:
     ap.add_argument("--no-flower", action="store_true")
     ap.add_argument("--no-runs", action="store_true", help="skip the whole-run timings")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--data-root", default=None, help="adds the MNIST points (perf_mnist.py)")
     args = ap.parse_args()
     set_enabled(False)
     report = {
@@ -306,6 +316,10 @@ def main() -> None:
         report["flower"] = flower_comparison(10, args.rounds)
     if not args.no_runs:
         report["runs"] = whole_runs()
+    if args.data_root:
+        from perf_mnist import mnist_points  # benchmarks/ is on sys.path (run as a script)
+
+        report["mnist"] = mnist_points(args.data_root, args.rounds)
     print(json.dumps(report, indent=2) if args.json else markdown(report))
 
 

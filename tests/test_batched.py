@@ -259,3 +259,27 @@ def test_perf_benchmark_reports_ratios_with_quality_checks():
     assert report["float64_check"]["trials_within_0_1_db"] == 16
     (rounds,) = report["rounds"]
     assert rounds["vectorised_accuracy"] == rounds["sequential_accuracy"]
+
+
+@pytest.mark.slow
+def test_perf_mnist_points_report_throughput_beside_their_ceilings(data_root):
+    """perf_mnist's MNIST round: img/s for both training paths and the plain loops,
+    FLOPs per image from PyTorch's counter (the cnn on 28x28: ~15 MFLOP forward +
+    backward), and the same accuracy either way (no timing assertion)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from perf_mnist import markdown, mnist_points
+    finally:
+        sys.path.pop(0)
+    points = mnist_points(data_root, rounds=1)
+    assert 10 < points["mflop_per_image"] < 20
+    assert points["vectorised"]["accuracy"] == pytest.approx(
+        points["sequential"]["accuracy"], abs=0.01
+    )
+    for key in ("plain_batch10", "plain_batch100", "sgemm_gflops"):
+        assert points[key] > 0
+    text = "\n".join(markdown(points))
+    assert "plain PyTorch SGD loop, batch 10" in text and "GFLOP/s" in text

@@ -1,0 +1,159 @@
+"""MNIST points for ``benchmarks/perf.py``: a federated round at the reproductions'
+scale (100 clients × 600 images, 10 per round, batch 10, one local epoch, the ``cnn``)
+in img/s and GFLOP/s, next to the two ceilings it is held to on this CPU:
+
+- a plain PyTorch SGD loop over the same images and model at batch 10 (what one client
+  alone costs) and at batch 100 (10 clients' batches as one);
+- a 2048² float32 matrix product (the BLAS ceiling).
+
+FLOPs per image are counted by ``torch.utils.flop_counter`` on one forward and backward
+pass, so GFLOP/s is img/s × that count. Run through perf.py (``--data-root``) or alone:
+
+    python benchmarks/perf_mnist.py --data-root ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from privbench import FedConfig, RunConfig
+from privbench.engine.experiment import Experiment
+from privbench.models import CNN
+
+CLIENTS, PER_ROUND, PER_CLIENT, BATCH = 100, 10, 480, 10  # 600 less a 20% local test split
+
+
+def flops_per_image(shape=(1, 28, 28), classes: int = 10, batch: int = 10) -> float:
+    """Forward + backward FLOPs of the ``cnn`` per image (a multiply-add counts 2)."""
+    model = CNN(shape, classes)
+    x, y = torch.randn(batch, *shape), torch.randint(0, classes, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / batch
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def plain_loop(x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+    """img/s of a textbook SGD loop (zero_grad, forward, backward, step) over (x, y)."""
+    model = CNN(tuple(x.shape[1:]), 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def epoch(n: int) -> None:
+        for s in range(0, n, batch):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[s : s + batch]), y[s : s + batch]).backward()
+            opt.step()
+
+    epoch(20 * batch)  # warm-up
+    t0 = time.perf_counter()
+    epoch(len(y))
+    return len(y) / (time.perf_counter() - t0)
+
+
+def round_config(data_root: str | None, vectorise: bool, rounds: int) -> RunConfig:
+    return RunConfig(
+        dataset="mnist",
+        model="cnn",
+        partition="iid",
+        data_root=data_root,
+        fed=FedConfig(
+            clients=CLIENTS,
+            fraction=PER_ROUND / CLIENTS,
+            rounds=rounds,
+            local_epochs=1,
+            batch_size=BATCH,
+            lr=0.05,
+            eval_every=0,
+            vectorise=vectorise,
+        ),
+    ).resolve()
+
+
+def federated_round(data_root: str | None, vectorise: bool, rounds: int) -> dict:
+    """img/s of privbench's FedAvg rounds (training only) at the scale above."""
+    exp = Experiment(round_config(data_root, vectorise, rounds))
+    t0 = time.perf_counter()
+    outcome = exp.train()
+    secs = time.perf_counter() - t0
+    # every client holds the same number of training images (IID, 80% of 600)
+    images = len(exp.client_data(0)[1]) * PER_ROUND * rounds
+    return {"seconds": secs, "img_per_s": images / secs, "accuracy": outcome.utility.accuracy}
+
+
+def mnist_points(data_root: str | None, rounds: int = 3) -> dict:
+    flops = flops_per_image()
+    exp = Experiment(round_config(data_root, True, 1))
+    x, y = exp.data.x_train[: PER_ROUND * PER_CLIENT], exp.data.y_train[: PER_ROUND * PER_CLIENT]
+    points = {
+        "mflop_per_image": flops / 1e6,
+        "sgemm_gflops": sgemm_gflops(),
+        "plain_batch10": plain_loop(x, y, 10),
+        "plain_batch100": plain_loop(x, y, 100),
+    }
+    for vectorise in (True, False):
+        key = "vectorised" if vectorise else "sequential"
+        points[key] = federated_round(data_root, vectorise, rounds)
+    points["rounds"] = rounds
+    return points
+
+
+def markdown(p: dict) -> list[str]:
+    mf = p["mflop_per_image"]
+
+    def row(label: str, ips: float, extra: str = "") -> str:
+        return f"| {label} | {ips:,.0f} | {ips * mf / 1e3:.1f} | {extra} |"
+
+    vec, seq = p["vectorised"], p["sequential"]
+    return [
+        f"MNIST, `cnn` ({mf:.1f} MFLOP per image forward + backward), a FedAvg round of "
+        f"{PER_ROUND} clients × {PER_CLIENT} images, batch {BATCH}, one local epoch "
+        f"({p['rounds']} rounds, training only):",
+        "",
+        "| path | img/s | GFLOP/s | note |",
+        "|---|---|---|---|",
+        row(
+            "privbench round, vectorised clients",
+            vec["img_per_s"],
+            f"accuracy {vec['accuracy']:.3f}",
+        ),
+        row(
+            "privbench round, clients one by one",
+            seq["img_per_s"],
+            f"accuracy {seq['accuracy']:.3f}",
+        ),
+        row("plain PyTorch SGD loop, batch 10", p["plain_batch10"]),
+        row("plain PyTorch SGD loop, batch 100", p["plain_batch100"]),
+        f"| 2048² sgemm ceiling | - | {p['sgemm_gflops']:.1f} | |",
+        "",
+        f"Vectorised round vs the plain batch-10 loop: "
+        f"{vec['img_per_s'] / p['plain_batch10']:.2f}×; vs clients one by one: "
+        f"{vec['img_per_s'] / seq['img_per_s']:.2f}×.",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=None, help="folder with MNIST/ (torchvision layout)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    points = mnist_points(args.data_root, args.rounds)
+    print(json.dumps(points, indent=2) if args.json else "\n".join(markdown(points)))
+
+
+if __name__ == "__main__":
+    main()
