@@ -92,3 +92,15 @@ def test_default_command_rows_are_unchanged(command, tmp_path):
     diffs = same(rows, GOLDEN[command])
     where = f"(against {GOLDEN_FILE.name}; this machine: {FINGERPRINT})"
     assert not diffs, f"{command}: {len(diffs)} fields changed {where}:\n" + "\n".join(diffs[:20])
+
+
+def test_each_machine_recording_is_named_by_its_fingerprint_and_unknown_machines_fall_back():
+    from tests.golden.machine import HERE, key
+
+    for path in HERE.glob("default_rows.*.json"):
+        recorded = json.loads(path.read_text())
+        assert path.name == f"default_rows.{key(recorded['machine'])}.json"
+        assert sorted(recorded["rows"]) == sorted(json.loads(LEGACY.read_text()))
+    other = {**FINGERPRINT, "cpu": "a CPU no recording was made on"}
+    assert rows_file(other) == LEGACY and key(other) != key(FINGERPRINT)
+    assert set(FINGERPRINT) == {"cpu", "isa", "torch", "threads"}
