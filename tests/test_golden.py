@@ -24,21 +24,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.golden.machine import LEGACY, fingerprint, rows_file
+from tests.golden.machine import LEGACY, fingerprint, golden_rows, rows_file, run_command
 
 FINGERPRINT = fingerprint()
 GOLDEN_FILE = rows_file(FINGERPRINT)
-_loaded = json.loads(GOLDEN_FILE.read_text())
-GOLDEN = _loaded["rows"] if GOLDEN_FILE != LEGACY else _loaded
-# every machine's recording covers the same commands as the first
-assert sorted(GOLDEN) == sorted(json.loads(LEGACY.read_text())), GOLDEN_FILE
-UNTIMED = {"wall_s", "train_s", "attack_s", "versions"}
+GOLDEN = golden_rows(GOLDEN_FILE)
 
 
 def same(got, want, path="row") -> list[str]:
@@ -72,23 +65,8 @@ def test_same_compares_what_it_should():
 @pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(GOLDEN))
 def test_default_command_rows_are_unchanged(command, tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "privbench",
-            *command.split(),
-            "--json",
-            "--no-save",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=900,
-    )
+    proc, rows = run_command(command)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [{k: v for k, v in r.items() if k not in UNTIMED} for r in json.loads(proc.stdout)]
     diffs = same(rows, GOLDEN[command])
     where = f"(against {GOLDEN_FILE.name}; this machine: {FINGERPRINT})"
     assert not diffs, f"{command}: {len(diffs)} fields changed {where}:\n" + "\n".join(diffs[:20])
@@ -98,9 +76,10 @@ def test_each_machine_recording_is_named_by_its_fingerprint_and_unknown_machines
     from tests.golden.machine import HERE, key
 
     for path in HERE.glob("default_rows.*.json"):
-        recorded = json.loads(path.read_text())
-        assert path.name == f"default_rows.{key(recorded['machine'])}.json"
-        assert sorted(recorded["rows"]) == sorted(json.loads(LEGACY.read_text()))
+        machine = json.loads(path.read_text())["machine"]
+        assert path.name == f"default_rows.{key(machine)}.json"
+        # every machine's recording covers the same commands as the first
+        assert sorted(golden_rows(path)) == sorted(golden_rows(LEGACY))
     other = {**FINGERPRINT, "cpu": "a CPU no recording was made on"}
     assert rows_file(other) == LEGACY and key(other) != key(FINGERPRINT)
     assert set(FINGERPRINT) == {"cpu", "isa", "torch", "threads"}

@@ -12,12 +12,17 @@ the machine they were first recorded on (before fingerprints existed) and
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
 LEGACY = HERE / "default_rows.json"
+ROOT = HERE.parents[1]
+UNTIMED = {"wall_s", "train_s", "attack_s", "versions"}  # fields no recording pins
 # The instruction sets that decide which BLAS / oneDNN kernels run.
 ISA = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
@@ -58,3 +63,21 @@ def rows_file(fp: dict[str, str] | None = None) -> Path:
     """This machine's golden rows, or the first machine's when it has none."""
     own = HERE / f"default_rows.{key(fp or fingerprint())}.json"
     return own if own.exists() else LEGACY
+
+
+def golden_rows(path: Path) -> dict[str, list[dict]]:
+    """{command: rows} of a recording (the first one holds them bare; later ones under
+    ``rows``, beside the ``machine`` they were recorded on)."""
+    loaded = json.loads(path.read_text())
+    return loaded if path == LEGACY else loaded["rows"]
+
+
+def run_command(command: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """``python -m privbench COMMAND --json`` from the project's root: the process, and
+    its rows without the untimed fields ([] when it failed)."""
+    argv = [sys.executable, "-m", "privbench", *command.split()]
+    argv += ["--json", "--no-save", "--no-progress"]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if proc.returncode != 0:
+        return proc, []
+    return proc, [{k: v for k, v in r.items() if k not in UNTIMED} for r in json.loads(proc.stdout)]

@@ -10,32 +10,20 @@ commit whose numbers are meant: this file is what later refactors are held to he
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
-from tests.golden.machine import HERE, LEGACY, fingerprint, key
-
-UNTIMED = {"wall_s", "train_s", "attack_s", "versions"}
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def rows(command: str) -> list[dict]:
-    argv = [sys.executable, "-m", "privbench", *command.split()]
-    argv += ["--json", "--no-save", "--no-progress"]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"{command} failed:\n{proc.stderr[-3000:]}")
-    return [{k: v for k, v in r.items() if k not in UNTIMED} for r in json.loads(proc.stdout)]
+from tests.golden.machine import HERE, LEGACY, fingerprint, golden_rows, key, run_command
 
 
 def main() -> None:
     fp = fingerprint()
-    commands = sorted(json.loads(LEGACY.read_text()))
     recorded = {}
-    for command in commands:
+    for command in sorted(golden_rows(LEGACY)):
         print(command, file=sys.stderr, flush=True)
-        recorded[command] = rows(command)
+        proc, rows = run_command(command)
+        if proc.returncode != 0:
+            raise SystemExit(f"{command} failed:\n{proc.stderr[-3000:]}")
+        recorded[command] = rows
     out = HERE / f"default_rows.{key(fp)}.json"
     out.write_text(json.dumps({"machine": fp, "rows": recorded}, indent=1, sort_keys=True) + "\n")
     print(out, file=sys.stderr)
