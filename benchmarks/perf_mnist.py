@@ -26,7 +26,7 @@ from privbench import FedConfig, RunConfig
 from privbench.engine.experiment import Experiment
 from privbench.models import CNN
 
-CLIENTS, PER_ROUND, PER_CLIENT, BATCH = 100, 10, 480, 10  # 600 less a 20% local test split
+CLIENTS, PER_ROUND, BATCH = 100, 10, 10
 
 
 def flops_per_image(shape=(1, 28, 28), classes: int = 10, batch: int = 10) -> float:
@@ -83,31 +83,32 @@ def round_config(data_root: str | None, vectorise: bool, rounds: int) -> RunConf
     ).resolve()
 
 
-def federated_round(data_root: str | None, vectorise: bool, rounds: int) -> dict:
+def federated_round(exp: Experiment, rounds: int, per_client: int) -> dict:
     """img/s of privbench's FedAvg rounds (training only) at the scale above."""
-    exp = Experiment(round_config(data_root, vectorise, rounds))
     t0 = time.perf_counter()
     outcome = exp.train()
     secs = time.perf_counter() - t0
-    # every client holds the same number of training images (IID, 80% of 600)
-    images = len(exp.client_data(0)[1]) * PER_ROUND * rounds
+    images = per_client * PER_ROUND * rounds
     return {"seconds": secs, "img_per_s": images / secs, "accuracy": outcome.utility.accuracy}
 
 
 def mnist_points(data_root: str | None, rounds: int = 3) -> dict:
-    flops = flops_per_image()
-    exp = Experiment(round_config(data_root, True, 1))
-    x, y = exp.data.x_train[: PER_ROUND * PER_CLIENT], exp.data.y_train[: PER_ROUND * PER_CLIENT]
+    runs = {vec: Experiment(round_config(data_root, vec, rounds)) for vec in (True, False)}
+    data = runs[True].data  # one load of MNIST serves the plain loops too
+    # every client holds the same number of training images (IID, 80% of 600)
+    per_client = len(runs[True].client_data(0)[1])
+    x, y = data.x_train[: PER_ROUND * per_client], data.y_train[: PER_ROUND * per_client]
     points = {
-        "mflop_per_image": flops / 1e6,
+        "mflop_per_image": flops_per_image() / 1e6,
         "sgemm_gflops": sgemm_gflops(),
         "plain_batch10": plain_loop(x, y, 10),
         "plain_batch100": plain_loop(x, y, 100),
+        "images_per_client": per_client,
+        "rounds": rounds,
     }
-    for vectorise in (True, False):
+    for vectorise, exp in runs.items():
         key = "vectorised" if vectorise else "sequential"
-        points[key] = federated_round(data_root, vectorise, rounds)
-    points["rounds"] = rounds
+        points[key] = federated_round(exp, rounds, per_client)
     return points
 
 
@@ -120,7 +121,7 @@ def markdown(p: dict) -> list[str]:
     vec, seq = p["vectorised"], p["sequential"]
     return [
         f"MNIST, `cnn` ({mf:.1f} MFLOP per image forward + backward), a FedAvg round of "
-        f"{PER_ROUND} clients × {PER_CLIENT} images, batch {BATCH}, one local epoch "
+        f"{PER_ROUND} clients × {p['images_per_client']} images, batch {BATCH}, one local epoch "
         f"({p['rounds']} rounds, training only):",
         "",
         "| path | img/s | GFLOP/s | note |",
