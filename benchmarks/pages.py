@@ -170,7 +170,8 @@ def tuning() -> str:
                 continue
             acc = v["validation_accuracy"][f"{v['lr']:g}"]
             runs = "/".join(map(str, v.get("rounds", []))) or "?"
-            cells.append(f"{v['lr']:g} (val. acc {sum(acc) / len(acc):.2f}, {runs} rounds)")
+            setup = "".join(f", {s}" for s in v.get("setup", []))
+            cells.append(f"{v['lr']:g} (val. acc {sum(acc) / len(acc):.2f}, {runs} rounds{setup})")
         lines.append(f"| `{dataset}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

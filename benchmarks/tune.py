@@ -5,7 +5,9 @@ Protocol (the CLI's defaults, so the tuned value suits a first run): FedAvg, 10 
 the default Dirichlet(0.5) partition, 2 local epochs, batch 10, 3 rounds; a fixed random
 subset of ``--train-size`` training images, of which 10% of each class is held out as
 the validation split (``DataBundle.validation_split``) and the test set is never
-loaded into the search. Grid of learning rates x ``--seeds`` seeds; the value with the
+loaded into the search. A dataset too small for that (``faces``: 160 training images,
+two classes) is searched with ``--clients`` and ``--partition`` set, recorded in its
+entry's ``setup``. Grid of learning rates x ``--seeds`` seeds; the value with the
 highest mean validation accuracy wins (a tie goes to the smaller step). Every run is a
 row in ``benchmarks/results/tuning/results.jsonl`` (resumable: a rerun skips what is
 there); ``privbench/tuned.json`` records the winner and the whole search.
@@ -56,15 +58,23 @@ def subset(dataset: str, train_size: int) -> dict:
 
 
 def config(
-    dataset: str, model: str, lr: float, seed: int, train_size: int, rounds: int = 3
+    dataset: str,
+    model: str,
+    lr: float,
+    seed: int,
+    train_size: int,
+    rounds: int = 3,
+    clients: int = 10,
+    partition: str = "dirichlet",
 ) -> RunConfig:
     return RunConfig(
         dataset=label(dataset),
         dataset_params=subset(dataset, train_size),
+        partition=partition,
         model=model,
         seed=seed,
         fed=FedConfig(
-            clients=10, rounds=rounds, local_epochs=2, batch_size=10, lr=lr, eval_every=0
+            clients=clients, rounds=rounds, local_epochs=2, batch_size=10, lr=lr, eval_every=0
         ),
     )
 
@@ -74,12 +84,16 @@ def choose(rows: list[dict]) -> dict[str, dict]:
     a failed run (diverged) scores 0."""
     search: dict[str, dict[float, list[float]]] = {}
     rounds: dict[str, set[int]] = {}
+    setup: dict[str, set[tuple[int, str]]] = {}  # (clients, partition) of the search
     for r in rows:
         dataset = r["dataset"].removesuffix(":validation")
+        key = f"{dataset}/{r['model']}"
         acc = r["accuracy"] if r["status"] == "ok" and r["accuracy"] is not None else 0.0
         lr = r["config"]["fed"]["lr"]
-        search.setdefault(f"{dataset}/{r['model']}", {}).setdefault(lr, []).append(acc)
-        rounds.setdefault(f"{dataset}/{r['model']}", set()).add(r["config"]["fed"].get("rounds"))
+        search.setdefault(key, {}).setdefault(lr, []).append(acc)
+        rounds.setdefault(key, set()).add(r["config"]["fed"].get("rounds"))
+        fed, part = r["config"]["fed"], r["config"].get("partition", "dirichlet")
+        setup.setdefault(key, set()).add((fed.get("clients", PROTOCOL["clients"]), part))
     out = {}
     for key, by_lr in sorted(search.items()):
         best = max(sorted(by_lr), key=lambda lr, by_lr=by_lr: round(float(np.mean(by_lr[lr])), 9))
@@ -88,6 +102,8 @@ def choose(rows: list[dict]) -> dict[str, dict]:
             "rounds": sorted(n for n in rounds[key] if n is not None),
             "validation_accuracy": {f"{lr:g}": by_lr[lr] for lr in sorted(by_lr)},
         }
+        if setup[key] != {(PROTOCOL["clients"], "dirichlet")}:  # a smaller dataset's search
+            out[key]["setup"] = [f"{c} clients, {p}" for c, p in sorted(setup[key])]
     return out
 
 
@@ -116,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-size", type=int, default=12_000)
     ap.add_argument("--rounds", type=int, default=PROTOCOL["rounds"])
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID))
+    ap.add_argument(
+        "--clients", type=int, default=PROTOCOL["clients"], help="fewer for a small dataset"
+    )
+    ap.add_argument("--partition", default="dirichlet", help="iid for a dataset too small to skew")
     ap.add_argument("--out", default=str(OUT), help="result folder of the search")
     ap.add_argument("--tuned", default=str(TUNED), help="where the defaults are written")
     ap.add_argument("--write-only", action="store_true")
@@ -129,7 +149,16 @@ def main(argv: list[str] | None = None) -> None:
                 data = full.validation_split(0.1, seed=seed)
                 for model in args.models:
                     for lr in args.grid:
-                        cfg = config(dataset, model, lr, seed, args.train_size, args.rounds)
+                        cfg = config(
+                            dataset,
+                            model,
+                            lr,
+                            seed,
+                            args.train_size,
+                            args.rounds,
+                            args.clients,
+                            args.partition,
+                        )
                         if cfg.resolve(provided=frozenset({"dataset"})).hash() in done:
                             continue
                         (row,) = privbench.run(cfg, data=data, out=store)

@@ -21,6 +21,7 @@ from typing import Any
 
 FALLBACK_LR = 0.5
 EMBEDDED = frozenset({"digits", "photos", "faces", "lfw"})
+SAME_DATA = {"lfw": "faces"}  # a dataset registered under a second name shares its tuning
 
 
 @lru_cache(maxsize=1)
@@ -35,9 +36,10 @@ def default_lr(dataset: str, model: str, *, provided: bool = False) -> tuple[flo
     if provided:
         return FALLBACK_LR, "privbench's default for your own data (not tuned)"
     table = tuned()["lr"]
-    entry = table.get(f"{dataset}/{model}")
+    searched = SAME_DATA.get(dataset, dataset)
+    entry = table.get(f"{searched}/{model}")
     if entry is not None:
-        return float(entry["lr"]), f"tuned on a validation split of {dataset} for {model}"
+        return float(entry["lr"]), f"tuned on a validation split of {searched} for {model}"
     if dataset in EMBEDDED:
         return FALLBACK_LR, "privbench's historical default on the embedded data (not tuned)"
     same_model = {k: float(v["lr"]) for k, v in table.items() if k.endswith(f"/{model}")}

@@ -143,7 +143,7 @@ def test_the_docs_table_is_the_committed_tuning():
     header = next(x for x in text.splitlines() if x.startswith("| dataset | `"))
     models = re.findall(r"`([a-z-]+)`", header)
     seen = 0
-    for dataset in ("mnist", "fashionmnist", "digits", "photos"):
+    for dataset in dict.fromkeys(k.split("/")[0] for k in lr):
         (line,) = [x for x in text.splitlines() if x.startswith(f"| `{dataset}` | ")]
         cells = line.split(" | ")[1:]
         for model, cell in zip(models, cells, strict=True):
@@ -151,10 +151,12 @@ def test_the_docs_table_is_the_committed_tuning():
             if entry is None:
                 assert cell.strip(" |") == "-"
                 continue
-            value, acc, rounds = re.fullmatch(
-                r"([\d.]+) \(val\. acc ([\d.]+), ([\d/]+) rounds\) ?\|?", cell.strip()
+            value, acc, rounds, setup = re.fullmatch(
+                r"([\d.]+) \(val\. acc ([\d.]+), ([\d/]+) rounds((?:, [^,)]+)*)\) ?\|?",
+                cell.strip(),
             ).groups()
             assert float(value) == entry["lr"] and rounds == "/".join(map(str, entry["rounds"]))
+            assert setup == "".join(f", {x}" for x in entry.get("setup", []))
             mean = np.mean(entry["validation_accuracy"][f"{entry['lr']:g}"])
             assert acc == f"{mean:.2f}"
             seen += 1
