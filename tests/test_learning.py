@@ -1,0 +1,85 @@
+"""Every registered dataset x model pair learns, with no learning-rate flag.
+
+A first run on any dataset must train: the default learning rate comes from the tuning
+(or its documented fallback), the loader hands the model sensible inputs, and the model
+fits the shape. Each pair runs the CLI's FedAvg training on 2 IID clients and must beat
+the majority-class rate of its test set by a clear margin. MNIST and Fashion-MNIST are
+the real files (``PRIVBENCH_DATA_ROOT``); CIFAR-10/100, EMNIST and an image folder are
+learnable stand-ins written in their real formats (``tests/standins.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import privbench
+from privbench import FedConfig, RunConfig, registries
+from privbench.data import load_dataset
+from tests import standins
+from tests.conftest import shared_data_root
+from tests.test_conformance import EMBEDDED
+
+DATASETS = registries()["dataset"].names()
+MODELS = registries()["model"].names()
+ON_DISK = {"mnist", "fashionmnist"}  # the real files
+STANDINS = {"cifar10", "cifar100", "emnist", "imagefolder"}
+
+
+@pytest.fixture(scope="module")
+def standin_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("standins")
+    standins.write_emnist(root)
+    standins.write_cifar(root, "cifar10")
+    standins.write_cifar(root, "cifar100")
+    standins.write_imagefolder(root / "folder")
+    return root
+
+
+def _setup(dataset: str, standin_root, monkeypatch) -> tuple[str | None, dict]:
+    """(data root, dataset params) of a first run on ``dataset``."""
+    if dataset in ON_DISK:
+        return shared_data_root(), {"train_size": 3000, "test_size": 1000}
+    if dataset in STANDINS:
+        import torchvision.datasets.cifar as tv_cifar
+
+        # The stand-ins cannot match the real archives' MD5: only existence is checked.
+        monkeypatch.setattr(
+            tv_cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path)
+        )
+        root = standin_root / "folder" if dataset == "imagefolder" else standin_root
+        return str(root), {}
+    return None, {}
+
+
+def test_every_dataset_is_covered():
+    """A dataset registered later is either embedded or gets files here."""
+    assert set(DATASETS) == ON_DISK | STANDINS | set(EMBEDDED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_a_first_run_learns_above_chance(dataset, model, standin_root, monkeypatch):
+    root, params = _setup(dataset, standin_root, monkeypatch)
+    cfg = RunConfig(
+        dataset=dataset,
+        dataset_params=params,
+        partition="iid",
+        model=model,
+        data_root=root,
+        # The CLI's local training (2 epochs, batch 10) and rounds, on 2 IID clients;
+        # 3 rounds on 3,000 real images.
+        fed=FedConfig(clients=2, rounds=3 if dataset in ON_DISK else 10, eval_every=0),
+    )
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    y = load_dataset(dataset, params, root=root).y_test.numpy()
+    chance = np.bincount(y).max() / len(y)  # the majority class's rate
+    margin = max(0.1, 3 * np.sqrt(chance * (1 - chance) / len(y)))
+    assert row.accuracy >= chance + margin, (
+        f"{dataset}/{model} at lr {row.config['fed']['lr']}: accuracy {row.accuracy:.3f}, "
+        f"chance {chance:.3f}"
+    )
