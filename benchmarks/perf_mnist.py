@@ -64,6 +64,46 @@ def plain_loop(x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
     return len(y) / (time.perf_counter() - t0)
 
 
+def step_ms(clients: int = PER_ROUND, batch: int = BATCH, repeats: int = 10) -> dict:
+    """ms of one vectorised SGD step (the gradient of ``clients`` copies of the ``cnn``,
+    one batch each, 28x28) three ways: stacked channels-last (``privbench.nn.stacked``,
+    what a vectorised round runs), ``vmap(grad)`` (what every other model runs), and the
+    clients one after another with the module."""
+    from torch.func import functional_call, grad, vmap
+
+    from privbench.nn.stacked import stacked_forward, stacked_grads
+
+    torch.manual_seed(0)
+    model = CNN((1, 28, 28), 10)
+    params = {n: p.detach().expand(clients, *p.shape).clone() for n, p in model.named_parameters()}
+    x = torch.randn(clients, batch, 1, 28, 28)
+    y = torch.randint(0, 10, (clients, batch))
+
+    def loss_fn(m, xs, ys):
+        return F.cross_entropy(m(xs), ys)
+
+    forward = stacked_forward(model)
+    per_client = vmap(grad(lambda p, xs, ys: F.cross_entropy(functional_call(model, p, (xs,)), ys)))
+
+    def one_by_one():
+        for c in range(clients):
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, x[c], y[c]).backward()
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats * 1e3
+
+    return {
+        "stacked": timed(lambda: stacked_grads(forward, loss_fn, params, x, y)),
+        "vmap": timed(lambda: per_client(params, x, y)),
+        "one_by_one": timed(one_by_one),
+    }
+
+
 def round_config(data_root: str | None, vectorise: bool, rounds: int) -> RunConfig:
     return RunConfig(
         dataset="mnist",
@@ -84,12 +124,28 @@ def round_config(data_root: str | None, vectorise: bool, rounds: int) -> RunConf
 
 
 def federated_round(exp: Experiment, rounds: int, per_client: int) -> dict:
-    """img/s of privbench's FedAvg rounds (training only) at the scale above."""
+    """img/s of privbench's FedAvg rounds at the scale above: training only (the round's
+    time less the final evaluation over the test set and every client's local split,
+    timed apart)."""
+    evaluate, spent = exp.evaluate, []
+
+    def timed(model):
+        t = time.perf_counter()
+        out = evaluate(model)
+        spent.append(time.perf_counter() - t)
+        return out
+
+    exp.evaluate = timed
     t0 = time.perf_counter()
     outcome = exp.train()
-    secs = time.perf_counter() - t0
+    secs = time.perf_counter() - t0 - sum(spent)
     images = per_client * PER_ROUND * rounds
-    return {"seconds": secs, "img_per_s": images / secs, "accuracy": outcome.utility.accuracy}
+    return {
+        "seconds": secs,
+        "img_per_s": images / secs,
+        "accuracy": outcome.utility.accuracy,
+        "eval_seconds": sum(spent),
+    }
 
 
 def mnist_points(data_root: str | None, rounds: int = 3) -> dict:
@@ -104,6 +160,7 @@ def mnist_points(data_root: str | None, rounds: int = 3) -> dict:
         "plain_batch10": plain_loop(x, y, 10),
         "plain_batch100": plain_loop(x, y, 100),
         "images_per_client": per_client,
+        "step_ms": step_ms(),
         "rounds": rounds,
     }
     for vectorise, exp in runs.items():
@@ -143,6 +200,10 @@ def markdown(p: dict) -> list[str]:
         f"Vectorised round vs the plain batch-10 loop: "
         f"{vec['img_per_s'] / p['plain_batch10']:.2f}×; vs clients one by one: "
         f"{vec['img_per_s'] / seq['img_per_s']:.2f}×.",
+        "",
+        f"One SGD step of {PER_ROUND} clients × batch {BATCH}: stacked channels-last "
+        f"{p['step_ms']['stacked']:.0f} ms, vmap {p['step_ms']['vmap']:.0f} ms, one by one "
+        f"{p['step_ms']['one_by_one']:.0f} ms.",
     ]
 
 

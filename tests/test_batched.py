@@ -165,13 +165,14 @@ def _clients(sizes, shape=(1, 8, 8)):
     ]
 
 
-@pytest.mark.parametrize("model_name", ["lenet-sigmoid", "cnn-bn"])
+@pytest.mark.parametrize("model_name", ["lenet-sigmoid", "cnn-bn", "cnn"])
 @pytest.mark.parametrize("algorithm", [None, FedProx(mu=0.1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_vectorised_clients_equal_sequential_local_train(model_name, algorithm, dtype):
     """Float64 shows the two paths are one algorithm (1e-12). In float32 they differ by
     rounding only; BatchNorm on batches of two can amplify that over many steps, so the
-    float32 case trains a few steps."""
+    float32 case trains a few steps. ``cnn`` takes the stacked channels-last path
+    (privbench.nn.stacked), the others ``vmap``."""
     from privbench.augmenters.base import cross_entropy
 
     def loss_fn(m, x, y):
@@ -188,7 +189,9 @@ def test_vectorised_clients_equal_sequential_local_train(model_name, algorithm, 
     data = [(x.to(dtype), y) for x, y in _clients(sizes)]
     gens = [torch.Generator().manual_seed(10 + c) for c in range(len(data))]
     common = dict(loss_fn=loss_fn, epochs=2, batch_size=4, lr=0.3, algorithm=algorithm)
-    got, steps = vectorised_local_train(model, global_state, data, generators=gens, **common)
+    got, steps = vectorised_local_train(
+        model, global_state, data, generators=gens, batch_mean_loss=True, **common
+    )
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     for c, (x, y) in enumerate(data):
         ref = build()
@@ -199,10 +202,48 @@ def test_vectorised_clients_equal_sequential_local_train(model_name, algorithm, 
             torch.testing.assert_close(got[c][k], v, **tol, msg=f"client {c} {k}")
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
+def test_stacked_cnn_gradients_are_vmaps(shape):
+    """The stacked channels-last forward gives every client the gradient vmap(grad)
+    gives it, and the stacked path is taken only where it applies."""
+    from torch.func import functional_call, grad, vmap
+
+    from privbench.augmenters.base import cross_entropy
+    from privbench.nn.stacked import stacked_forward, stacked_grads
+
+    torch.manual_seed(0)
+    model = MODELS.entry("cnn").factory(shape, 10).double()
+    k, b = 3, 5
+    params = {
+        n: p.detach() + 0.01 * torch.randn(k, *p.shape).double()
+        for n, p in model.named_parameters()
+    }
+    x, y = torch.rand(k, b, *shape).double(), torch.randint(0, 10, (k, b))
+
+    def loss_fn(m, xs, ys):
+        return cross_entropy(m(xs), ys)
+
+    want = vmap(grad(lambda p, xs, ys: loss_fn(lambda t: functional_call(model, p, (t,)), xs, ys)))(
+        params, x, y
+    )
+    got = stacked_grads(stacked_forward(model), loss_fn, params, x, y)
+    for n in params:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-12)
+    for other in ("lenet-sigmoid", "cnn-bn", "resnet"):
+        assert stacked_forward(MODELS.entry(other).factory(shape, 10)) is None
+
+    def mixup(m, xs, ys):  # calls the model on other inputs: refused, never silently wrong
+        return cross_entropy(m(0.5 * xs), ys)
+
+    with pytest.raises(RuntimeError, match="its own batch"):
+        stacked_grads(stacked_forward(model), mixup, params, x, y)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
         dict(),
+        dict(model="cnn"),
         dict(fed=dict(algorithm="fedprox", algorithm_params={"mu": 0.1})),
         dict(fed=dict(algorithm="qffl")),
         dict(method="randaugment"),
@@ -281,5 +322,8 @@ def test_perf_mnist_points_report_throughput_beside_their_ceilings(data_root):
     )
     for key in ("plain_batch10", "plain_batch100", "sgemm_gflops"):
         assert points[key] > 0
+    assert set(points["step_ms"]) == {"stacked", "vmap", "one_by_one"}
+    assert points["vectorised"]["eval_seconds"] > 0  # timed apart from training
     text = "\n".join(markdown(points))
     assert "plain PyTorch SGD loop, batch 10" in text and "GFLOP/s" in text
+    assert "stacked channels-last" in text

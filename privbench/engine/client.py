@@ -156,6 +156,7 @@ class ClientWork(Case):
             lr=fed.lr,
             generators=generators,
             algorithm=algorithm,
+            batch_mean_loss=True,  # plain_loss: the base cross-entropy
         )
         return {
             state.client_id: LocalUpdate(

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from privbench.nn.stacked import stacked_forward, stacked_grads
 from privbench.registry import Configurable, Param, Registry
 
 State = dict[str, torch.Tensor]
@@ -236,6 +237,7 @@ def vectorised_local_train(
     lr: float,
     generators: Sequence[torch.Generator],
     algorithm: Algorithm | None = None,
+    batch_mean_loss: bool = False,
 ) -> tuple[list[State], list[int]]:
     """:func:`local_train` for several clients from the same global weights, as one
     computation: each SGD step is a ``vmap`` over the clients' parameters, buffers and
@@ -246,6 +248,9 @@ def vectorised_local_train(
     client's running statistics are its own slice of a stacked buffer.
 
     ``loss_fn`` must not depend on the client (no per-client state or randomness).
+    ``batch_mean_loss``: it is a mean over the batch of per-sample terms that calls the
+    model once on the batch (the base cross-entropy); a model that
+    :mod:`privbench.nn.stacked` can stack then runs without ``vmap``, channels-last.
     Returns each client's new state and its number of steps.
     """
     k = len(datasets)
@@ -273,6 +278,11 @@ def vectorised_local_train(
         return value
 
     step_grads = vmap(grad(loss))
+    fast = stacked_forward(model) if batch_mean_loss and not buffer_names else None
+
+    def penalty(p):
+        return algorithm.penalty(p, global_params) if algorithm is not None else None
+
     for step in range(max((len(s) for s in schedules), default=0)):
         groups: dict[int, list[int]] = {}
         for c, sched in enumerate(schedules):
@@ -284,7 +294,10 @@ def vectorised_local_train(
             yb = torch.stack([datasets[c][1][schedules[c][step]] for c in members])
             p = {n: v[idx] for n, v in params.items()}
             b = {n: v[idx] for n, v in buffers.items()}  # BN updates these in place
-            g = step_grads(p, b, xb, yb)
+            if fast is not None:
+                g = stacked_grads(fast, loss_fn, p, xb, yb, penalty)
+            else:
+                g = step_grads(p, b, xb, yb)
             for n in param_names:
                 params[n][idx] = p[n] - lr * g[n]
             for n in buffer_names:
