@@ -104,6 +104,7 @@ REPRODUCTIONS = {
     "fedzda": ("fedzda", "fedzda/results.jsonl"),
     "cvae": ("cvae", "cvae.jsonl"),
     "fedavp": ("fedavp", "fedavp/results.jsonl"),
+    "fedmix-taylor": ("fedmix_taylor", "fedmix_taylor.jsonl"),
 }
 
 
@@ -130,7 +131,14 @@ def _reproduction_verdicts(name: str) -> Callable[[], str]:
     def render() -> str:
         repro, rows, path = _reproduction(name)
         lines = repro.verdicts(rows) if rows else []
-        return "\n".join(lines) if lines else _missing(path)
+        if lines:
+            return "\n".join(lines)
+        if rows:  # measured, but no claim has all its runs yet
+            return (
+                f"*{len(rows)} runs recorded in `{path.relative_to(HERE.parent)}`; no claim "
+                f"has all the runs it compares yet.*"
+            )
+        return _missing(path)
 
     return render
 
@@ -229,12 +237,14 @@ def _reproduction_curves(name: str, partition: str | None = None) -> Callable[[s
     def draw(out: str) -> str:
         from privbench.results.plots import curves
 
-        _, rows, path = _reproduction(name)
+        repro, rows, path = _reproduction(name)
         rows = [
             r
             for r in rows
             if r.get("status") == "ok" and partition in (None, r["config"]["partition"])
         ]
+        # a script that plots only some of its runs says which with curve_rows()
+        rows = getattr(repro, "curve_rows", lambda rs: rs)(rows)
         if not rows:
             return _placeholder(out, f"no rows yet in {path.relative_to(HERE.parent)}")
         return curves(rows, out, by=("dataset", "partition", "method"))

@@ -1,6 +1,7 @@
 """The benchmark scripts' resumable row store (benchmarks/_store.py)."""
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -63,8 +64,19 @@ def test_the_fedmix_reproduction_runs_every_method_once_and_resumes(tmp_path, mo
     repro.measure(todo, store)  # resumes: nothing to run
     assert len(store.read()) == len(todo)
     text = repro.table(rows)
-    assert "| digits | shards-2 | fedmix | 0.05 | 1 |" in text
-    assert "| digits | shards-2 | fedavg | - | 1 |" in text
+    assert "| digits | shards-2 | fedmix | 0.05 | - | 1 |" in text
+    assert "| digits | shards-2 | fedavg | - | - | 1 |" in text
+    sweeps = repro.sweep_points(1, rounds=2, train_size=0)
+    assert len(sweeps) == 2 * 2 + 2 * 2 + 3 and len({c.hash() for _, c in sweeps}) == 11
+    prox = [c for label, c in sweeps if label[-1] == "fedprox"]
+    assert all(c.fed.algorithm == "fedprox" for c in prox)
+    swept = [
+        {**r, "config": {**r["config"], "method_params": {"lam": 0.05, "mean_size": 10}}}
+        for r in rows
+        if r["method"] == "fedmix"
+    ]
+    assert "| fedmix | 0.05 | M_k 10 | 1 |" in repro.table(rows + swept)
+    assert repro.verdicts(rows + swept) == repro.verdicts(rows)  # sweeps stay out of them
 
 
 @pytest.mark.slow
@@ -158,3 +170,20 @@ def test_the_cvae_reproduction_runs_the_thesis_protocols_and_resumes(tmp_path):
     assert "| digits | 0.5 | local fine-tune |" in repro.table(rows)
     (claims,) = repro.claims(rows)
     assert "minority − uniform" in claims
+
+
+def test_the_fedmix_taylor_diagnostic_records_each_epoch_and_resumes(tmp_path):
+    repro = _reproduction("fedmix_taylor")
+    out = tmp_path / "taylor.jsonl"
+    args = ["--dataset", "digits", "--seeds", "1", "--epochs", "2", "--out", str(out)]
+    repro.main([*args, "--lambdas", "0.05", "0.2"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["lam"], len(r["history"])) for r in rows] == [(0.05, 3), (0.2, 3)]
+    start = rows[0]["history"][0]
+    # At a model's start the surrogate is its mixup loss to first order: they sit close.
+    assert abs(start["surrogate"] - start["mixup_loss"]) < 0.05
+    repro.main([*args, "--lambdas", "0.05", "0.2"])  # resumes: nothing measured twice
+    assert len(out.read_text().splitlines()) == 2
+    lines = repro.verdicts(rows)
+    assert len(lines) == 2 and "dead network" in lines[1]
+    assert "| 0.2 | 0 | 2 |" in repro.table(rows)
