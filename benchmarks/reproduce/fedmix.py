@@ -54,6 +54,15 @@ MIN_SIZE = {"fashionmnist": 13}
 LAMBDAS = (0.05, 0.2)
 
 
+# The sweeps, on MNIST with 2-class shards (the paper's Figures 3-4 and Table 4 sweep λ,
+# M_k and FedProx on CIFAR-10): λ beyond the grid's two values; M_k = 60 and 10 images
+# per shared mean (the grid shares one mean of all a client's images); FedProx's
+# proximal term (μ = 0.01) under FedAvg, NaiveMix and FedMix.
+SWEEP_LAMBDAS = (0.02, 0.1)
+SWEEP_MEAN_SIZES = (60, 10)
+FEDPROX_MU = 0.01
+
+
 def config(
     dataset: str,
     partition: str,
@@ -66,15 +75,20 @@ def config(
     clients: int = 100,
     fraction: float = 0.1,
     model: str = "cnn",
+    mean_size: int | None = None,
+    mu: float | None = None,
 ) -> RunConfig:
     kind, params = PARTITIONS[partition]
     params = dict(params)
     if kind == "dirichlet" and dataset in MIN_SIZE:
         params["min_size"] = MIN_SIZE[dataset]
     size = {"train_size": train_size} if dataset in DATASETS else {}
+    method_params = {} if method == "fedavg" else {"lam": lam}
+    if mean_size is not None:
+        method_params["mean_size"] = mean_size
     return RunConfig(
         method=method,
-        method_params={} if method == "fedavg" else {"lam": lam},
+        method_params=method_params,
         dataset=dataset,
         dataset_params=size,
         partition=kind,
@@ -88,6 +102,7 @@ def config(
             local_epochs=2,
             batch_size=10,
             eval_every=max(1, rounds // 10),
+            **({"algorithm": "fedprox", "algorithm_params": {"mu": mu}} if mu else {}),
         ),
     )
 
@@ -103,8 +118,46 @@ def points(datasets, partitions, seeds: int, **kw) -> list[tuple[tuple, RunConfi
     return seed_major(out)
 
 
+def sweep_points(seeds: int, **kw) -> list[tuple[tuple, RunConfig]]:
+    """(label, config) of the λ, M_k and FedProx sweeps on MNIST, 2-class shards; labels
+    (dataset, partition, method, λ, seed, what is swept)."""
+    out = []
+    base = ("mnist", "shards-2")
+    for seed in range(seeds):
+        for method, lam in product(("naivemix", "fedmix"), SWEEP_LAMBDAS):
+            out.append(((*base, method, lam, seed, "λ"), config(*base, method, lam, seed, **kw)))
+        for method, m in product(("naivemix", "fedmix"), SWEEP_MEAN_SIZES):
+            cfg = config(*base, method, 0.05, seed, mean_size=m, **kw)
+            out.append(((*base, method, 0.05, seed, f"M_k {m}"), cfg))
+        for method in ("fedavg", "naivemix", "fedmix"):
+            cfg = config(*base, method, 0.05, seed, mu=FEDPROX_MU, **kw)
+            out.append(((*base, method, 0.05, seed, "fedprox"), cfg))
+    return seed_major(out)
+
+
 def _partition(c: dict) -> str:
     return partition_name(PARTITIONS, c)
+
+
+def variant(row: dict) -> str:
+    """What a sweep changed in this run ('' for the main grid): M_k, FedProx."""
+    c = row["config"]
+    parts = []
+    if c["method_params"].get("mean_size") is not None:
+        parts.append(f"M_k {c['method_params']['mean_size']}")
+    if c["fed"].get("algorithm", "fedavg") == "fedprox":
+        parts.append(f"FedProx μ {c['fed']['algorithm_params']['mu']:g}")
+    return ", ".join(parts)
+
+
+def curve_rows(rows: list[dict]) -> list[dict]:
+    """The runs the page's curves show: the main grid at λ = 0.05 (the paper's CIFAR-10
+    value; λ = 0.2's collapse has its own section), FedAvg with them."""
+    return [
+        r
+        for r in rows
+        if not variant(r) and r["config"]["method_params"].get("lam") in (None, 0.05)
+    ]
 
 
 def table(rows: list[dict]) -> str:
@@ -117,15 +170,17 @@ def table(rows: list[dict]) -> str:
         c = r["config"]
         lam = c["method_params"].get("lam")
         part = _partition(c)
-        groups.setdefault((r["dataset"], part, r["method"], lam), []).append(r)
+        groups.setdefault((r["dataset"], part, r["method"], lam, variant(r)), []).append(r)
     lines = [
-        "| dataset | partition | method | λ | runs | accuracy | vs FedAvg | best round acc |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | partition | method | λ | sweep | runs | accuracy | vs FedAvg "
+        "| best round acc |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (dataset, part, method, lam), rs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], METHODS.index(kv[0][2]), kv[0][3] or 0)
+    for (dataset, part, method, lam, swept), rs in sorted(
+        groups.items(),
+        key=lambda kv: (kv[0][0], kv[0][1], kv[0][4], METHODS.index(kv[0][2]), kv[0][3] or 0),
     ):
-        base = groups.get((dataset, part, "fedavg", None), [])
+        base = groups.get((dataset, part, "fedavg", None, ""), [])
         gap = (
             f"{np.mean([r['accuracy'] for r in rs]) - np.mean([b['accuracy'] for b in base]):+.3f}"
             if base and method != "fedavg"
@@ -133,7 +188,8 @@ def table(rows: list[dict]) -> str:
         )
         best = [max(h["accuracy"] for h in r["history"]) for r in rs if r.get("history")]
         lines.append(
-            f"| {dataset} | {part} | {method} | {'-' if lam is None else lam} | {len(rs)} "
+            f"| {dataset} | {part} | {method} | {'-' if lam is None else lam} "
+            f"| {swept or '-'} | {len(rs)} "
             f"| {ms(r['accuracy'] for r in rs)} | {gap} | {ms(best)} |"
         )
     return "\n".join(lines)
@@ -143,8 +199,9 @@ def verdicts(rows: list[dict]) -> list[str]:
     """The paper's ordering FedMix ≥ NaiveMix ≥ FedAvg in final accuracy (means over
     seeds), per dataset, partition and λ: holds when both inequalities hold, partly when
     FedMix beats FedAvg alone."""
+    main_grid = [r for r in rows if not variant(r)]
     runs = group(
-        rows,
+        main_grid,
         lambda r: (
             r["dataset"],
             _partition(r["config"]),
@@ -166,6 +223,30 @@ def verdicts(rows: list[dict]) -> list[str]:
             f"- {dataset}, {part}, λ = {lam:g}: FedMix {fm:.3f}, NaiveMix {nm:.3f}, "
             f"FedAvg {fa:.3f}: **{verdict}**"
         )
+    return out + collapsed(main_grid)
+
+
+def predicts_one_class(row: dict) -> bool:
+    """The final model answers one class for every test image: per-class accuracy is 1 for
+    that class and 0 for the others, whose variance is (K - 1) / K² exactly (K = 10:
+    every dataset here has ten classes)."""
+    k = 10
+    return abs(row["class_acc_var"] - (k - 1) / k**2) < 1e-9
+
+
+def collapsed(rows: list[dict]) -> list[str]:
+    """Per method and λ, how many runs ended predicting a single class (a dead network:
+    see the Taylor diagnostic below)."""
+    runs = group(rows, lambda r: (r["method"], r["config"]["method_params"].get("lam")))
+    out = []
+    for (method, lam), rs in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        n = sum(predicts_one_class(r) for r in rs)
+        if n:
+            at = "" if lam is None else f" at λ = {lam:g}"
+            out.append(
+                f"- {method}{at}: {n} of {len(rs)} runs ended predicting one class for "
+                f"every test image"
+            )
     return out
 
 
@@ -173,11 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__, out=OUT, seeds=2, rounds=50)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
+    ap.add_argument("--no-sweeps", action="store_true", help="the main grid only")
     args = parse(ap, argv)
     store = ResultStore(args.out)
-    todo = points(
-        args.datasets, args.partitions, args.seeds, rounds=args.rounds, train_size=args.train_size
-    )
+    kw = {"rounds": args.rounds, "train_size": args.train_size}
+    todo = points(args.datasets, args.partitions, args.seeds, **kw)
+    if not args.no_sweeps:  # after the main grid: its cells come first
+        todo += sweep_points(args.seeds, **kw)
     measure(todo, store)
     print(table(store.read()))
 
