@@ -261,6 +261,15 @@ def _soft(y: torch.Tensor, num_classes: int) -> torch.Tensor:
 )
 class NaiveMix(MeanAugmented):
     name = "naivemix"
+    mixes_batches = True  # CE is linear in the label: eq. 1 is CE on a soft-label mix
+
+    def mixed_batch(self, x, y, *, received, generator):
+        ys = _soft(y, self.num_classes)
+        if "averaged_data" not in received:
+            return x, ys
+        xbar, ybar = self.pick(received, generator)
+        lam = self.lam
+        return (1 - lam) * x + lam * xbar, (1 - lam) * ys + lam * ybar.expand(len(x), -1)
 
     def mixed_loss(self, model, x, y, xbar, ybar):
         lam = self.lam
@@ -315,6 +324,15 @@ class GlobalMix(NaiveMix):
 class LocalMix(Augmenter):
     name = "localmix"
     per_sample_grads = None  # mixup partners are records of the same batch
+    mixes_batches = True
+
+    def mixed_batch(self, x, y, *, received, generator):
+        ys = _soft(y, self.num_classes)
+        if len(x) < 2:
+            return x, ys
+        perm = torch.randperm(len(x), generator=generator)
+        lam = self.lam
+        return (1 - lam) * x + lam * x[perm], (1 - lam) * ys + lam * ys[perm]
 
     def __init__(self, **params):
         super().__init__(**params)

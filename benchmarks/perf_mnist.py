@@ -104,8 +104,11 @@ def step_ms(clients: int = PER_ROUND, batch: int = BATCH, repeats: int = 10) -> 
     }
 
 
-def round_config(data_root: str | None, vectorise: bool, rounds: int) -> RunConfig:
+def round_config(
+    data_root: str | None, vectorise: bool, rounds: int, method: str = "fedavg"
+) -> RunConfig:
     return RunConfig(
+        method=method,
         dataset="mnist",
         model="cnn",
         partition="iid",
@@ -166,6 +169,12 @@ def mnist_points(data_root: str | None, rounds: int = 3) -> dict:
     for vectorise, exp in runs.items():
         key = "vectorised" if vectorise else "sequential"
         points[key] = federated_round(exp, rounds, per_client)
+    # NaiveMix (mixup with the shared means): each client mixes its own batches, then
+    # the clients train as one computation.
+    for vectorise in (True, False):
+        exp = Experiment(round_config(data_root, vectorise, rounds, "naivemix"))
+        key = f"naivemix_{'vectorised' if vectorise else 'sequential'}"
+        points[key] = federated_round(exp, rounds, per_client)
     return points
 
 
@@ -193,13 +202,24 @@ def markdown(p: dict) -> list[str]:
             seq["img_per_s"],
             f"accuracy {seq['accuracy']:.3f}",
         ),
+        row(
+            "NaiveMix round, vectorised clients",
+            p["naivemix_vectorised"]["img_per_s"],
+            f"accuracy {p['naivemix_vectorised']['accuracy']:.3f}",
+        ),
+        row(
+            "NaiveMix round, clients one by one",
+            p["naivemix_sequential"]["img_per_s"],
+            f"accuracy {p['naivemix_sequential']['accuracy']:.3f}",
+        ),
         row("plain PyTorch SGD loop, batch 10", p["plain_batch10"]),
         row("plain PyTorch SGD loop, batch 100", p["plain_batch100"]),
         f"| 2048² sgemm ceiling | - | {p['sgemm_gflops']:.1f} | |",
         "",
         f"Vectorised round vs the plain batch-10 loop: "
         f"{vec['img_per_s'] / p['plain_batch10']:.2f}×; vs clients one by one: "
-        f"{vec['img_per_s'] / seq['img_per_s']:.2f}×.",
+        f"{vec['img_per_s'] / seq['img_per_s']:.2f}×. NaiveMix vectorised vs one by one: "
+        f"{p['naivemix_vectorised']['img_per_s'] / p['naivemix_sequential']['img_per_s']:.2f}×.",
         "",
         f"One SGD step of {PER_ROUND} clients × batch {BATCH}: stacked channels-last "
         f"{p['step_ms']['stacked']:.0f} ms, vmap {p['step_ms']['vmap']:.0f} ms, one by one "

@@ -244,6 +244,10 @@ def test_stacked_cnn_gradients_are_vmaps(shape):
     [
         dict(),
         dict(model="cnn"),
+        dict(method="naivemix"),
+        dict(method="localmix", method_params={"lam": 0.2}),
+        dict(method="globalmix", model="cnn"),
+        dict(method="naivemix", fed=dict(algorithm="qffl")),
         dict(fed=dict(algorithm="fedprox", algorithm_params={"mu": 0.1})),
         dict(fed=dict(algorithm="qffl")),
         dict(method="randaugment"),
@@ -270,6 +274,9 @@ def test_methods_and_defenses_that_change_local_training_are_not_vectorised():
         assert not exp.vectorises(exp.make_parts()), overrides
     plain = Experiment(tiny_config())
     assert plain.vectorises(plain.make_parts())
+    for name in ("naivemix", "localmix", "globalmix"):  # mixup: CE on a mixed batch
+        exp = Experiment(tiny_config(method=name))
+        assert exp.vectorises(exp.make_parts()), name
     assert not Experiment(tiny_config(fed=dict(vectorise=False))).vectorises(plain.make_parts())
 
 
@@ -323,6 +330,9 @@ def test_perf_mnist_points_report_throughput_beside_their_ceilings(data_root):
     for key in ("plain_batch10", "plain_batch100", "sgemm_gflops"):
         assert points[key] > 0
     assert set(points["step_ms"]) == {"stacked", "vmap", "one_by_one"}
+    assert points["naivemix_vectorised"]["accuracy"] == pytest.approx(
+        points["naivemix_sequential"]["accuracy"], abs=0.01
+    )
     assert points["vectorised"]["eval_seconds"] > 0  # timed apart from training
     text = "\n".join(markdown(points))
     assert "plain PyTorch SGD loop, batch 10" in text and "GFLOP/s" in text

@@ -115,7 +115,7 @@ class ClientWork(Case):
         return (
             self.cfg.fed.vectorise
             and self.cfg.fed.plain_sgd
-            and parts.method.plain_loss
+            and (parts.method.plain_loss or parts.method.mixes_batches)
             and parts.training.is_plain
             and self._model_vectorises
         )
@@ -123,6 +123,20 @@ class ClientWork(Case):
     @functools.cached_property
     def _model_vectorises(self) -> bool:
         return can_vectorise(self.build_model())
+
+    @staticmethod
+    def _own_loss(method, state, private):
+        def loss(mdl, x, y):
+            return method.local_loss(mdl, x, y, received=state.received, generator=private)
+
+        return loss
+
+    @staticmethod
+    def _mixer(method, state, private):
+        def mix(x, y):
+            return method.mixed_batch(x, y, received=state.received, generator=private)
+
+        return mix
 
     def vectorised_updates(
         self, rnd, clients, global_state, parts: RunParts
@@ -137,15 +151,20 @@ class ClientWork(Case):
         model.load_state_dict(global_state)
 
         # The base loss reads neither the client's received messages nor its private
-        # generator: one function serves every client.
+        # generator: one function serves every client. A method that mixes batches
+        # trains on that loss too, after each client mixes its own batch.
         def loss_fn(mdl, x, y):
             return method.local_loss(mdl, x, y, received={})
 
-        datasets, generators, losses = [], [], []
+        datasets, generators, losses, mixers = [], [], [], []
         for state in clients:
-            losses.append(self.loss_at_global(model, state, loss_fn, algorithm))
+            private = self.private_generator(rnd, state.client_id)
+            own_loss = self._own_loss(method, state, private) if method.mixes_batches else loss_fn
+            losses.append(self.loss_at_global(model, state, own_loss, algorithm))
             generators.append(self.round_generator(rnd, state.client_id))
             datasets.append(client.training_data(rnd, state, state.x, state.y))
+            if method.mixes_batches:
+                mixers.append(self._mixer(method, state, private))
         new_states, steps = vectorised_local_train(
             model,
             global_state,
@@ -156,7 +175,8 @@ class ClientWork(Case):
             lr=fed.lr,
             generators=generators,
             algorithm=algorithm,
-            batch_mean_loss=True,  # plain_loss: the base cross-entropy
+            batch_mean_loss=True,  # the base cross-entropy
+            mixers=mixers or None,
         )
         return {
             state.client_id: LocalUpdate(

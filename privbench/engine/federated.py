@@ -238,6 +238,7 @@ def vectorised_local_train(
     generators: Sequence[torch.Generator],
     algorithm: Algorithm | None = None,
     batch_mean_loss: bool = False,
+    mixers: Sequence[Callable[[torch.Tensor, torch.Tensor], tuple]] | None = None,
 ) -> tuple[list[State], list[int]]:
     """:func:`local_train` for several clients from the same global weights, as one
     computation: each SGD step is a ``vmap`` over the clients' parameters, buffers and
@@ -251,6 +252,9 @@ def vectorised_local_train(
     ``batch_mean_loss``: it is a mean over the batch of per-sample terms that calls the
     model once on the batch (the base cross-entropy); a model that
     :mod:`privbench.nn.stacked` can stack then runs without ``vmap``, channels-last.
+    ``mixers``: per client, ``(x, y) -> (x', soft y')``, the batch it trains on (a method
+    that mixes batches, each client with its own private generator, called once per
+    step in order, as the one-by-one loop's loss would draw).
     Returns each client's new state and its number of steps.
     """
     k = len(datasets)
@@ -290,8 +294,14 @@ def vectorised_local_train(
                 groups.setdefault(len(sched[step]), []).append(c)
         for members in groups.values():
             idx = torch.tensor(members)
-            xb = torch.stack([datasets[c][0][schedules[c][step]] for c in members])
-            yb = torch.stack([datasets[c][1][schedules[c][step]] for c in members])
+            batches = [
+                (datasets[c][0][schedules[c][step]], datasets[c][1][schedules[c][step]])
+                for c in members
+            ]
+            if mixers is not None:
+                batches = [mixers[c](x, y) for c, (x, y) in zip(members, batches, strict=True)]
+            xb = torch.stack([x for x, _ in batches])
+            yb = torch.stack([y for _, y in batches])
             p = {n: v[idx] for n, v in params.items()}
             b = {n: v[idx] for n, v in buffers.items()}  # BN updates these in place
             if fast is not None:

@@ -246,6 +246,11 @@ class Augmenter(Configurable):
     # clients may train as one vectorised computation. Declared by the class; a subclass
     # that defines its own ``local_loss`` is False unless it says otherwise.
     plain_loss = True
+    # True: ``local_loss`` is the base cross-entropy on the batch ``mixed_batch`` returns
+    # (a per-batch input and soft-label mix, e.g. mixup), so clients may still vectorise:
+    # each client mixes its own batch with its own private generator, then they train as
+    # one computation.
+    mixes_batches = False
     Client: type[ClientRole] = ClientRole
     Server: type[ServerRole] = ServerRole
 
@@ -253,6 +258,8 @@ class Augmenter(Configurable):
         super().__init_subclass__(**kwargs)
         if "local_loss" in cls.__dict__ and "plain_loss" not in cls.__dict__:
             cls.plain_loss = False
+        if "local_loss" in cls.__dict__ and "mixes_batches" not in cls.__dict__:
+            cls.mixes_batches = False
 
     def client_role(self) -> ClientRole:
         """A fresh client side of this method (it holds the clients' private state)."""
@@ -280,6 +287,19 @@ class Augmenter(Configurable):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         return cross_entropy(model(x), y)
+
+    def mixed_batch(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        received: Mapping[str, Payload],
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a method that ``mixes_batches``: the inputs and soft labels (B, K) whose
+        base cross-entropy is ``local_loss`` of (x, y), drawing the same randomness from
+        ``generator`` in the same order."""
+        raise NotImplementedError(f"{self.name} does not mix batches")
 
     def attack_view(
         self, guess: str, generator: torch.Generator, candidate: int | None = None
