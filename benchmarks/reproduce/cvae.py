@@ -54,10 +54,8 @@ from _store import RowStore  # noqa: E402
 
 from privbench import FedConfig, RunConfig  # noqa: E402
 from privbench.augmenters.zsdg import train_on  # noqa: E402
-from privbench.engine.channel import Channel  # noqa: E402
 from privbench.engine.experiment import Experiment  # noqa: E402
 from privbench.engine.federated import predict  # noqa: E402
-from privbench.engine.method import ClientState  # noqa: E402
 from privbench.engine.seeding import torch_generator  # noqa: E402
 from privbench.errors import PrivbenchError  # noqa: E402
 from privbench.evaluation.metrics import macro_f1  # noqa: E402
@@ -136,17 +134,21 @@ def scores(exp: Experiment, model) -> dict:
     }
 
 
-def pretrained(cfg: RunConfig) -> tuple[Experiment, torch.nn.Module]:
-    """The server's classifier after cvae-finetune's phase before round 0: the federated
-    CVAE, the clients' label counts, central pre-training on synthetic samples."""
-    exp = Experiment(cfg)
-    model = exp.build_model()
-    parts = exp.make_parts(channel=Channel(exp.threat))
-    states = {
-        c.client_id: ClientState(c.client_id, *exp.client_data(c.client_id)) for c in exp.clients
-    }
-    exp._prepare(model, states, parts)
-    return exp, model
+def capture_pretrained(exp: Experiment) -> dict[str, torch.nn.Module]:
+    """Make ``exp.train()`` keep a copy of the server's classifier right after the
+    method's phase before round 0 (cvae-finetune: the federated CVAE, the clients' label
+    counts, central pre-training on synthetic samples), under ``"model"``. The run
+    trains its CVAE once for both the federated and the thesis' protocol, from the
+    run's own seeded initialisation."""
+    kept: dict[str, torch.nn.Module] = {}
+    prepare = exp._prepare
+
+    def keep(global_model, states, parts):
+        prepare(global_model, states, parts)
+        kept["model"] = copy.deepcopy(global_model)
+
+    exp._prepare = keep
+    return kept
 
 
 def fine_tuned_locally(exp: Experiment, model, epochs: int) -> dict[int, torch.nn.Module]:
@@ -189,17 +191,18 @@ def measure(
         cfg = config(beta, method, k, seed, **kw)
         base = {"dataset": dataset, "beta": beta, "seed": seed, "method": method, "k": k}
         exp = Experiment(cfg)
+        kept = capture_pretrained(exp) if method == "cvae-finetune" else {}
         try:
             exp.train()
             row = {**base, "variant": variant, **scores(exp, exp.global_model)}
         except PrivbenchError as err:  # e.g. diverged: recorded, shown in the table
             row = {**base, "variant": variant, "error": str(err)}
         store.add(row)
-        if method == "cvae-finetune":
-            pexp, model = pretrained(cfg)
-            store.add({**base, "variant": "pre-trained", **scores(pexp, model)})
-            own = fine_tuned_locally(pexp, model, epochs=rounds * cfg.fed.local_epochs)
-            local = {"local_f1": local_f1(pexp, own.__getitem__)}
+        if "model" in kept:
+            model = kept["model"]
+            store.add({**base, "variant": "pre-trained", **scores(exp, model)})
+            own = fine_tuned_locally(exp, model, epochs=rounds * cfg.fed.local_epochs)
+            local = {"local_f1": local_f1(exp, own.__getitem__)}
             store.add({**base, "variant": "local fine-tune", **local})
         got = f"local macro-F1 {row['local_f1']:.3f}" if "error" not in row else row["error"]
         print(f"  β {beta} {variant} seed {seed}: {got}", flush=True)
