@@ -83,7 +83,9 @@ def step_ms(clients: int = PER_ROUND, batch: int = BATCH, repeats: int = 10) -> 
         return F.cross_entropy(m(xs), ys)
 
     forward = stacked_forward(model)
-    per_client = vmap(grad(lambda p, xs, ys: F.cross_entropy(functional_call(model, p, (xs,)), ys)))
+    per_client = vmap(
+        grad(lambda p, xs, ys: loss_fn(lambda t: functional_call(model, p, (t,)), xs, ys))
+    )
 
     def one_by_one():
         for c in range(clients):

@@ -35,7 +35,7 @@ def class_images(
     return images.round().astype(np.uint8), labels
 
 
-def _idx(path: Path, array: np.ndarray) -> None:
+def write_idx(path, array: np.ndarray) -> None:
     """MNIST's IDX format: big-endian magic and sizes, then the uint8 data."""
     magic = {1: 0x0801, 3: 0x0803}[array.ndim]
     with open(path, "wb") as fh:
@@ -51,8 +51,8 @@ def write_emnist(root: Path, *, n_train=940, n_test=470, classes=47) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     x, y = class_images(n_train + n_test, classes, (28, 28), seed=1)
     for prefix, sl in (("train", slice(0, n_train)), ("test", slice(n_train, None))):
-        _idx(raw / f"emnist-balanced-{prefix}-images-idx3-ubyte", x[sl])
-        _idx(raw / f"emnist-balanced-{prefix}-labels-idx1-ubyte", y[sl])
+        write_idx(raw / f"emnist-balanced-{prefix}-images-idx3-ubyte", x[sl])
+        write_idx(raw / f"emnist-balanced-{prefix}-labels-idx1-ubyte", y[sl])
 
 
 def write_cifar(root: Path, name: str, *, per_batch=200, n_test=400) -> None:

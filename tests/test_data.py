@@ -2,7 +2,6 @@
 
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 from privbench.data import PHOTO_NAMES, load_dataset
 from privbench.errors import DatasetNotFoundError, ParameterError
+from tests.standins import write_idx
 
 
 def test_digits_is_real_and_in_range():
@@ -54,24 +54,14 @@ def test_bad_dataset_params():
         load_dataset("digits", {"image_size": 2})
 
 
-def _idx(path, array: np.ndarray):
-    """Write ``array`` in the IDX format of MNIST (big-endian header, then uint8 data)."""
-    magic = {1: 0x0801, 3: 0x0803}[array.ndim]
-    with open(path, "wb") as fh:
-        fh.write(struct.pack(">I", magic))
-        for n in array.shape:
-            fh.write(struct.pack(">I", n))
-        fh.write(array.astype(np.uint8).tobytes())
-
-
 def _write_mnist_like(raw, prefix_train, prefix_test, n=20, classes=10):
     os.makedirs(raw, exist_ok=True)
     rng = np.random.default_rng(0)
     for prefix, count in ((prefix_train, n), (prefix_test, n // 2)):
-        _idx(
+        write_idx(
             os.path.join(raw, f"{prefix}-images-idx3-ubyte"), rng.integers(0, 256, (count, 28, 28))
         )
-        _idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), np.arange(count) % classes)
+        write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), np.arange(count) % classes)
 
 
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")])

@@ -22,19 +22,23 @@ a rerun skips what is there):
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from _common import parse, parser
 
-from privbench.augmenters.base import per_sample_cross_entropy
-from privbench.augmenters.fedmix import FedMix, NaiveMix
-from privbench.data.datasets import load_dataset
-from privbench.data.partition import partition
-from privbench.models import cnn
-from privbench.tuning import default_lr
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ (run as a file)
+
+from _store import RowStore  # noqa: E402
+
+from privbench.augmenters.base import per_sample_cross_entropy  # noqa: E402
+from privbench.augmenters.fedmix import FedMix, NaiveMix  # noqa: E402
+from privbench.data.datasets import load_dataset  # noqa: E402
+from privbench.data.partition import partition  # noqa: E402
+from privbench.models import cnn  # noqa: E402
+from privbench.tuning import default_lr  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "fedmix_taylor.jsonl"
 LAMBDAS = (0.05, 0.1, 0.2)
@@ -112,6 +116,10 @@ def run(lam: float, seed: int, *, train_size: int, epochs: int, dataset: str = "
     }
 
 
+def key(row: dict) -> tuple:
+    return (row.get("dataset", "mnist"), row["lam"], row["seed"])  # early rows: MNIST
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| λ | seed | epoch | FedMix surrogate | its Taylor term | ‖∂ℓ/∂x‖ "
@@ -156,21 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
     ap.add_argument("--dataset", default="mnist", choices=("mnist", "fashionmnist", "digits"))
     args = parse(ap, argv)
-    out = Path(args.out)
-    rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    store = RowStore(Path(args.out), key)
     for seed in range(args.seeds):
         for lam in args.lambdas:
-            done = ((r.get("dataset", "mnist"), r["lam"], r["seed"]) for r in rows)
-            if (args.dataset, lam, seed) in set(done):
+            if (args.dataset, lam, seed) in store:
                 continue
-            rows.append(
-                run(lam, seed, train_size=args.train_size, epochs=args.epochs, dataset=args.dataset)
-            )
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            tmp.replace(out)  # atomic: a killed run keeps every finished row
-            print(f"  λ {lam:g} seed {seed}: {rows[-1]['history'][-1]}", flush=True)
+            kw = {"train_size": args.train_size, "epochs": args.epochs, "dataset": args.dataset}
+            row = store.add(run(lam, seed, **kw))
+            print(f"  λ {lam:g} seed {seed}: {row['history'][-1]}", flush=True)
+    rows = list(store)
     print(table(rows))
     print("\n".join(verdicts(rows)))
 

@@ -62,10 +62,7 @@ class ClientWork(Case):
         model.load_state_dict(global_state)
         gen = self.round_generator(rnd, state.client_id)
         private = self.private_generator(rnd, state.client_id)  # the method's randomness
-
-        def loss_fn(mdl, x, y):
-            return method.local_loss(mdl, x, y, received=state.received, generator=private)
-
+        loss_fn = self._own_loss(method, state, private)
         loss_at_global = self.loss_at_global(model, state, loss_fn, algorithm)
         victim = None
         if is_victim:
@@ -126,6 +123,9 @@ class ClientWork(Case):
 
     @staticmethod
     def _own_loss(method, state, private):
+        """The client's local loss: its method's, with what it received and its private
+        generator."""
+
         def loss(mdl, x, y):
             return method.local_loss(mdl, x, y, received=state.received, generator=private)
 
