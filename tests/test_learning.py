@@ -2,10 +2,11 @@
 
 A first run on any dataset must train: the default learning rate comes from the tuning
 (or its documented fallback), the loader hands the model sensible inputs, and the model
-fits the shape. Each pair runs the CLI's FedAvg training on 2 IID clients and must beat
-the majority-class rate of its test set by a clear margin. MNIST and Fashion-MNIST are
-the real files (``PRIVBENCH_DATA_ROOT``); CIFAR-10/100, EMNIST and an image folder are
-learnable stand-ins written in their real formats (``tests/standins.py``).
+fits the shape. Each pair runs the CLI's FedAvg training on 2 IID clients (digits on
+the 10 Dirichlet clients it was tuned on) and must beat the majority-class rate of its
+test set by a clear margin. MNIST and Fashion-MNIST are the real files
+(``PRIVBENCH_DATA_ROOT``); CIFAR-10/100, EMNIST and an image folder are learnable
+stand-ins written in their real formats (``tests/standins.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ DATASETS = registries()["dataset"].names()
 MODELS = registries()["model"].names()
 ON_DISK = {"mnist", "fashionmnist"}  # the real files
 STANDINS = {"cifar10", "cifar100", "emnist", "imagefolder"}
+# 2 IID clients (the stand-ins hold 10-20 images a class, faces 160 images in all), except
+# digits, which runs on the setup it was tuned on, the CLI's 10 Dirichlet clients: its
+# tuned 0.3 diverges on 2 IID clients (144 local steps a round, not 14) for 1 seed in 4.
+# Measured 2026-11-29, each pair on its tuning setup instead: faces/cnn (4 IID clients)
+# and mnist/lenet-sigmoid (3,000 images, 10 Dirichlet clients, 3 rounds) stay at chance.
+SETUP = {"digits": (10, "dirichlet")}
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +71,16 @@ def test_every_dataset_is_covered():
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_a_first_run_learns_above_chance(dataset, model, standin_root, monkeypatch):
     root, params = _setup(dataset, standin_root, monkeypatch)
+    clients, partition = SETUP.get(dataset, (2, "iid"))
     cfg = RunConfig(
         dataset=dataset,
         dataset_params=params,
-        partition="iid",
+        partition=partition,
         model=model,
         data_root=root,
-        # The CLI's local training (2 epochs, batch 10) and rounds, on 2 IID clients;
-        # 3 rounds on 3,000 real images.
-        fed=FedConfig(clients=2, rounds=3 if dataset in ON_DISK else 10, eval_every=0),
+        # The CLI's local training (2 epochs, batch 10) and rounds; 3 rounds on 3,000 real
+        # images.
+        fed=FedConfig(clients=clients, rounds=3 if dataset in ON_DISK else 10, eval_every=0),
     )
     (row,) = privbench.run(cfg)
     assert row.status == "ok", row.error
