@@ -67,6 +67,7 @@ def run(
     model=None,
     data=None,
     out: str | ResultStore | None = None,
+    checkpoint_every: float | None = 300.0,
 ) -> Results:
     """Run one experiment; return one :class:`Result` per attack (appended to ``out``, a
     result folder or a :class:`ResultStore`).
@@ -76,7 +77,10 @@ def run(
     the rows). ``data``: your own data, anything :func:`as_bundle` takes, instead of
     ``config.dataset``. ``params``: plugin parameters under their plugin's name,
     ``{"fedmix": {"lam": 0.1}, "dlg": {"iters": 50}}`` (see
-    :meth:`RunConfig.with_params`). The CLI runs exactly this function.
+    :meth:`RunConfig.with_params`). ``checkpoint_every``: with ``out``, the round loop
+    saves its state there every so many seconds (None: never) and rerunning the same
+    config resumes from it, giving the row an uninterrupted run gives. The CLI runs
+    exactly this function.
     """
     from privbench.pipeline import run as _run
     from privbench.validation import require_config
@@ -87,7 +91,7 @@ def run(
     config = config or RunConfig()
     if params:
         config = config.with_params(params)
-    return _run(config, store=store, model=model, data=data)
+    return _run(config, store=store, model=model, data=data, checkpoint_every=checkpoint_every)
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from privbench.adversary import WORST_CASE
 from privbench.config import RunConfig
+from privbench.engine.checkpoint import DEFAULT_EVERY_S, RoundCheckpoint
 from privbench.engine.experiment import Experiment
 from privbench.engine.outcome import TrainingOutcome
 from privbench.errors import PrivbenchError
@@ -52,22 +53,40 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def run(config: RunConfig, *, store: ResultStore | None = None, model=None, data=None) -> Results:
+def run(
+    config: RunConfig,
+    *,
+    store: ResultStore | None = None,
+    model=None,
+    data=None,
+    checkpoint_every: float | None = DEFAULT_EVERY_S,
+) -> Results:
     """Train once, run every configured attack, return (and store) one row per attack.
 
     Configuration errors raise before anything runs. A failure during training or an
-    attack becomes a row with ``status="error"`` and the message, never silence.
+    attack becomes a row with ``status="error"`` and the message, never silence. With a
+    store, the round loop saves a checkpoint every ``checkpoint_every`` seconds (None:
+    never) and a rerun resumes from it (:mod:`privbench.engine.checkpoint`); a run on
+    your own model or data does not (the config hash does not identify them).
     """
     t0 = time.perf_counter()
     exp = Experiment(config, model=model, data=data)  # raises PrivbenchError on bad input
     cfg = exp.cfg
+    if store is not None and checkpoint_every is not None and model is None and data is None:
+        exp.checkpoint = RoundCheckpoint.in_store(
+            store.directory, cfg.hash(), every=checkpoint_every
+        )
     names = cfg.attack.names or ("none",)
     rows = Results(base_row(cfg, n) for n in names)
     try:
         outcome = exp.train()
     except Exception as err:  # a failed trial is a row, not silence
-        return fail_rows(rows, err, store, t0)
-    return finish_rows(exp, outcome, rows, store, t0)
+        rows = fail_rows(rows, err, store, t0)
+    else:
+        rows = finish_rows(exp, outcome, rows, store, t0)
+    if exp.checkpoint is not None:  # the rows are stored: the run is over
+        exp.checkpoint.remove()
+    return rows
 
 
 def fail_rows(rows: Results, err: Exception, store: ResultStore | None, t0: float) -> Results:

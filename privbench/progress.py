@@ -14,8 +14,14 @@ def set_enabled(flag: bool) -> None:
     _ENABLED = bool(flag)
 
 
-def bar(total: int, desc: str, *, leave: bool = False):
+def bar(total: int, desc: str, *, leave: bool = False, initial: int = 0):
     disable = (not _ENABLED) or (not sys.stderr.isatty())
     return tqdm(
-        total=total, desc=desc, leave=leave, disable=disable, file=sys.stderr, dynamic_ncols=True
+        total=total,
+        desc=desc,
+        leave=leave,
+        disable=disable,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        initial=initial,
     )

@@ -233,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         store = None if args.no_save else ResultStore(args.out)
         # The CLI is a thin layer over the Python API: the same function, the same rows.
-        rows = [r.to_dict() for r in privbench.run(config, out=store)]
+        rows = [
+            r.to_dict()
+            for r in privbench.run(config, out=store, checkpoint_every=args.checkpoint_every)
+        ]
     except (UsageError, PrivbenchError) as err:
         if show_traceback:
             import traceback

@@ -47,6 +47,12 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_args(expand_namespaced(args), namespace)
 
 
+CKPT = (
+    "save the run's state in OUT/checkpoints every S seconds (0: every round); the same "
+    "command resumes from it (default: 300)"
+)
+
+
 def plugin_flags() -> dict[str, tuple[str, Any]]:
     """flag dest -> (kind, Param) for every plugin parameter; a name is one flag."""
     flags: dict[str, tuple[str, Any]] = {}
@@ -148,17 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a = run.add_argument_group("what is attacked")
     a.add_argument("--attack-round", type=int, default=d.attack.round)
+    a.add_argument("--victims", type=int, default=d.attack.victims, help="attacked: clients 0..N-1")
     a.add_argument(
-        "--victims",
-        type=int,
-        default=d.attack.victims,
-        help="number of attacked clients (clients 0..N-1)",
-    )
-    a.add_argument(
-        "--attack-batch",
-        type=int,
-        default=d.attack.batch,
-        help="images in each victim's attacked step",
+        "--attack-batch", type=int, default=d.attack.batch, help="images per victim step"
     )
     a.add_argument(
         "--victim-steps",
@@ -176,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--download", action="store_true", help="download torchvision data")
     o.add_argument("--out", default="privbench-results", help="result folder")
     o.add_argument("--no-save", action="store_true", help="do not write results")
+    o.add_argument("--checkpoint-every", type=float, default=300.0, metavar="S", help=CKPT)
     o.add_argument("--json", action="store_true", help="print rows as a JSON list only")
     o.add_argument("--no-progress", action="store_true")
     p = run.add_argument_group(

@@ -167,13 +167,17 @@ def _freeze(payload: Payload) -> Payload:
     return MappingProxyType({k: v.detach().clone() for k, v in payload.items()})
 
 
+def _up_down() -> dict[str, int]:
+    return {"up": 0, "down": 0}
+
+
 class Channel:
     """Counts bytes by kind and direction and records what the threat model sees."""
 
     def __init__(self, threat: ThreatModel):
         self.threat = threat
-        self.bytes: dict[str, dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})
-        self.bytes_per_round: dict[int, dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})
+        self.bytes: dict[str, dict[str, int]] = defaultdict(_up_down)
+        self.bytes_per_round: dict[int, dict[str, int]] = defaultdict(_up_down)
         self.observations: list[Observation] = []
         self.messages = 0
 

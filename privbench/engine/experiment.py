@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from privbench.engine.channel import SERVER, Channel, PublicContext
+from privbench.engine.checkpoint import RoundCheckpoint
 from privbench.engine.client import ClientWork
 from privbench.engine.federated import check_finite_state, clone_state
 from privbench.engine.method import PREPARE_ROUND, ClientState, Reply, run_prepare_phase
@@ -23,7 +24,12 @@ from privbench.progress import bar
 
 class Experiment(ClientWork):
     """One resolved configuration, ready to train (:meth:`train`); the evaluation attacks
-    and scores the outcome (:func:`privbench.evaluation.attacking.attack_victims`)."""
+    and scores the outcome (:func:`privbench.evaluation.attacking.attack_victims`).
+
+    ``checkpoint``: where the round loop saves its state between rounds and resumes
+    from (:mod:`privbench.engine.checkpoint`); None, the default, saves nothing."""
+
+    checkpoint: RoundCheckpoint | None = None
 
     def train(self) -> TrainingOutcome:
         cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
@@ -40,12 +46,27 @@ class Experiment(ClientWork):
         }
         victim_ids = self.victim_ids()
         victims: dict[int, Victim] = {}
-        self._prepare(global_model, states, parts)
         self._training_sets: dict[int, tuple[int, int]] = {}  # cid -> (real, synthetic)
         rng = np.random.default_rng([cfg.seed, 3])
         history: list[dict[str, float]] = []
-        with bar(fed.rounds, "rounds") as pbar:
-            for rnd in range(fed.rounds):
+        start, u = 0, None
+        saved = self.checkpoint.load(self) if self.checkpoint is not None else None
+        if saved is None:
+            self._prepare(global_model, states, parts)
+        else:  # the prepare phase and rounds < start happened before the checkpoint
+            global_model.load_state_dict(saved["model"])
+            parts, states, victims = saved["parts"], saved["states"], saved["victims"]
+            self.parts = parts
+            client, server, channel = parts.client, parts.server, parts.channel
+            algorithm, defenses = parts.algorithm, parts.defenses
+            self._training_sets, rng, history = (
+                saved["training_sets"],
+                saved["rng"],
+                saved["history"],
+            )
+            start, u, t0 = saved["next_round"], saved["utility"], t0 - saved["seconds"]
+        with bar(fed.rounds, "rounds", initial=start) as pbar:
+            for rnd in range(start, fed.rounds):
                 sampled = self.sample_clients(rng, rnd)
                 global_state = clone_state(global_model)
                 # 1. Shared artifacts (client -> server), before local training.
@@ -94,6 +115,22 @@ class Experiment(ClientWork):
                 if self.evaluates_after(rnd + 1):
                     u = self.evaluate(global_model)
                     history.append(self.history_entry(rnd + 1, u, channel))
+                if self.checkpoint is not None and rnd + 1 < fed.rounds and self.checkpoint.due():
+                    self.checkpoint.save(
+                        self,
+                        {
+                            "next_round": rnd + 1,
+                            "model": global_model.state_dict(),
+                            "parts": parts,
+                            "states": states,
+                            "victims": victims,
+                            "training_sets": self._training_sets,
+                            "rng": rng,
+                            "history": history,
+                            "utility": u,
+                            "seconds": time.perf_counter() - t0,
+                        },
+                    )
                 pbar.update(1)
         self.global_model = global_model
         return TrainingOutcome.finish(

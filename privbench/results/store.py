@@ -301,8 +301,10 @@ class ResultStore:
             return []
         rows: list[dict[str, Any]] = []
         skipped: list[str] = []
-        with open(self.path, encoding="utf-8", errors="replace") as fh:
-            lines = fh.readlines()
+        # Rows end with "\n" only (JSON Lines): a "\r" inside a line is part of it.
+        with open(self.path, encoding="utf-8", errors="replace", newline="") as fh:
+            lines = [line + "\n" for line in fh.read().split("\n")]
+        lines[-1] = lines[-1][:-1]  # the text after the last "\n": "" or a torn row
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
                 continue

@@ -156,7 +156,14 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
                 problems.append(
                     f"'{key}': {plugins[plugin]} '{plugin}' has no parameter '{param}'."
                 )
-        elif _key(key) not in known or key in ("help", "json", "no_save", "out", "set"):
+        elif _key(key) not in known or key in (
+            "help",
+            "json",
+            "no_save",
+            "out",
+            "set",
+            "checkpoint_every",
+        ):
             problems.append(f"'{key}' is not an option of `privbench run`.")
     if problems:
         return [], problems
