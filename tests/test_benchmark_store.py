@@ -102,6 +102,17 @@ def test_the_dp_reproduction_searches_on_validation_then_tests_the_best(tmp_path
     final = [r for r in store.read() if r["dataset"] == "digits"]
     assert len(final) == 2 and all(r["epsilon_record"] <= 8.0 + 1e-6 for r in final)
     assert "| record | target ε 8 |" in repro.table(store.read())
+    # Where the accuracy goes at ε 8: no DP, clipping alone, 10 clients, one client.
+    repro.measure(repro.why_points(searched, 1, "digits", **kw), store, None)
+    why = repro.why_table(store.read()).splitlines()[2:]
+    assert [line.split(" | ")[0] for line in why] == [
+        "| no DP (FedAvg at its tuned lr), 10 clients",
+        "| clipping only (σ 0), 10 clients",
+        "| DP-SGD ε 8, 10 clients",
+        "| DP-SGD ε 8, 1 client",
+    ]
+    assert "| record | target ε 8 | C 1, lr" in repro.page(store.read())
+    assert len(repro.table(store.read()).splitlines()) == 3  # the ablation stays out of it
 
 
 def _reproduction(name: str):

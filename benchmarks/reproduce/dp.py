@@ -22,6 +22,7 @@ Every run is a privbench row in ``benchmarks/results/reproduce/dp/`` (resumable)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import product
 from pathlib import Path
 
@@ -34,7 +35,13 @@ from privbench.results.report import mean_std as ms
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "dp"
 EPSILONS = (1.0, 3.0, 8.0)
-RECORD_GRID = {"max_grad_norm": (0.1, 1.0), "lr": (0.05, 0.2, 0.5), "batch_size": (32, 128)}
+# Clipped steps are at most lr * C long: the grid reaches lr 2 (clipping alone at C 1 and
+# lr 0.5 ends at 0.67 on MNIST after 5 rounds, at lr 2 at 0.91).
+RECORD_GRID = {
+    "max_grad_norm": (0.1, 1.0),
+    "lr": (0.05, 0.2, 0.5, 2.0),
+    "batch_size": (32, 128),
+}
 CLIENT_Z = (0.3, 0.5, 1.0)
 CLIENT_CLIP = (0.05, 0.2, 1.0)
 
@@ -57,7 +64,7 @@ def _config(
 
 
 def record_config(
-    eps: float,
+    eps: float | None,
     clip: float,
     lr: float,
     batch: int,
@@ -66,10 +73,16 @@ def record_config(
     data: str,
     rounds: int,
     train_size: int,
+    clients: int = 10,
 ) -> RunConfig:
-    params = {"target_epsilon": eps, "max_grad_norm": clip}
+    """DP-SGD at target ``eps`` (None: clipping alone, no noise) on ``clients`` IID
+    clients, each accounting for its own records."""
+    if eps is None:
+        params = {"noise_multiplier": 0.0, "max_grad_norm": clip}
+    else:
+        params = {"target_epsilon": eps, "max_grad_norm": clip}
     fed = FedConfig(
-        clients=10, rounds=rounds, local_epochs=1, batch_size=batch, lr=lr, eval_every=0
+        clients=clients, rounds=rounds, local_epochs=1, batch_size=batch, lr=lr, eval_every=0
     )
     return _config(data, train_size, "dp-sgd", params, seed, fed)
 
@@ -104,6 +117,8 @@ def search(level: str, dataset: str = "mnist", **kw) -> list[tuple[tuple, RunCon
 
 def _knobs(row: dict) -> tuple:
     c = row["config"]
+    if not c["defenses"]:
+        return ("none",)
     if "dp-sgd" in c["defense_params"]:
         d = c["defense_params"]["dp-sgd"]
         return (
@@ -144,14 +159,30 @@ def finals(
     return out
 
 
+def _test_run(r: dict) -> bool:
+    return r["status"] == "ok" and not r["dataset"].endswith(":validation")
+
+
+def _final(r: dict) -> bool:
+    """A test-set run of the main protocol: the 10 DP-SGD clients at a target ε, or
+    client-level DP (not the search, not the ablation)."""
+    k = _knobs(r)
+    if not _test_run(r) or k[0] == "none":
+        return False
+    return k[0] == "client" or (k[1] is not None and r["clients"] == 10)
+
+
 def table(rows: list[dict]) -> str:
+    """Test accuracy of the validation-best knobs per budget (finals of knobs that a
+    wider search has since displaced are not shown)."""
     lines = [
         "| level | budget | knobs (validation-best) | runs | test accuracy | ε (Opacus) |",
         "|---|---|---|---|---|---|",
     ]
+    chosen = {(level, b) + k for (level, b), k in best(rows).items()}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["status"] == "ok" and not r["dataset"].endswith(":validation"):
+        if _final(r) and _knobs(r) in chosen:
             groups.setdefault(_knobs(r), []).append(r)
     for k, rs in sorted(groups.items()):
         level = k[0]
@@ -176,11 +207,10 @@ def verdicts(rows: list[dict]) -> list[str]:
     budget at or above it, partly within 15, does not hold beyond."""
     out = []
     groups: dict[float, list[dict]] = {}
+    chosen = {(level, b) + k for (level, b), k in best(rows).items()}
     for r in rows:
-        if r["status"] == "ok" and not r["dataset"].endswith(":validation"):
-            k = _knobs(r)
-            if k[0] == "record":
-                groups.setdefault(k[1], []).append(r)
+        if _final(r) and _knobs(r) in chosen and _knobs(r)[0] == "record":
+            groups.setdefault(_knobs(r)[1], []).append(r)
     for eps, rs in sorted(groups.items()):
         acc = float(np.mean([r["accuracy"] for r in rs]))
         ref = next((ABADI[e] for e in sorted(ABADI) if e >= eps), None)
@@ -192,6 +222,123 @@ def verdicts(rows: list[dict]) -> list[str]:
             f"- record level, target ε {eps:g}: test accuracy {acc:.3f} over {len(rs)} runs "
             f"vs {ref:.2f} published at ε ≤ {min(e for e in ABADI if e >= eps):g}: **{verdict}**"
         )
+    return out
+
+
+WHY_EPS = 8.0
+
+
+def why_points(rows: list[dict], seeds: int, dataset: str = "mnist", **kw):
+    """Where the accuracy goes at ε 8, with the validation-best knobs (C, lr, B): no DP
+    (FedAvg at its tuned learning rate), clipping alone, DP-SGD on the 10 clients (the
+    finals), and DP-SGD on one client holding every record (one accountant over all of
+    them: the centralised setting of the published numbers, at this data size)."""
+    knobs = best(rows).get(("record", WHY_EPS))
+    if knobs is None:
+        return []
+    clip, lr, batch = knobs
+    out = []
+    for seed in range(seeds):
+        base = record_config(WHY_EPS, clip, lr, batch, seed, data=dataset, **kw)
+        out += [
+            (
+                ("no DP", seed),
+                replace(base, defenses=(), defense_params={}, fed=replace(base.fed, lr=None)),
+            ),
+            (
+                ("clipping only", seed),
+                record_config(None, clip, lr, batch, seed, data=dataset, **kw),
+            ),
+            (
+                ("one client", seed),
+                record_config(WHY_EPS, clip, lr, batch, seed, data=dataset, clients=1, **kw),
+            ),
+        ]
+    return out
+
+
+def _why_label(r: dict, knobs: tuple) -> str | None:
+    """The ablation line a test run belongs to, for the ε-8 knobs ``knobs`` (C, lr, B)."""
+    k = _knobs(r)
+    if not _test_run(r) or r["config"]["fed"]["batch_size"] != knobs[2]:
+        return None
+    if k[0] == "none" and r["clients"] == 10:
+        return "no DP (FedAvg at its tuned lr), 10 clients"
+    if k[0] != "record" or k[2:] != knobs:
+        return None
+    if k[1] is None:
+        return "clipping only (σ 0), 10 clients"
+    if k[1] == WHY_EPS:
+        return f"DP-SGD ε {WHY_EPS:g}, {r['clients']} client{'s' if r['clients'] > 1 else ''}"
+    return None
+
+
+def why_table(rows: list[dict]) -> str:
+    """The ablation: test accuracy, each client's records (its accountant's population)
+    and the noise multiplier Opacus chose for that schedule."""
+    knobs = best(rows).get(("record", WHY_EPS))
+    if knobs is None:
+        return ""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if label := _why_label(r, knobs):
+            groups.setdefault(label, []).append(r)
+    if len(groups) < 2:
+        return ""
+    lines = [
+        f"| at ε {WHY_EPS:g} (C {knobs[0]:g}, lr {knobs[1]:g}, batch {knobs[2]}) | runs "
+        "| records per client | σ (Opacus) | test accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    order = ("no DP", "clipping", "DP-SGD ε 8, 10", "DP-SGD ε 8, 1 ")
+    rank = {
+        label: next((i for i, o in enumerate(order) if label.startswith(o)), 9) for label in groups
+    }
+    for label in sorted(groups, key=lambda s: (rank[s], s)):
+        rs = groups[label]
+        per_client = rs[0]["config"]["dataset_params"].get("train_size", 0) // rs[0]["clients"]
+        spent = rs[0]["accountant"] or ""
+        sigma = spent.split("sigma=")[-1].rstrip(")") if "sigma=" in spent else "-"
+        lines.append(
+            f"| {label} | {len(rs)} | {per_client:,} | {sigma} | {ms(r['accuracy'] for r in rs)} |"
+        )
+    return "\n".join(lines)
+
+
+def client_noise(rows: list[dict]) -> str:
+    """Client level: the central noise against the signal it hides. The server adds
+    N(0, (z C)^2) per coordinate to the sum of about qN clipped updates (norm <= C each)
+    and divides by qN; over d parameters the noise's norm is z C sqrt(d) / (qN), the
+    mean update's at most C."""
+    from privbench import registries
+
+    zs = sorted(
+        {
+            r["config"]["defense_params"]["client-dp"]["noise_multiplier"]
+            for r in rows
+            if _final(r) and _knobs(r)[0] == "client"
+        }
+    )
+    if not zs:
+        return ""
+    model = registries()["model"].entry("cnn").factory((1, 28, 28), 10)
+    d = sum(p.numel() for p in model.parameters())
+    r0 = next(r for r in rows if _final(r) and _knobs(r)[0] == "client")
+    per_round = r0["clients"] * r0["config"]["fed"]["fraction"]
+    lines = [
+        f"| z | noise norm / largest mean-update norm (d = {d:,}, {per_round:g} clients a round) |",
+        "|---|---|",
+    ]
+    lines += [f"| {z:g} | {z * d**0.5 / per_round:.0f} |" for z in zs]
+    return "\n".join(lines)
+
+
+def page(rows: list[dict]) -> str:
+    out = table(rows)
+    if why := why_table(rows):
+        out += f"\n\nWhere the record-level accuracy goes:\n\n{why}"
+    if noise := client_noise(rows):
+        out += f"\n\nClient level, the central noise against the signal:\n\n{noise}"
     return out
 
 
@@ -209,7 +356,9 @@ def main(argv: list[str] | None = None) -> None:
         measure(search(level, **kw), store, validation)
         rows = [r for r in store.read() if _knobs(r)[0] == level]
         measure(finals(rows, args.seeds, **kw), store, None)
-    print(table(store.read()))
+        if level == "record":
+            measure(why_points(rows, args.seeds, **kw), store, None)
+    print(page(store.read()))
     searched = sum(r["dataset"].endswith(":validation") for r in store.read())
     print(f"validation search: {searched} runs")
 
