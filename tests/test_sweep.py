@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from privbench.errors import PrivbenchError
+from privbench.errors import ParameterError, PrivbenchError
 from privbench.results import ResultStore
 from privbench.results.sweep import expand, pending, run_sweep
 
@@ -272,3 +272,15 @@ def test_sweep_workers_die_with_their_sweep(tmp_path, sig):
         os.kill(w, signal.SIGKILL)  # do not leave them running after a failure
     assert alive == [], "workers outlived their sweep"
     assert not ResultStore(out).read()  # and no late row
+
+
+def test_threads_per_point_default_to_the_cores_shared_by_the_workers(tmp_path, monkeypatch):
+    from privbench.results import sweep
+
+    seen = []
+    monkeypatch.setattr(sweep, "_run_local", lambda todo, **kw: seen.append(kw["threads"]) or 0)
+    run_sweep(GRID, out=str(tmp_path), workers=2)
+    run_sweep(GRID, out=str(tmp_path), workers=2, threads=1)
+    assert seen == [max(1, (os.cpu_count() or 1) // 2), 1]
+    with pytest.raises(ParameterError, match="The 'threads' parameter must be >= 1. Got 0"):
+        run_sweep(GRID, out=str(tmp_path), threads=0)

@@ -38,7 +38,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{p.index:4d} {state} {p.config_hash} privbench {' '.join(p.argv)}")
         return 0
     summary = sweep.run_sweep(
-        grid, out=args.out, backend=args.backend, workers=args.workers, address=args.address
+        grid,
+        out=args.out,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        threads=args.threads,
     )
     print(
         f"{summary.points} points: {summary.skipped} already done, {summary.ran} run, "

@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("grid", help="TOML file with [sweep] (shared options) and [grid] (lists)")
     sw.add_argument("--backend", choices=("local", "ray"), default="local")
     sw.add_argument("--workers", type=int, default=1, help="points run at once")
+    sw.add_argument("--threads", type=int, help="torch threads per point (default: cores/workers)")
     sw.add_argument("--address", default=None, help="Ray cluster address (ray backend)")
     sw.add_argument("--out", default="privbench-results", help="result folder")
     sw.add_argument("--dry-run", action="store_true", help="validate and list the points only")

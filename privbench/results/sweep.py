@@ -280,18 +280,22 @@ def run_sweep(
     workers: int = 1,
     address: str | None = None,
     on_done: Callable[[Point, list[str]], None] | None = None,
+    threads: int | None = None,
 ) -> SweepSummary:
     if backend not in ("local", "ray"):
         raise ParameterError(f"The 'backend' parameter must be local or ray. Got {backend!r}.")
     if workers < 1:
         raise ParameterError(f"The 'workers' parameter must be >= 1. Got {workers} instead.")
+    if threads is not None and threads < 1:
+        raise ParameterError(f"The 'threads' parameter must be >= 1. Got {threads} instead.")
     points, problems = expand(grid)
     if problems:
         raise PrivbenchError(
             f"invalid grid ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
         )
     todo = pending(points, out)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    if threads is None:  # the machine's cores shared among the workers
+        threads = max(1, (os.cpu_count() or 1) // workers)
     runner = _run_local if backend == "local" else _run_ray
     failed = runner(
         todo, out=out, workers=workers, threads=threads, address=address, on_done=on_done
