@@ -287,6 +287,16 @@ class NaiveMix(MeanAugmented):
 class FedMix(MeanAugmented):
     name = "fedmix"
     per_sample_grads = "microbatch"  # eq. 5 differentiates through the inputs
+    draws_per_step = True  # one X_g entry per batch; eq. 5 is a mean of per-record terms
+
+    def step_draw(self, received, generator):
+        if "averaged_data" not in received:
+            return None
+        xbar, ybar = self.pick(received, generator)
+        return {"xbar": xbar, "ybar": ybar}
+
+    def drawn_loss(self, model, x, y, *, xbar, ybar):
+        return self.mixed_loss(model, x, y, xbar, ybar)
 
     def mixed_loss(self, model, x, y, xbar, ybar):
         lam = self.lam

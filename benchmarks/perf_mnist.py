@@ -172,12 +172,18 @@ def mnist_points(data_root: str | None, rounds: int = 3) -> dict:
         key = "vectorised" if vectorise else "sequential"
         points[key] = federated_round(exp, rounds, per_client)
     # NaiveMix (mixup with the shared means): each client mixes its own batches, then
-    # the clients train as one computation.
-    for vectorise in (True, False):
-        exp = Experiment(round_config(data_root, vectorise, rounds, "naivemix"))
-        key = f"naivemix_{'vectorised' if vectorise else 'sequential'}"
-        points[key] = federated_round(exp, rounds, per_client)
+    # the clients train as one computation. FedMix: each client draws its X_g entry, then
+    # eq. 5 (an input derivative, so a double backward) runs as one computation.
+    for method in MIXING:
+        for vectorise in (True, False):
+            exp = Experiment(round_config(data_root, vectorise, rounds, method))
+            key = f"{method}_{'vectorised' if vectorise else 'sequential'}"
+            points[key] = federated_round(exp, rounds, per_client)
     return points
+
+
+MIXING = ("naivemix", "fedmix")
+NAMES = {"naivemix": "NaiveMix", "fedmix": "FedMix"}
 
 
 def markdown(p: dict) -> list[str]:
@@ -204,24 +210,27 @@ def markdown(p: dict) -> list[str]:
             seq["img_per_s"],
             f"accuracy {seq['accuracy']:.3f}",
         ),
-        row(
-            "NaiveMix round, vectorised clients",
-            p["naivemix_vectorised"]["img_per_s"],
-            f"accuracy {p['naivemix_vectorised']['accuracy']:.3f}",
-        ),
-        row(
-            "NaiveMix round, clients one by one",
-            p["naivemix_sequential"]["img_per_s"],
-            f"accuracy {p['naivemix_sequential']['accuracy']:.3f}",
-        ),
+        *[
+            row(
+                f"{NAMES[m]} round, {'vectorised clients' if v else 'clients one by one'}",
+                p[f"{m}_{'vectorised' if v else 'sequential'}"]["img_per_s"],
+                f"accuracy {p[f'{m}_vectorised' if v else f'{m}_sequential']['accuracy']:.3f}",
+            )
+            for m in MIXING
+            for v in (True, False)
+        ],
         row("plain PyTorch SGD loop, batch 10", p["plain_batch10"]),
         row("plain PyTorch SGD loop, batch 100", p["plain_batch100"]),
         f"| 2048² sgemm ceiling | - | {p['sgemm_gflops']:.1f} | |",
         "",
         f"Vectorised round vs the plain batch-10 loop: "
         f"{vec['img_per_s'] / p['plain_batch10']:.2f}×; vs clients one by one: "
-        f"{vec['img_per_s'] / seq['img_per_s']:.2f}×. NaiveMix vectorised vs one by one: "
-        f"{p['naivemix_vectorised']['img_per_s'] / p['naivemix_sequential']['img_per_s']:.2f}×.",
+        f"{vec['img_per_s'] / seq['img_per_s']:.2f}×. "
+        + " ".join(
+            f"{NAMES[m]} vectorised vs one by one: "
+            f"{p[f'{m}_vectorised']['img_per_s'] / p[f'{m}_sequential']['img_per_s']:.2f}×."
+            for m in MIXING
+        ),
         "",
         f"One SGD step of {PER_ROUND} clients × batch {BATCH}: stacked channels-last "
         f"{p['step_ms']['stacked']:.0f} ms, vmap {p['step_ms']['vmap']:.0f} ms, one by one "

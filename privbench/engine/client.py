@@ -21,6 +21,7 @@ from privbench.engine.method import ClientState
 from privbench.engine.outcome import LocalUpdate, Victim
 from privbench.engine.seeding import torch_generator
 from privbench.engine.training import LocalTask
+from privbench.nn.stacked import stacked_forward
 
 
 class ClientWork(Case):
@@ -109,10 +110,15 @@ class ClientWork(Case):
         loss that is the same function for every client (the method declares
         ``plain_loss``; its client role may change the data via ``training_data``), no
         defense replacing local training, no randomness inside the model."""
+        method = parts.method
         return (
             self.cfg.fed.vectorise
             and self.cfg.fed.plain_sgd
-            and (parts.method.plain_loss or parts.method.mixes_batches)
+            and (
+                method.plain_loss
+                or method.mixes_batches
+                or (method.draws_per_step and self._model_stacks)
+            )
             and parts.training.is_plain
             and self._model_vectorises
         )
@@ -120,6 +126,12 @@ class ClientWork(Case):
     @functools.cached_property
     def _model_vectorises(self) -> bool:
         return can_vectorise(self.build_model())
+
+    @functools.cached_property
+    def _model_stacks(self) -> bool:
+        """The model trains vectorised without ``vmap`` (:mod:`privbench.nn.stacked`)."""
+        model = self.build_model()
+        return stacked_forward(model) is not None and not list(model.buffers())
 
     @staticmethod
     def _own_loss(method, state, private):
@@ -130,6 +142,11 @@ class ClientWork(Case):
             return method.local_loss(mdl, x, y, received=state.received, generator=private)
 
         return loss
+
+    @staticmethod
+    def _has_draw(method, state) -> bool:
+        """Whether the client's loss draws this round (a probe on a throwaway generator)."""
+        return method.step_draw(state.received, torch.Generator().manual_seed(0)) is not None
 
     @staticmethod
     def _mixer(method, state, private):
@@ -146,6 +163,9 @@ class ClientWork(Case):
         if len(clients) < 2 or not self.vectorises(parts):
             return {}
         method, client, algorithm = parts.method, parts.client, parts.algorithm
+        draws = method.draws_per_step
+        if draws and not all(self._has_draw(method, s) for s in clients):
+            return {}  # a client with nothing to draw from trains on another loss
         fed = self.cfg.fed
         model = self.build_model()
         model.load_state_dict(global_state)
@@ -156,15 +176,18 @@ class ClientWork(Case):
         def loss_fn(mdl, x, y):
             return method.local_loss(mdl, x, y, received={})
 
-        datasets, generators, losses, mixers = [], [], [], []
+        datasets, generators, losses, mixers, drawers = [], [], [], [], []
         for state in clients:
             private = self.private_generator(rnd, state.client_id)
-            own_loss = self._own_loss(method, state, private) if method.mixes_batches else loss_fn
+            own = method.mixes_batches or draws
+            own_loss = self._own_loss(method, state, private) if own else loss_fn
             losses.append(self.loss_at_global(model, state, own_loss, algorithm))
             generators.append(self.round_generator(rnd, state.client_id))
             datasets.append(client.training_data(rnd, state, state.x, state.y))
             if method.mixes_batches:
                 mixers.append(self._mixer(method, state, private))
+            if draws:
+                drawers.append(functools.partial(method.step_draw, state.received, private))
         new_states, steps = vectorised_local_train(
             model,
             global_state,
@@ -177,6 +200,8 @@ class ClientWork(Case):
             algorithm=algorithm,
             batch_mean_loss=True,  # the base cross-entropy
             mixers=mixers or None,
+            drawers=drawers or None,
+            drawn_loss=method.drawn_loss if draws else None,
         )
         return {
             state.client_id: LocalUpdate(

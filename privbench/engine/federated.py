@@ -239,6 +239,8 @@ def vectorised_local_train(
     algorithm: Algorithm | None = None,
     batch_mean_loss: bool = False,
     mixers: Sequence[Callable[[torch.Tensor, torch.Tensor], tuple]] | None = None,
+    drawers: Sequence[Callable[[], Mapping[str, torch.Tensor]]] | None = None,
+    drawn_loss: Callable[..., torch.Tensor] | None = None,
 ) -> tuple[list[State], list[int]]:
     """:func:`local_train` for several clients from the same global weights, as one
     computation: each SGD step is a ``vmap`` over the clients' parameters, buffers and
@@ -255,6 +257,10 @@ def vectorised_local_train(
     ``mixers``: per client, ``(x, y) -> (x', soft y')``, the batch it trains on (a method
     that mixes batches, each client with its own private generator, called once per
     step in order, as the one-by-one loop's loss would draw).
+    ``drawers``: per client, its private draw for one step (called once per step in
+    order); the step's loss is then ``drawn_loss(model, x, y, **draws)``, each draw
+    broadcast over its client's records. Needs a model :mod:`privbench.nn.stacked` can
+    stack (FedMix differentiates through its inputs, which ``vmap`` is not used for).
     Returns each client's new state and its number of steps.
     """
     k = len(datasets)
@@ -283,6 +289,8 @@ def vectorised_local_train(
 
     step_grads = vmap(grad(loss))
     fast = stacked_forward(model) if batch_mean_loss and not buffer_names else None
+    if drawers is not None and fast is None:
+        raise ValueError("per-step draws vectorise only on a stackable model without buffers")
 
     def penalty(p):
         return algorithm.penalty(p, global_params) if algorithm is not None else None
@@ -304,7 +312,16 @@ def vectorised_local_train(
             yb = torch.stack([y for _, y in batches])
             p = {n: v[idx] for n, v in params.items()}
             b = {n: v[idx] for n, v in buffers.items()}  # BN updates these in place
-            if fast is not None:
+            if drawers is not None:
+                g = stacked_grads(
+                    fast,
+                    _drawn(drawn_loss, [drawers[c]() for c in members], xb.shape[1]),
+                    p,
+                    xb,
+                    yb,
+                    penalty,
+                )
+            elif fast is not None:
                 g = stacked_grads(fast, loss_fn, p, xb, yb, penalty)
             else:
                 g = step_grads(p, b, xb, yb)
@@ -317,6 +334,19 @@ def vectorised_local_train(
         for c in range(k)
     ]
     return states, [len(s) for s in schedules]
+
+
+def _drawn(drawn_loss, draws, batch: int):
+    """The loss of one vectorised step: each client's draw repeated over its ``batch``
+    records, in the clients' order (the rows of the stacked batch)."""
+    rows = {
+        key: torch.cat([d[key].expand(batch, *d[key].shape[1:]) for d in draws]) for key in draws[0]
+    }
+
+    def loss(model, x, y):
+        return drawn_loss(model, x, y, **rows)
+
+    return loss
 
 
 def minibatches(

@@ -251,6 +251,10 @@ class Augmenter(Configurable):
     # each client mixes its own batch with its own private generator, then they train as
     # one computation.
     mixes_batches = False
+    # True: ``local_loss`` is ``drawn_loss`` (a mean over the batch of per-record terms)
+    # with one private draw per step, ``step_draw`` (FedMix: the X_g entry). Clients then
+    # vectorise on a model :mod:`privbench.nn.stacked` can stack, each drawing its own.
+    draws_per_step = False
     Client: type[ClientRole] = ClientRole
     Server: type[ServerRole] = ServerRole
 
@@ -260,6 +264,8 @@ class Augmenter(Configurable):
             cls.plain_loss = False
         if "local_loss" in cls.__dict__ and "mixes_batches" not in cls.__dict__:
             cls.mixes_batches = False
+        if "local_loss" in cls.__dict__ and "draws_per_step" not in cls.__dict__:
+            cls.draws_per_step = False
 
     def client_role(self) -> ClientRole:
         """A fresh client side of this method (it holds the clients' private state)."""
@@ -300,6 +306,22 @@ class Augmenter(Configurable):
         base cross-entropy is ``local_loss`` of (x, y), drawing the same randomness from
         ``generator`` in the same order."""
         raise NotImplementedError(f"{self.name} does not mix batches")
+
+    def step_draw(
+        self, received: Mapping[str, Payload], generator: torch.Generator
+    ) -> dict[str, torch.Tensor] | None:
+        """For a method that ``draws_per_step``: the private draw ``local_loss`` makes for
+        one batch, as (1, ...) tensors, drawing from ``generator`` in the same order;
+        None when ``received`` holds nothing to draw from (the loss is then the base
+        cross-entropy)."""
+        raise NotImplementedError(f"{self.name} does not draw per step")
+
+    def drawn_loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **draw
+    ) -> torch.Tensor:
+        """For a method that ``draws_per_step``: ``local_loss`` given its draw; each
+        tensor of ``draw`` holds one row per record of ``x`` (the draw broadcast)."""
+        raise NotImplementedError(f"{self.name} does not draw per step")
 
     def attack_view(
         self, guess: str, generator: torch.Generator, candidate: int | None = None

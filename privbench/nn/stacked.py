@@ -104,19 +104,17 @@ def stacked_grads(
 
     ``x``: (K, B, ...) with the same B for every client, ``y``: (K, B, ...). The clients'
     batches are one batch of K*B for ``loss_fn``, whose mean is the mean of the clients'
-    means; times K it is their sum, whose gradient is every client's own."""
+    means; times K it is their sum, whose gradient is every client's own. The model
+    ``loss_fn`` gets runs row block c through client c's weights, on the batch or on
+    anything computed from it row by row (FedMix's scaled inputs, its input derivative)."""
     leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
     k, b = x.shape[:2]
-    logits = forward(leaves, x).reshape(k * b, -1)
 
-    class _Logits:  # the model loss_fn calls: the stacked logits of the flattened batch
-        def __call__(self, inputs):
-            if inputs is not flat:
-                raise RuntimeError("a stacked loss must call the model on its own batch")
-            return logits
+    def model(inputs):  # the K models on a batch laid out as the clients' batches, (K*B, ...)
+        return forward(leaves, inputs.reshape(k, b, *inputs.shape[1:])).reshape(k * b, -1)
 
     flat = x.reshape(k * b, *x.shape[2:])
-    total = loss_fn(_Logits(), flat, y.reshape(k * b, *y.shape[2:])) * k
+    total = loss_fn(model, flat, y.reshape(k * b, *y.shape[2:])) * k
     if penalty is not None:
         for c in range(k):
             extra = penalty({n: v[c] for n, v in leaves.items()})
