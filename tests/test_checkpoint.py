@@ -144,3 +144,31 @@ def test_the_cli_resumes_a_killed_run(tmp_path, monkeypatch, capsys):
     (row,) = json.loads(capsys.readouterr().out)
     assert row["status"] == "ok" and row["rounds"] == 3
     assert len(ResultStore(str(tmp_path)).read()) == 1
+
+
+def test_an_edit_to_any_source_file_changes_the_code_digest(tmp_path, monkeypatch):
+    pkg = tmp_path / "pb_fake_pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "mod.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(ckpt_mod, "CODE_PACKAGES", ("pb_fake_pkg",))
+    ckpt_mod.code_digest.cache_clear()
+    before = ckpt_mod.code_digest()
+    (pkg / "sub" / "mod.py").write_text("x = 2\n")
+    ckpt_mod.code_digest.cache_clear()
+    assert ckpt_mod.code_digest() != before
+    ckpt_mod.code_digest.cache_clear()  # the real packages' digest for later tests
+
+
+def test_an_unreadable_checkpoint_starts_the_run_again(tmp_path, caplog):
+    cfg = RunConfig(fed=FedConfig(rounds=2, clients=4))
+    store = ResultStore(str(tmp_path))
+    path = ckpt_mod.RoundCheckpoint.in_store(store.directory, cfg.resolve().hash()).path
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as fh:
+        fh.write(b"\x80\x05 not a pickle")
+    (row,) = privbench.run(cfg, out=store)
+    assert row.status == "ok" and "cannot be read" in caplog.text
+    (straight,) = privbench.run(cfg)
+    assert _comparable(row) == _comparable(straight)

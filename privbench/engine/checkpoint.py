@@ -12,19 +12,25 @@ with the next round; the finished row is the row an uninterrupted run writes (a 
 checks every field but the timings), and the checkpoint is deleted once the row is
 stored.
 
-A checkpoint written by other versions (privbench, torch, ...) or another thread count
-is not used: the run starts again from round 0 and says so.
+A checkpoint written by other code (a digest of privbench's and its built-in plugins'
+source files: an edited checkout counts), other versions (torch, NumPy, ...), another
+thread count, or one that no longer unpickles, is not used: the run starts again from
+round 0 and says so.
 """
 
 from __future__ import annotations
 
 import copyreg
+import hashlib
+import importlib.util
 import io
 import logging
 import os
 import pickle
 import tempfile
 import time
+from functools import lru_cache
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -72,11 +78,36 @@ class _Unpickler(pickle.Unpickler):
         return self._experiment
 
 
+CODE_PACKAGES = ("privbench", "augmenters", "attacks", "defenses")
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 over the source files of privbench and its built-in plugin packages: the
+    code whose objects a checkpoint holds (the version string does not change when a
+    checkout is edited)."""
+    digest = hashlib.sha256()
+    for name in CODE_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for root in spec.submodule_search_locations:
+            for path in sorted(Path(root).rglob("*.py")):
+                digest.update(f"{name}/{path.relative_to(root)}".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def _stamp() -> dict[str, Any]:
     """What must match for a saved state to continue bit for bit."""
     from privbench.results.store import versions
 
-    return {"format": FORMAT, "versions": versions(), "threads": torch.get_num_threads()}
+    return {
+        "format": FORMAT,
+        "code": code_digest(),
+        "versions": versions(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 class RoundCheckpoint:
@@ -132,8 +163,14 @@ class RoundCheckpoint:
         cannot continue this run bit for bit (then it is ignored, with a warning)."""
         if not os.path.exists(self.path):
             return None
-        with open(self.path, "rb") as fh:
-            saved = _Unpickler(fh, experiment).load()
+        try:
+            with open(self.path, "rb") as fh:
+                saved = _Unpickler(fh, experiment).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+            log.warning(
+                "checkpoint %s cannot be read (%s): starting again from round 0", self.path, err
+            )
+            return None
         stamp = _stamp()
         if saved.get("stamp") != stamp:
             log.warning(
