@@ -172,3 +172,14 @@ def test_an_unreadable_checkpoint_starts_the_run_again(tmp_path, caplog):
     assert row.status == "ok" and "cannot be read" in caplog.text
     (straight,) = privbench.run(cfg)
     assert _comparable(row) == _comparable(straight)
+
+
+def test_a_failed_write_costs_the_checkpoints_not_the_run(tmp_path, monkeypatch, caplog):
+    def full_disk(self, buf):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.RoundCheckpoint, "_write", full_disk)
+    cfg = RunConfig(fed=FedConfig(rounds=3, clients=4))
+    (row,) = privbench.run(cfg, out=ResultStore(str(tmp_path)), checkpoint_every=0)
+    assert row.status == "ok"
+    assert "no more checkpoints for this run" in caplog.text and "No space left" in caplog.text

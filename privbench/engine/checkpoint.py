@@ -132,8 +132,9 @@ class RoundCheckpoint:
 
     def save(self, experiment: Any, state: dict[str, Any]) -> None:
         """Write ``state`` (the loop's variables after a round) atomically. State that
-        cannot be saved (a plugin holding an open file, a lambda) stops checkpointing for
-        this run with a warning that names it; the run goes on."""
+        cannot be saved (a plugin holding an open file, a lambda), or a write that fails
+        (a full disk), stops checkpointing for this run with a warning that names it;
+        the run goes on."""
         buf = io.BytesIO()
         try:
             _Pickler(buf, experiment).dump(
@@ -143,6 +144,16 @@ class RoundCheckpoint:
             log.warning("no checkpoints for this run: its state cannot be saved (%s)", err)
             self.every = float("inf")
             return
+        try:
+            self._write(buf)
+        except OSError as err:  # a full disk costs the checkpoints, not the run
+            log.warning("no more checkpoints for this run: writing %s failed (%s)", self.path, err)
+            self.every = float("inf")
+            return
+        self._last = time.monotonic()
+        log.info("checkpoint after round %d: %s", state["next_round"], self.path)
+
+    def _write(self, buf: io.BytesIO) -> None:
         folder = os.path.dirname(self.path)
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -153,10 +164,9 @@ class RoundCheckpoint:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
         except BaseException:
-            os.unlink(tmp)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
             raise
-        self._last = time.monotonic()
-        log.info("checkpoint after round %d: %s", state["next_round"], self.path)
 
     def load(self, experiment: Any) -> dict[str, Any] | None:
         """The saved state (torch's RNG restored), or None: no checkpoint, or one that
