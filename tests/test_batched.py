@@ -374,3 +374,13 @@ def test_perf_mnist_points_report_throughput_beside_their_ceilings(data_root):
     text = "\n".join(markdown(points))
     assert "plain PyTorch SGD loop, batch 10" in text and "GFLOP/s" in text
     assert "stacked channels-last" in text and "FedMix vectorised vs one by one" in text
+
+
+def test_asking_whether_fedmix_vectorises_leaves_the_run_s_random_stream_alone():
+    exp = Experiment(tiny_config(method="fedmix"))
+    parts = exp.make_parts()
+    torch.manual_seed(123)
+    exp.vectorises(parts)  # builds a probe model: on a forked RNG
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(3))

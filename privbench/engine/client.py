@@ -129,8 +129,10 @@ class ClientWork(Case):
 
     @functools.cached_property
     def _model_stacks(self) -> bool:
-        """The model trains vectorised without ``vmap`` (:mod:`privbench.nn.stacked`)."""
-        model = self.build_model()
+        """The model trains vectorised without ``vmap`` (:mod:`privbench.nn.stacked`). The
+        probe's model is built on a forked RNG: asking must not move the run's draws."""
+        with torch.random.fork_rng(devices=[]):
+            model = self.build_model()
         return stacked_forward(model) is not None and not list(model.buffers())
 
     @staticmethod
