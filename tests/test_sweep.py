@@ -58,6 +58,13 @@ def test_invalid_grid_lists_every_problem_at_once():
     _, problems = expand({"sweep": {**FAST, "no_such_option": 1}, "grid": {"method": ["x"]}})
     assert problems == ["'no_such_option' is not an option of `privbench run`."]
     _, problems = expand(
+        {"sweep": {**FAST, "checkpoint_every": 10}, "grid": {"method": ["fedavg"]}}
+    )
+    assert problems == [
+        "'checkpoint_every' is not a sweep option: every point checkpoints its rounds every "
+        "300 s and resumes on a rerun."
+    ]
+    _, problems = expand(
         {"sweep": FAST, "grid": {"method": ["fedavgg", "fedmix"], "lam": [-1.0], "sigma": [0.1]}}
     )
     text = "\n".join(problems)

@@ -156,14 +156,12 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
                 problems.append(
                     f"'{key}': {plugins[plugin]} '{plugin}' has no parameter '{param}'."
                 )
-        elif _key(key) not in known or key in (
-            "help",
-            "json",
-            "no_save",
-            "out",
-            "set",
-            "checkpoint_every",
-        ):
+        elif key == "checkpoint_every":
+            problems.append(
+                "'checkpoint_every' is not a sweep option: every point checkpoints its "
+                "rounds every 300 s and resumes on a rerun."
+            )
+        elif _key(key) not in known or key in ("help", "json", "no_save", "out", "set"):
             problems.append(f"'{key}' is not an option of `privbench run`.")
     if problems:
         return [], problems
