@@ -172,18 +172,22 @@ def _final(r: dict) -> bool:
     return k[0] == "client" or (k[1] is not None and r["clients"] == 10)
 
 
+def best_finals(rows: list[dict]) -> list[dict]:
+    """The finals of the validation-best knobs (finals of knobs that a wider search has
+    since displaced are left out)."""
+    chosen = {(level, b) + k for (level, b), k in best(rows).items()}
+    return [r for r in rows if _final(r) and _knobs(r) in chosen]
+
+
 def table(rows: list[dict]) -> str:
-    """Test accuracy of the validation-best knobs per budget (finals of knobs that a
-    wider search has since displaced are not shown)."""
+    """Test accuracy of the validation-best knobs per budget (:func:`best_finals`)."""
     lines = [
         "| level | budget | knobs (validation-best) | runs | test accuracy | ε (Opacus) |",
         "|---|---|---|---|---|---|",
     ]
-    chosen = {(level, b) + k for (level, b), k in best(rows).items()}
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if _final(r) and _knobs(r) in chosen:
-            groups.setdefault(_knobs(r), []).append(r)
+    for r in best_finals(rows):
+        groups.setdefault(_knobs(r), []).append(r)
     for k, rs in sorted(groups.items()):
         level = k[0]
         budget = f"target ε {k[1]:g}" if level == "record" else f"z {k[1]:g}"
@@ -207,9 +211,8 @@ def verdicts(rows: list[dict]) -> list[str]:
     budget at or above it, partly within 15, does not hold beyond."""
     out = []
     groups: dict[float, list[dict]] = {}
-    chosen = {(level, b) + k for (level, b), k in best(rows).items()}
-    for r in rows:
-        if _final(r) and _knobs(r) in chosen and _knobs(r)[0] == "record":
+    for r in best_finals(rows):
+        if _knobs(r)[0] == "record":
             groups.setdefault(_knobs(r)[1], []).append(r)
     for eps, rs in sorted(groups.items()):
         acc = float(np.mean([r["accuracy"] for r in rs]))
@@ -312,19 +315,13 @@ def client_noise(rows: list[dict]) -> str:
     mean update's at most C."""
     from privbench import registries
 
-    zs = sorted(
-        {
-            r["config"]["defense_params"]["client-dp"]["noise_multiplier"]
-            for r in rows
-            if _final(r) and _knobs(r)[0] == "client"
-        }
-    )
-    if not zs:
+    runs = [r for r in rows if _final(r) and _knobs(r)[0] == "client"]
+    if not runs:
         return ""
+    zs = sorted({r["config"]["defense_params"]["client-dp"]["noise_multiplier"] for r in runs})
     model = registries()["model"].entry("cnn").factory((1, 28, 28), 10)
     d = sum(p.numel() for p in model.parameters())
-    r0 = next(r for r in rows if _final(r) and _knobs(r)[0] == "client")
-    per_round = r0["clients"] * r0["config"]["fed"]["fraction"]
+    per_round = runs[0]["clients"] * runs[0]["config"]["fed"]["fraction"]
     lines = [
         f"| z | noise norm / largest mean-update norm (d = {d:,}, {per_round:g} clients a round) |",
         "|---|---|",
