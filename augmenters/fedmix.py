@@ -195,9 +195,19 @@ class MeanAugmented(Augmenter):
         return xg[j : j + 1], yg[j : j + 1]  # (1, C, H, W), (1, K): broadcast over the batch
 
     def local_loss(self, model, x, y, *, received, generator=None):
-        if "averaged_data" not in received:  # nothing received yet (cut off, or alone)
+        draw = self.step_draw(received, generator)
+        if draw is None:  # nothing received yet (cut off, or alone)
             return cross_entropy(model(x), y)
+        return self.drawn_loss(model, x, y, **draw)
+
+    def step_draw(self, received, generator):
+        """The batch's X_g entry (:meth:`pick`), or None before any is received."""
+        if "averaged_data" not in received:
+            return None
         xbar, ybar = self.pick(received, generator)
+        return {"xbar": xbar, "ybar": ybar}
+
+    def drawn_loss(self, model, x, y, *, xbar, ybar):
         return self.mixed_loss(model, x, y, xbar, ybar)
 
     # -- what an adversary can enumerate -------------------------------------------------
@@ -288,15 +298,6 @@ class FedMix(MeanAugmented):
     name = "fedmix"
     per_sample_grads = "microbatch"  # eq. 5 differentiates through the inputs
     draws_per_step = True  # one X_g entry per batch; eq. 5 is a mean of per-record terms
-
-    def step_draw(self, received, generator):
-        if "averaged_data" not in received:
-            return None
-        xbar, ybar = self.pick(received, generator)
-        return {"xbar": xbar, "ybar": ybar}
-
-    def drawn_loss(self, model, x, y, *, xbar, ybar):
-        return self.mixed_loss(model, x, y, xbar, ybar)
 
     def mixed_loss(self, model, x, y, xbar, ybar):
         lam = self.lam
