@@ -75,4 +75,4 @@ class Attack(Configurable):
         ]
 
 
-ATTACKS: Registry[Attack] = Registry("attack", variant_params=("guess", "synthetic"))
+ATTACKS: Registry[Attack] = Registry("attack", variant_params=("guess", "synthetic", "box"))

@@ -16,6 +16,7 @@ multi-step ``update``. Only the optimisation of the dummy data differs:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import torch
 from torch.func import grad, replace_all_batch_norm_modules_
@@ -332,6 +333,8 @@ def _dummy_images(ctx: PublicContext, init: str, generator: torch.Generator) -> 
     return lo + (hi - lo) * torch.rand(shape, generator=generator)
 
 
+_BOX_EPS = 1e-6  # a pixel on the box's edge starts at logit(1 - 1e-6), not at infinity
+
 _ITERS = Param("iters", int, 300, "optimiser iterations", low=1)
 _RESTARTS = Param(
     "restarts",
@@ -567,13 +570,26 @@ class _LBFGSAttack(Attack):
             out.append(Reconstruction(best[1][:n], best[2][:n], {"loss": best[0]}))
         return out
 
-    @staticmethod
-    def to_variable(ctx: PublicContext, images: torch.Tensor) -> torch.Tensor:
-        """Images in the optimised variable's units (raw pixels here)."""
-        return images
+    def to_variable(self, ctx: PublicContext, images: torch.Tensor) -> torch.Tensor:
+        """Images in the optimised variable's units: raw pixels (``box`` free), or the
+        logit z of x = lo + (hi - lo) * sigmoid(z) (``box`` sigmoid)."""
+        if self.params["box"] == "free":
+            return images
+        lo, hi = ctx.value_range
+        return torch.logit(((images - lo) / (hi - lo)).clamp(0.0, 1.0), eps=_BOX_EPS)
+
+    def to_images(self, ctx: PublicContext, z: torch.Tensor) -> torch.Tensor:
+        """The images the optimised variable ``z`` stands for (the inverse of
+        :meth:`to_variable` inside the box)."""
+        if self.params["box"] == "free":
+            return z
+        lo, hi = ctx.value_range
+        return lo + (hi - lo) * torch.sigmoid(z)
 
     def draw_start(self, ctx: PublicContext, generator: torch.Generator) -> tuple:
         x = _dummy_images(ctx, self.params["init"], generator)
+        if self.params["box"] == "sigmoid" and self.params["init"] == "uniform":
+            x = self.to_variable(ctx, x)  # uniform in the box; randn is drawn as z itself
         if not self.joint_labels:
             return (x,)
         return x, torch.randn(ctx.num_images, ctx.num_classes, generator=generator)
@@ -581,9 +597,10 @@ class _LBFGSAttack(Attack):
     def _trial_loss(self, problem: _Problem):
         sim, kind, prior = problem.sim, problem.kind, problem.prior
         joint = self.joint_labels
+        images = partial(self.to_images, sim.ctx)
 
-        def one(x, labels, target, view=None):
-            y = torch.softmax(labels, dim=1) if joint else labels
+        def one(z, labels, target, view=None):
+            x, y = images(z), torch.softmax(labels, dim=1) if joint else labels
             return prior(_l2_distance(sim.message(kind, x, y, view=view), target), x, y)
 
         return one
@@ -622,7 +639,7 @@ class _LBFGSAttack(Attack):
         if not torch.isfinite(x).all() or last == float("inf"):
             return None
         found = labels.detach().argmax(dim=1) if self.joint_labels else labels
-        return last, x.detach().clone(), found.clone()
+        return last, self.to_images(problem.sim.ctx, x.detach()).clone(), found.clone()
 
     def _batched(self, problems: list[_Problem], group: list[int]):
         """Every restart of the victims in ``group`` as trials of one BatchedLBFGS, each
@@ -678,7 +695,8 @@ class _LBFGSAttack(Attack):
                 out[(v, r)] = None
                 continue
             found = parts[1][i].argmax(dim=1) if self.joint_labels else problems[v].fixed
-            out[(v, r)] = (float(last[i]), x.clone(), found.clone())
+            images = self.to_images(problems[v].sim.ctx, x)
+            out[(v, r)] = (float(last[i]), images.clone(), found.clone())
         return out
 
 
@@ -700,6 +718,15 @@ _LBFGS_PARAMS = (
     _BATCHED,
     Param("attack_lr", float, 1.0, "L-BFGS step size", low=0.0, low_open=True),
     Param("max_iter", int, 20, "L-BFGS inner iterations per step", low=1),
+    Param(
+        "box",
+        str,
+        "free",
+        "the dummy images' domain: free pixels (the papers), or sigmoid: x = lo + (hi - lo) "
+        "* sigmoid(z) with z optimised, so every dummy stays a valid image (L-BFGS cannot "
+        "drive it to values where a victim's augmentation overflows; 'dlg@sigmoid')",
+        choices=("free", "sigmoid"),
+    ),
 )
 
 

@@ -263,6 +263,9 @@ class FedAvP(Augmenter):
     # Its loss is a mean of per-record terms (constant weights w.r.t. the model), but
     # DP-SGD is refused anyway: it would replace the local loop that trains the policy.
     per_sample_grads = "microbatch"
+    # The expected and sampled views apply the policy's ops to the dummies: free L-BFGS
+    # dummies leave the box and overflow them (every restart diverges on digits).
+    attack_image_ops = True
 
     def setup(self, *, num_classes, input_shape, num_clients, seed):
         super().setup(

@@ -24,10 +24,12 @@ def expand_attacks(names, method: str) -> tuple[str, ...]:
     """``all-gradient`` stands for every gradient attack, each as it is and with every
     variant the method calls for: ``@enumerate`` where ``method`` publishes candidates an
     adversary can enumerate (FedMix's X_g entries), ``@joint`` where it mixes private
-    synthetic samples into the step (Fed-ZDAC, CVAE imputation); other names pass
-    through, duplicates dropped."""
+    synthetic samples into the step (Fed-ZDAC, CVAE imputation), ``@sigmoid`` (the
+    attacks that take it) where its attacker's view applies image ops to the dummies
+    (FedAvP); other names pass through, duplicates dropped."""
     from privbench import registries
     from privbench.engine.method import Augmenter
+    from privbench.errors import PrivbenchError
 
     names = tuple(names)
     if ALL_GRADIENT not in names:
@@ -43,11 +45,22 @@ def expand_attacks(names, method: str) -> tuple[str, ...]:
         variants.append("@enumerate")
     if overrides("attack_synthetic"):
         variants.append("@joint")
+    if getattr(factory, "attack_image_ops", False):
+        variants.append("@sigmoid")
+    attacks = registries()["attack"]
+
+    def accepts(name: str) -> bool:  # only the L-BFGS attacks have a @sigmoid box
+        try:
+            attacks.variant_param(name)
+        except PrivbenchError:
+            return False
+        return True
+
     out: list[str] = []
     for n in names:
         expanded = [n]
         if n == ALL_GRADIENT:
-            expanded = [a + v for a in gradient_attacks() for v in variants]
+            expanded = [a + v for a in gradient_attacks() for v in variants if accepts(a + v)]
         out += [e for e in expanded if e not in out]
     return tuple(out)
 

@@ -232,7 +232,8 @@ class Registry(Generic[T]):
     importer: Callable[[str, Any], Entry[T]] | None = None
     # ``NAME@VALUE`` names plugin NAME with the one of these parameters whose choices
     # include VALUE set to it (attacks: the guess, ``dlg@enumerate``, or the synthetic
-    # samples' model, ``dlg@joint``), so one run can hold several variants of one plugin.
+    # samples' model, ``dlg@joint``, or the dummy's box, ``dlg@sigmoid``), so one run can
+    # hold several variants of one plugin.
     variant_params: tuple[str, ...] = ()
     _imported: dict[str, Entry[T]] = field(default_factory=dict, repr=False)
 

@@ -77,6 +77,51 @@ def test_dlg_recovers_a_batch_of_four_digits():
     assert row.psnr >= 30.0 and row.n_images == 4
 
 
+def test_sigmoid_box_maps_the_reals_onto_the_valid_images_and_back():
+    from privbench import registries
+
+    cfg = tiny_config(attack=dict(names=("dlg@sigmoid",), victims=1))
+    _, _, obs = _observed(cfg)
+    ctx = obs[0].context
+    lo, hi = ctx.value_range
+    attack = registries()["attack"].create("dlg@sigmoid")
+    assert attack.params["box"] == "sigmoid"
+    z = torch.tensor([-1e4, -3.0, 0.0, 3.0, 1e4])
+    x = attack.to_images(ctx, z)
+    assert float(x.min()) >= lo and float(x.max()) <= hi  # any variable is a valid image
+    assert float(x[2]) == pytest.approx((lo + hi) / 2)
+    images = torch.tensor([lo, lo + 0.25 * (hi - lo), hi])  # the box's edges stay finite
+    back = attack.to_variable(ctx, images)
+    assert torch.isfinite(back).all()
+    torch.testing.assert_close(attack.to_images(ctx, back), images, atol=1e-5 * (hi - lo), rtol=0)
+    free = registries()["attack"].create("dlg")
+    assert free.to_images(ctx, z) is z and free.to_variable(ctx, images) is images
+
+
+def test_sigmoid_box_reconstructions_are_valid_images():
+    cfg = tiny_config(
+        attack=dict(names=("dlg@sigmoid", "idlg@sigmoid"), victims=2, params={"iters": 3})
+    )
+    _, out, obs = _observed(cfg)
+    from privbench import registries
+
+    for name in ("dlg@sigmoid", "idlg@sigmoid"):
+        attack = registries()["attack"].create(name, iters=3)
+        lo, hi = obs[0].context.value_range
+        for v in out.victims:
+            rec = attack.reconstruct(obs[v], generator=torch.Generator().manual_seed(v))
+            assert rec.images.shape == out.victims[v].images.shape
+            assert float(rec.images.min()) >= lo and float(rec.images.max()) <= hi
+
+
+@pytest.mark.slow
+def test_dlg_in_the_sigmoid_box_recovers_a_batch_of_four_digits():
+    cfg = tiny_config(attack=dict(names=("dlg@sigmoid",), victims=1, batch=4))
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    assert row.psnr >= 30.0 and row.n_images == 4
+
+
 @pytest.mark.slow
 def test_ig_inverts_a_multi_step_update():
     cfg = tiny_config(

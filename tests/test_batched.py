@@ -93,6 +93,8 @@ def observed():
         # float64 test above shows the algorithm itself is the same.
         ("dlg", {"iters": 2}),
         ("idlg", {"iters": 1}),
+        ("dlg", {"iters": 2, "box": "sigmoid"}),
+        ("idlg", {"iters": 1, "box": "sigmoid", "init": "uniform"}),
         ("ig", {"iters": 60}),
     ],
 )

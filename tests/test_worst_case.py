@@ -44,6 +44,9 @@ def test_variant_names_set_the_guess_and_are_validated():
     assert reg.resolve_params("ig@joint", {})["synthetic"] == "joint"
     with pytest.raises(PrivbenchError, match="'@everything' is not a variant.*@enumerate"):
         reg.resolve_params("dlg@everything", {})
+    assert reg.resolve_params("idlg@sigmoid", {})["box"] == "sigmoid"
+    with pytest.raises(PrivbenchError, match="'@sigmoid' is not a variant of 'ig'"):
+        reg.resolve_params("ig@sigmoid", {})
     with pytest.raises(PrivbenchError, match="'averaged-data' has no variants"):
         reg.entry("averaged-data@enumerate")
 
@@ -51,6 +54,15 @@ def test_variant_names_set_the_guess_and_are_validated():
 def test_all_gradient_expands_to_every_gradient_attack_and_the_guesses_that_apply():
     assert expand_attacks(("all-gradient",), "fedavg") == ("dlg", "idlg", "ig", "ig-inversefed")
     assert expand_attacks(("all-gradient",), "zdac")[:2] == ("dlg", "dlg@joint")
+    # FedAvP's view applies image ops: the L-BFGS attacks (not IG) also run in the box.
+    assert expand_attacks(("all-gradient",), "fedavp") == (
+        "dlg",
+        "dlg@sigmoid",
+        "idlg",
+        "idlg@sigmoid",
+        "ig",
+        "ig-inversefed",
+    )
     assert expand_attacks(("averaged-data", "all-gradient", "dlg"), "fedmix") == (
         "averaged-data",
         "dlg",

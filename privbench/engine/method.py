@@ -255,6 +255,11 @@ class Augmenter(Configurable):
     # with one private draw per step, ``step_draw`` (FedMix: the X_g entry). Clients then
     # vectorise on a model :mod:`privbench.nn.stacked` can stack, each drawing its own.
     draws_per_step = False
+    # True: the attacker's view (``attack_view``) puts the dummy images through image
+    # operations defined on valid images only (FedAvP's policy ops), where an unbounded
+    # L-BFGS dummy overflows; ``all-gradient`` then adds each attack's ``@sigmoid``
+    # variant, whose dummies stay in the data's box.
+    attack_image_ops = False
     Client: type[ClientRole] = ClientRole
     Server: type[ServerRole] = ServerRole
 
