@@ -127,7 +127,10 @@ class BatchedLBFGS:
         self.dirs = torch.zeros(T, self.m, D, **like)
         self.stps = torch.zeros(T, self.m, D, **like)
         self.ro = torch.zeros(T, self.m, **like)
+        # Each trial's history is a ring: ``count`` pairs, the oldest in slot ``start``
+        # (a full history overwrites its oldest pair in place instead of shifting m pairs).
         self.count = torch.zeros(T, dtype=torch.long)
+        self.start = torch.zeros(T, dtype=torch.long)
         self.evaluations = 0  # per-trial loss evaluations, summed over trials
 
     def _evaluate(self, idx: torch.Tensor) -> torch.Tensor:
@@ -178,6 +181,7 @@ class BatchedLBFGS:
             self.stps[fresh] = 0
             self.ro[fresh] = 0
             self.count[fresh] = 0
+            self.start[fresh] = 0
             self.h_diag[fresh] = 1
         if not len(rest):
             return
@@ -187,32 +191,42 @@ class BatchedLBFGS:
         keep = ys > 1e-10  # curvature condition: only then is the pair remembered
         if keep.any():
             new, y, s, ys = rest[keep], y[keep], s[keep], ys[keep]
-            full = self.count[new] == self.m
-            if full.any():  # drop the oldest pair
-                old = new[full]
-                self.dirs[old] = self.dirs[old].roll(-1, dims=1)
-                self.stps[old] = self.stps[old].roll(-1, dims=1)
-                self.ro[old] = self.ro[old].roll(-1, dims=1)
-            pos = torch.clamp(self.count[new], max=self.m - 1)
-            self.dirs[new, pos] = y
-            self.stps[new, pos] = s
-            self.ro[new, pos] = 1.0 / ys
-            self.count[new] = pos + 1
+            count, start = self.count[new], self.start[new]
+            full = count == self.m  # the newest pair replaces the oldest
+            slot = torch.where(full, start, count)
+            self.start[new] = torch.where(full, (start + 1) % self.m, start)
+            self.dirs[new, slot] = y
+            self.stps[new, slot] = s
+            self.ro[new, slot] = 1.0 / ys
+            self.count[new] = torch.clamp(count + 1, max=self.m)
             self.h_diag[new] = ys / (y * y).sum(dim=1)
-        # Two-loop recursion, newest pair first; rows with fewer pairs skip the extra
-        # positions (their ro is zero there).
-        dirs, stps, ro = self.dirs[rest], self.stps[rest], self.ro[rest]
-        count = self.count[rest]
+        # Two-loop recursion, newest pair first; rows with fewer pairs read empty slots
+        # at the extra ages (ro is zero there: they add nothing).
+        count, start = self.count[rest], self.start[rest]
         k = int(count.max()) if len(count) else 0
+        every = len(rest) == len(self.x) and bool((rest == torch.arange(len(rest))).all())
+        aligned = every and bool((start == start[0]).all())
+
+        def pair(j: int):
+            """(y, s, ro) of each row's j-th oldest pair: views when every trial's ring is
+            aligned, else gathered rows."""
+            if aligned:
+                at = (int(start[0]) + j) % self.m
+                return self.dirs[:, at], self.stps[:, at], self.ro[:, at]
+            at = (start + j) % self.m
+            return self.dirs[rest, at], self.stps[rest, at], self.ro[rest, at]
+
         q = -self.g[rest]
         al = torch.zeros(len(rest), max(k, 1), dtype=self.x.dtype)
-        for i in range(k - 1, -1, -1):
-            al[:, i] = (stps[:, i] * q).sum(dim=1) * ro[:, i]
-            q = q - al[:, i, None] * dirs[:, i]
+        for j in range(k - 1, -1, -1):
+            y_j, s_j, ro_j = pair(j)
+            al[:, j] = (s_j * q).sum(dim=1) * ro_j
+            q = q - al[:, j, None] * y_j
         r = q * self.h_diag[rest, None]
-        for i in range(k):
-            be = (dirs[:, i] * r).sum(dim=1) * ro[:, i]
-            r = r + (al[:, i] - be)[:, None] * stps[:, i]
+        for j in range(k):
+            y_j, s_j, ro_j = pair(j)
+            be = (y_j * r).sum(dim=1) * ro_j
+            r = r + (al[:, j] - be)[:, None] * s_j
         self.d[rest] = r
 
 
@@ -231,3 +245,52 @@ def split_trials(flat: torch.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[
         out.append(flat[:, start : start + size].reshape(flat.shape[0], *shape))
         start += size
     return out
+
+
+class ShiftingHistoryLBFGS(BatchedLBFGS):
+    """The reference path of :class:`BatchedLBFGS`: each trial's history as
+    ``torch.optim.LBFGS`` keeps it, oldest pair first, a full history shifting every
+    pair down to drop the oldest (m × D per trial and iteration). The ring buffer must
+    take exactly this path; ``benchmarks/perf_lbfgs.py`` measures the difference."""
+
+    def _direction(self, fresh: torch.Tensor, rest: torch.Tensor) -> None:
+        if len(fresh):
+            self.d[fresh] = -self.g[fresh]
+            self.dirs[fresh] = 0
+            self.stps[fresh] = 0
+            self.ro[fresh] = 0
+            self.count[fresh] = 0
+            self.h_diag[fresh] = 1
+        if not len(rest):
+            return
+        y = self.g[rest] - self.prev_g[rest]
+        s = self.d[rest] * self.t[rest, None]
+        ys = (y * s).sum(dim=1)
+        keep = ys > 1e-10
+        if keep.any():
+            new, y, s, ys = rest[keep], y[keep], s[keep], ys[keep]
+            full = self.count[new] == self.m
+            if full.any():
+                old = new[full]
+                self.dirs[old] = self.dirs[old].roll(-1, dims=1)
+                self.stps[old] = self.stps[old].roll(-1, dims=1)
+                self.ro[old] = self.ro[old].roll(-1, dims=1)
+            pos = torch.clamp(self.count[new], max=self.m - 1)
+            self.dirs[new, pos] = y
+            self.stps[new, pos] = s
+            self.ro[new, pos] = 1.0 / ys
+            self.count[new] = pos + 1
+            self.h_diag[new] = ys / (y * y).sum(dim=1)
+        dirs, stps, ro = self.dirs[rest], self.stps[rest], self.ro[rest]
+        count = self.count[rest]
+        k = int(count.max()) if len(count) else 0
+        q = -self.g[rest]
+        al = torch.zeros(len(rest), max(k, 1), dtype=self.x.dtype)
+        for i in range(k - 1, -1, -1):
+            al[:, i] = (stps[:, i] * q).sum(dim=1) * ro[:, i]
+            q = q - al[:, i, None] * dirs[:, i]
+        r = q * self.h_diag[rest, None]
+        for i in range(k):
+            be = (dirs[:, i] * r).sum(dim=1) * ro[:, i]
+            r = r + (al[:, i] - be)[:, None] * stps[:, i]
+        self.d[rest] = r
