@@ -20,6 +20,11 @@ to take part (q = 1 for them that round), so the reported epsilon, the largest o
 clients, composes those rounds at q = 1. Central under fixed-size sampling: Opacus has no
 accountant for sampling without replacement, so no epsilon is reported. Local — for each
 client, a Gaussian mechanism (q = 1) per round it took part in; the largest epsilon.
+
+``target_epsilon`` picks z instead of ``noise_multiplier``: the smallest z whose epsilon,
+for a client that takes part in every round it can, lies within 0.01 below the target
+(Opacus' ``get_noise_multiplier`` bisection, on the history above: the forced rounds at
+q = 1 included). The row still reports the accountant's epsilon of what ran.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import math
 import torch
 
 from privbench.defenses.base import DEFENSES, Defense, PrivacySpend
+from privbench.errors import IncompatibleError, ParameterError
 from privbench.nn.batchnorm import batchnorm_layers
 from privbench.registry import Param
 
@@ -68,6 +74,33 @@ def client_epsilon(history, delta: float) -> float:
     return float(acc.get_epsilon(delta))
 
 
+def calibrate_noise(target: float, delta: float, schedule, tolerance: float = 0.01) -> float:
+    """The noise multiplier whose epsilon over ``schedule(z)`` (an accountant history)
+    lies within ``tolerance`` below ``target``: Opacus' ``get_noise_multiplier``
+    bisection, over a history of several (q, steps) parts."""
+
+    def eps(z: float) -> float:
+        return client_epsilon(schedule(z), delta)
+
+    low, high = 0.0, 10.0
+    while eps(high) > target:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise ParameterError(
+                f"The 'target_epsilon' parameter of client-dp is unreachable at delta "
+                f"{delta:g}. Got {target!r}; a larger epsilon or delta is allowed."
+            )
+    e_high = eps(high)
+    while target - e_high > tolerance:
+        mid = (low + high) / 2
+        e_mid = eps(mid)
+        if e_mid < target:
+            high, e_high = mid, e_mid
+        else:
+            low = mid
+    return high
+
+
 def clip_(payload: dict[str, torch.Tensor], max_norm: float) -> float:
     """Scale the floating tensors of ``payload`` in place to L2 norm <= max_norm; return
     the norm before clipping."""
@@ -83,7 +116,24 @@ def clip_(payload: dict[str, torch.Tensor], max_norm: float) -> float:
     "client-dp",
     params=(
         Param("clip", float, 1.0, "C: L2 bound on each client's update", low=0.0, low_open=True),
-        Param("noise_multiplier", float, 1.0, "z: noise std in units of C", low=0.0),
+        Param(
+            "noise_multiplier",
+            float,
+            1.0,
+            "z: noise std in units of C (ignored with --target-epsilon)",
+            low=0.0,
+        ),
+        Param(
+            "target_epsilon",
+            float,
+            None,
+            "client-level epsilon to reach if a client takes part in every round it can "
+            "(the attacked round's victims for certain); z is the smallest that Opacus' RDP "
+            "accountant puts within 0.01 below it (needs Poisson sampling when central)",
+            low=0.0,
+            low_open=True,
+            nullable=True,
+        ),
         Param(
             "local",
             bool,
@@ -106,9 +156,32 @@ class ClientDP(Defense):
         p = self.params
         self.clip, self.z = p["clip"], p["noise_multiplier"]
         self.local, self.delta = p["local"], p["delta"]
+        self.target = p["target_epsilon"]
         self.update_clip = self.clip
         self.participation: dict[int, set[int]] = {}
         self.server_rounds: set[int] = set()
+
+    def setup(self, **schedule) -> None:
+        super().setup(**schedule)
+        if self.target is not None:
+            self.z = calibrate_noise(self.target, self.delta, self.schedule)
+
+    def schedule(self, z: float) -> list[tuple[float, float, int]]:
+        """The accountant's history [(z, q, rounds), ...] of a client that takes part in
+        every round it can: all of them locally (a Gaussian mechanism each); centrally,
+        each round at q = m/N, the forced ones (the attacked round's victims) at q = 1.
+        Raises IncompatibleError where no accountant exists (central, fixed sampling)."""
+        if self.local:
+            return [(z, 1.0, self.rounds)]
+        if self.client_sampling != "poisson":
+            raise IncompatibleError(
+                "client-dp's target_epsilon needs an accountant, and Opacus has none for "
+                "fixed-size client sampling: add --client-sampling poisson, or set "
+                "--noise-multiplier instead"
+            )
+        q = self.clients_per_round / self.num_clients
+        certain = sum(1 for r, c in self.forced.items() if c and r < self.rounds) if q < 1 else 0
+        return [(z, q, self.rounds - certain), (z, 1.0, certain)]
 
     @staticmethod
     def prepare_model(model):

@@ -14,6 +14,7 @@ from privbench.defenses import DEFENSES, Defense
 from privbench.defenses.dp import ClientDP, rdp_epsilon
 from privbench.defenses.noise import Prune, sparse_bytes
 from privbench.engine.experiment import Experiment
+from privbench.errors import IncompatibleError
 from tests.conftest import tiny_config
 
 
@@ -321,6 +322,50 @@ def test_client_epsilon_with_poisson_sampling_and_a_forced_round_is_opacus_accou
     plain = RDPAccountant()
     plain.history = [(1.1, 0.5, 3)]
     assert row.epsilon > plain.get_epsilon(1e-5)
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_client_dp_target_epsilon_picks_the_noise_opacus_accountant_puts_at_the_target(local):
+    from opacus.accountants import RDPAccountant
+
+    cfg = tiny_config(
+        defenses=("client-dp",),
+        defense_params={"target_epsilon": 5.0, "local": local},
+        fed=dict(clients=8, fraction=0.5, rounds=3),
+        attack=dict(names=("idlg",), params={"iters": 2}, round=1),
+    )
+    (row,) = privbench.run(cfg)
+    assert row.status == "ok", row.error
+    exp = Experiment(cfg.resolve())
+    exp.train()
+    (d,) = exp.parts.defenses
+    # Calibrated for a client in every round (locally: 3 Gaussian mechanisms; centrally
+    # 2 sampled at q = 1/2 and the attacked round at q = 1); Opacus' accountant is the
+    # golden, and 1% less noise overshoots the target.
+    full = [(d.z, 1.0, 3)] if local else [(d.z, 0.5, 2), (d.z, 1.0, 1)]
+    for z, above in ((d.z, False), (0.99 * d.z, True)):
+        acc = RDPAccountant()
+        acc.history = [(z, q, n) for _, q, n in full]
+        assert (acc.get_epsilon(1e-5) > 5.0) is above
+    calibrated = RDPAccountant()
+    calibrated.history = full
+    assert 5.0 - 0.01 <= calibrated.get_epsilon(1e-5) <= 5.0
+    # The row reports the mechanism that ran: locally, its busiest client's rounds.
+    ran = RDPAccountant()
+    busiest = max(len(r) for r in d.participation.values())
+    ran.history = [(d.z, 1.0, busiest)] if local else full
+    assert row.epsilon == pytest.approx(ran.get_epsilon(1e-5), abs=1e-9)
+    assert row.epsilon <= 5.0
+
+
+def test_client_dp_target_epsilon_needs_an_accountant():
+    cfg = tiny_config(
+        defenses=("client-dp",),
+        defense_params={"target_epsilon": 5.0},
+        fed=dict(clients=8, fraction=0.5, client_sampling="fixed"),
+    )
+    with pytest.raises(IncompatibleError, match="target_epsilon needs an accountant.*poisson"):
+        privbench.run(cfg)
 
 
 def test_central_client_dp_under_fixed_size_sampling_reports_no_epsilon():

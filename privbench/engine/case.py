@@ -166,6 +166,7 @@ class Case:
                 )
         for d in defenses:
             d.check(algorithm=self.make_algorithm(), augmenter=self.public_method)
+            self._setup_defense(d)  # the schedule's own checks (client-dp's accountant)
 
     def victim_ids(self) -> list[int]:
         """The clients the attack round forces into its sample (none without attacks)."""
@@ -200,7 +201,6 @@ class Case:
         """The run's trainer, method (``method``: one already built) with fresh client and
         server roles, defenses (default: the configured ones, set up for this run) and
         the clients' local-training chain."""
-        fed = self.cfg.fed
         algorithm = self.make_algorithm()
         method = method if method is not None else self.make_augmenter()
         if defenses is None:
@@ -208,19 +208,7 @@ class Case:
                 self.regs["defense"].build(n, self.cfg.defense_params[n]) for n in self.cfg.defenses
             ]
             for d in defenses:
-                d.setup(
-                    num_clients=fed.clients,
-                    clients_per_round=fed.clients_per_round,
-                    rounds=fed.rounds,
-                    seed=self.cfg.seed,
-                    lr=fed.lr,
-                    batch_size=fed.batch_size,
-                    local_epochs=fed.local_epochs,
-                    client_sampling=fed.client_sampling,
-                    forced={self.cfg.attack.round: set(self.victim_ids())}
-                    if self.victim_ids()
-                    else {},
-                )
+                self._setup_defense(d)
         defenses = tuple(defenses)
         client = method.client_role()
         return RunParts(
@@ -231,6 +219,22 @@ class Case:
             defenses,
             channel,
             training_chain(client, defenses, self.cfg.fed),
+        )
+
+    def _setup_defense(self, defense) -> None:
+        """Tell ``defense`` the run's public schedule."""
+        fed = self.cfg.fed
+        victims = self.victim_ids()
+        defense.setup(
+            num_clients=fed.clients,
+            clients_per_round=fed.clients_per_round,
+            rounds=fed.rounds,
+            seed=self.cfg.seed,
+            lr=fed.lr,
+            batch_size=fed.batch_size,
+            local_epochs=fed.local_epochs,
+            client_sampling=fed.client_sampling,
+            forced={self.cfg.attack.round: set(victims)} if victims else {},
         )
 
     def make_augmenter(self, *, setup: bool = True):
