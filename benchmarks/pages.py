@@ -96,6 +96,13 @@ def attack_bands() -> str:
     return bench.table(rows) if rows else _missing(RESULTS / "attack_bands.jsonl")
 
 
+def cnn_init() -> str:
+    import cnn_init as bench
+
+    rows = _jsonl(RESULTS / "cnn_init.jsonl")
+    return bench.table(rows) if rows else _missing(RESULTS / "cnn_init.jsonl")
+
+
 # The reproductions (benchmarks/reproduce/): module name -> where its rows are.
 REPRODUCTIONS = {
     "gradient-inversion": ("gradient_inversion", "gradient_inversion.jsonl"),
@@ -193,6 +200,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "results:attack-bands": attack_bands,
     "results:defense-curve": defense_curve,
     "results:tuning": tuning,
+    "results:cnn-init": cnn_init,
     **{f"results:reproduce-{name}": _reproduction_table(name) for name in REPRODUCTIONS},
     **{f"verdicts:reproduce-{name}": _reproduction_verdicts(name) for name in REPRODUCTIONS},
 }

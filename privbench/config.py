@@ -336,6 +336,8 @@ class RunConfig:
         for key, plain in (("optimizer", "sgd"), ("weight_decay", 0.0)):
             if d["fed"].get(key) == plain:
                 d["fed"].pop(key)  # the local training of every run before the options
+        if (d.get("model_params") or {}).get("weight_init") == "pytorch":
+            d["model_params"].pop("weight_init")  # the cnn's weights of every run before the option
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

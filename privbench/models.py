@@ -191,7 +191,7 @@ class CNNBN(nn.Module):
 class CNN(nn.Module):
     """Three conv3x3 + ReLU + max-pool blocks, then three linear layers; no BatchNorm."""
 
-    def __init__(self, shape, num_classes, width=32, hidden=128):
+    def __init__(self, shape, num_classes, width=32, hidden=128, init="pytorch"):
         super().__init__()
         c, h, _ = shape
         layers, size = [], h
@@ -210,6 +210,11 @@ class CNN(nn.Module):
             nn.ReLU(),
             nn.Linear(hidden // 2, num_classes),
         )
+        if init == "he":  # He et al. 2015: the init a plain ReLU stack needs to start moving
+            for mod in self.modules():
+                if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                    nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+                    nn.init.zeros_(mod.bias)
 
     def forward(self, x):
         return self.classifier(self.features(x).flatten(1))
@@ -277,11 +282,20 @@ def cnn_bn(shape, num_classes):
     params=(
         Param("width", int, 32, "channels of each conv", low=1),
         Param("hidden", int, 128, "width of the first linear layer", low=2),
+        Param(
+            "weight_init",
+            str,
+            "pytorch",
+            "weights at round 0: PyTorch's layer defaults (Kaiming-uniform, a = sqrt(5); "
+            "this unnormalised ReLU stack then sits at chance for its first ~200 SGD steps "
+            "on MNIST), or he: Kaiming-normal for ReLU (fan-in), zero biases",
+            choices=("pytorch", "he"),
+        ),
     ),
     description="small CNN without BatchNorm (3 conv3x3 + pool, 3 FC)",
 )
-def cnn(shape, num_classes, *, width=32, hidden=128):
-    return CNN(shape, num_classes, width=width, hidden=hidden)
+def cnn(shape, num_classes, *, width=32, hidden=128, weight_init="pytorch"):
+    return CNN(shape, num_classes, width=width, hidden=hidden, init=weight_init)
 
 
 @MODELS.register(
