@@ -32,9 +32,17 @@ def tuned() -> dict[str, Any]:
 
 
 def default_lr(dataset: str, model: str, *, provided: bool = False) -> tuple[float, str]:
-    """(learning rate, where it comes from) for a run that did not set ``--lr``."""
+    """(learning rate, where it comes from) for a run that did not set ``--lr``. Provided
+    data named ``NAME:SPLIT`` after a registered dataset (``mnist:validation``, a split
+    of it) takes NAME's default, so a search on the split and the final run on NAME
+    train at one rate."""
     if provided:
-        return FALLBACK_LR, "privbench's default for your own data (not tuned)"
+        from privbench import registries
+
+        base = dataset.partition(":")[0]
+        if ":" not in dataset or base not in registries()["dataset"]:
+            return FALLBACK_LR, "privbench's default for your own data (not tuned)"
+        dataset = base
     table = tuned()["lr"]
     searched = SAME_DATA.get(dataset, dataset)
     entry = table.get(f"{searched}/{model}")

@@ -57,6 +57,11 @@ def test_default_lr_tuned_then_same_model_then_the_historical_default(fake_tunin
     assert default_lr("digits", "cnn")[0] == FALLBACK_LR  # embedded: unchanged numbers
     assert default_lr("mnist", "resnet")[0] == FALLBACK_LR
     assert default_lr("mnist", "cnn", provided=True)[0] == FALLBACK_LR
+    # A split of a registered dataset trains at its dataset's rate (a search on
+    # mnist:validation and the final run on mnist, one rate); other names do not.
+    assert default_lr("mnist:validation", "cnn", provided=True)[0] == 0.03
+    assert default_lr("mine:validation", "cnn", provided=True)[0] == FALLBACK_LR
+    assert default_lr("digits:validation", "cnn", provided=True)[0] == FALLBACK_LR
     assert defaults_table()["mnist/cnn"]["lr"] == 0.03
 
 
