@@ -336,10 +336,19 @@ class RunConfig:
         for key, plain in (("optimizer", "sgd"), ("weight_decay", 0.0)):
             if d["fed"].get(key) == plain:
                 d["fed"].pop(key)  # the local training of every run before the options
-        if (d.get("model_params") or {}).get("weight_init") == "pytorch":
-            d["model_params"].pop("weight_init")  # the cnn's weights of every run before the option
+        for section, key, plain in LATER_DEFAULTS:
+            if (d.get(section) or {}).get(key, object()) == plain:
+                d[section].pop(key)  # every row recorded before the parameter keeps its hash
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Plugin parameters added after rows were recorded, at the default that reproduces those
+# rows: left out of the configuration hash at that value.
+LATER_DEFAULTS = (
+    ("model_params", "weight_init", "pytorch"),  # the cnn's init
+    ("partition_params", "over", "classes"),  # what the dirichlet partition splits
+)
 
 
 def namespaced_items(params: Mapping[str, Any]) -> list[tuple[str, str, Any]]:

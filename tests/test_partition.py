@@ -55,6 +55,62 @@ def test_dirichlet_min_size_and_skew():
     assert np.mean(top_wide) < np.mean(top)
 
 
+def test_dirichlet_over_clients_gives_equal_sizes_and_each_client_its_own_skew():
+    labels = np.repeat(np.arange(10), 300)  # 3,000 samples
+    over = {"over": "clients"}
+    a = partition("dirichlet", labels, 100, seed=3, params={"alpha": 0.1, **over})
+    _covers_disjointly(a, len(labels))
+    assert {len(p) for p in a} == {30}  # equal shares, where over classes sizes vary
+    b = partition("dirichlet", labels, 100, seed=3, params={"alpha": 0.1, **over})
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    top = [np.bincount(labels[p], minlength=10).max() / len(p) for p in a]
+    wide = partition("dirichlet", labels, 100, seed=3, params={"alpha": 100.0, **over})
+    top_wide = [np.bincount(labels[p], minlength=10).max() / len(p) for p in wide]
+    assert np.mean(top) > 0.6 > 0.3 > np.mean(top_wide)
+    # 101 samples over 10 clients: the first one holds the extra sample.
+    odd = partition("dirichlet", np.arange(101) % 10, 10, seed=0, params=over)
+    assert sorted(len(p) for p in odd) == [10] * 9 + [11]
+    # Over classes, 100 clients at alpha 0.1 cannot all get 10 of 3,000 samples: the
+    # thesis' setting needs the other reading.
+    with pytest.raises(ParameterError, match="could not give every one of 100"):
+        partition("dirichlet", labels, 100, seed=3, params={"alpha": 0.1})
+
+
+def test_dirichlet_over_classes_keeps_the_hash_of_every_earlier_row():
+    from privbench import RunConfig
+
+    def hashed(**params):
+        return RunConfig(partition="dirichlet", partition_params=params).resolve().hash()
+
+    assert hashed(over="classes") == hashed() != hashed(over="clients")
+    # The value before the parameter existed (commit bd2f8a0), at the default data.
+    assert RunConfig(partition="dirichlet").resolve().hash() == "d9f03a3eaaa68886"
+
+
+def test_dirichlet_over_clients_follows_the_hand_worked_draws():
+    """Two clients, two classes of two samples: with all of client 0's prior on class 0
+    the draws give it class 0 while there is any, then class 1 (its prior is zero
+    there: the renormalisation falls back to the classes left)."""
+    from privbench.data.partition import _dirichlet_over_clients
+
+    class Fixed:  # client 0 all on class 0, client 1 all on class 1; order 0, 0, 1, 1
+        def permutation(self, x):
+            return np.arange(x) if isinstance(x, int) else np.asarray(x)
+
+        def dirichlet(self, alpha, size):
+            return np.array([[1.0, 0.0], [0.0, 1.0]])
+
+        def choice(self, n, p):
+            return int(np.argmax(p))
+
+    parts = _dirichlet_over_clients(np.array([0, 0, 1, 1]), 2, Fixed(), 0.5)
+    assert [p.tolist() for p in parts] == [[0, 1], [2, 3]]
+    # Class 0 holds one sample: client 0 takes it, then (no mass left where samples
+    # are) one of class 1, popped from the end of its pool [1, 2, 3].
+    parts = _dirichlet_over_clients(np.array([0, 1, 1, 1]), 2, Fixed(), 0.5)
+    assert [p.tolist() for p in parts] == [[0, 3], [1, 2]]
+
+
 def test_multimodal_groups_and_class_imbalance():
     parts = partition(
         "multimodal",

@@ -16,6 +16,10 @@ Protocol, the thesis' beside ours (scaled to 2 CPU cores):
 - data: binarised MNIST, ~600 training images per client; here MNIST (pixels in [0, 1],
   the CVAE's Bernoulli likelihood on them), a fixed subset of ``--train-size`` training
   images over 100 clients, each keeping 20% as its local test split;
+- label skew: each client's class proportions drawn from Dirichlet(β), every client an
+  equal share of the images (``dirichlet`` with ``over = "clients"``: the thesis' ~600
+  images per client; splitting each class over 100 clients at β = 0.1 instead leaves
+  clients with almost nothing);
 - clients: 100, all taking part in every round, 15 rounds, 1 local epoch: as in the
   thesis, with its classifier recipe everywhere (Adam, lr 0.01, weight decay 1e-4,
   batch 32): the clients' local training (``FedConfig.optimizer = "adam"``, fresh per
@@ -90,7 +94,7 @@ def config(
         dataset=dataset,
         dataset_params={"train_size": train_size} if train_size else {},
         partition="dirichlet",
-        partition_params={"alpha": beta},
+        partition_params={"alpha": beta, "over": "clients"},
         model="cnn",
         seed=seed,
         fed=FedConfig(

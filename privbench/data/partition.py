@@ -101,10 +101,21 @@ def unimodal(labels, num_clients, rng, *, shards_per_client=2):
             low_open=True,
         ),
         Param("min_size", int, 10, "redraw until every client has this many samples", low=2),
+        Param(
+            "over",
+            str,
+            "classes",
+            "what Dirichlet(alpha) splits: classes, each class over the clients (sizes "
+            "vary); or clients, each client's class proportions, every client an equal "
+            "share of the samples (Hsu et al. 2019; FedLab's client_inner_dirichlet)",
+            choices=("classes", "clients"),
+        ),
     ),
     description="label skew: each class spread over clients by Dirichlet(alpha) proportions",
 )
-def dirichlet(labels, num_clients, rng, *, alpha=0.5, min_size=10):
+def dirichlet(labels, num_clients, rng, *, alpha=0.5, min_size=10, over="classes"):
+    if over == "clients":
+        return _dirichlet_over_clients(labels, num_clients, rng, alpha)
     classes = np.unique(labels)
     if min_size * num_clients > len(labels):
         raise ParameterError(
@@ -127,6 +138,30 @@ def dirichlet(labels, num_clients, rng, *, alpha=0.5, min_size=10):
         f"clients {min_size} samples in 1000 draws; lower 'min_size', raise 'alpha' or use "
         f"fewer clients."
     )
+
+
+def _dirichlet_over_clients(labels, num_clients, rng, alpha):
+    """Each client i draws class proportions p_i ~ Dir(alpha) and floor(n/N) samples (the
+    first n mod N clients one more), one at a time in a random order of clients, each
+    sample's class drawn from p_i among the classes with samples left (p_i renormalised
+    over them; uniform over them if p_i puts no mass there). FedLab's
+    client_inner_dirichlet_partition, which retries a drawn empty class instead."""
+    classes, inverse = np.unique(labels, return_inverse=True)
+    pools = [rng.permutation(np.flatnonzero(inverse == c)).tolist() for c in range(len(classes))]
+    priors = rng.dirichlet(np.full(len(classes), alpha), size=num_clients)
+    sizes = np.full(num_clients, len(labels) // num_clients)
+    sizes[: len(labels) % num_clients] += 1
+    left = np.array([len(p) for p in pools], dtype=float)
+    order = rng.permutation(np.repeat(np.arange(num_clients), sizes))
+    parts: list[list[int]] = [[] for _ in range(num_clients)]
+    for client in order:
+        weights = priors[client] * (left > 0)
+        total = weights.sum()
+        weights = weights / total if total > 0 else (left > 0) / (left > 0).sum()
+        c = int(rng.choice(len(classes), p=weights))
+        parts[client].append(pools[c].pop())
+        left[c] -= 1
+    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
 @PARTITIONS.register(
