@@ -336,19 +336,37 @@ class RunConfig:
         for key, plain in (("optimizer", "sgd"), ("weight_decay", 0.0)):
             if d["fed"].get(key) == plain:
                 d["fed"].pop(key)  # the local training of every run before the options
-        for section, key, plain in LATER_DEFAULTS:
-            if (d.get(section) or {}).get(key, object()) == plain:
-                d[section].pop(key)  # every row recorded before the parameter keeps its hash
+        _drop_later_defaults(d)  # every row recorded before such a parameter keeps its hash
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # Plugin parameters added after rows were recorded, at the default that reproduces those
-# rows: left out of the configuration hash at that value.
+# rows: left out of the configuration hash at that value. (path to the plugin's resolved
+# parameters in ``RunConfig.to_dict()``, "*" for every key there; parameter; value)
 LATER_DEFAULTS = (
-    ("model_params", "weight_init", "pytorch"),  # the cnn's init
-    ("partition_params", "over", "classes"),  # what the dirichlet partition splits
+    (("model_params",), "weight_init", "pytorch"),  # the cnn's init
+    (("partition_params",), "over", "classes"),  # what the dirichlet partition splits
+    (("defense_params", "client-dp"), "target_epsilon", None),  # client-dp's calibration
+    (("attack", "params", "*"), "box", "free"),  # DLG/iDLG's dummy domain
 )
+
+
+def _drop_later_defaults(d: dict) -> None:
+    """Remove from the config dict ``d`` every LATER_DEFAULTS parameter at its old value."""
+    for path, key, plain in LATER_DEFAULTS:
+        level = [d]
+        for step in path:
+            level = [
+                v
+                for node in level
+                if isinstance(node, dict)
+                for k, v in node.items()
+                if step in ("*", k)
+            ]
+        for params in level:
+            if isinstance(params, dict) and key in params and params[key] == plain:
+                params.pop(key)
 
 
 def namespaced_items(params: Mapping[str, Any]) -> list[tuple[str, str, Any]]:

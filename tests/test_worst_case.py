@@ -106,3 +106,21 @@ def test_all_gradient_run_writes_a_worst_case_row_at_least_as_strong_as_each_att
     assert list(shown["attack"]) == ["worst-case"]
     every = summarize(rows, by=("attack",), metrics=("psnr",), all_attacks=True)
     assert len(every) == len(rows)
+
+
+def test_parameters_added_later_leave_earlier_hashes_alone():
+    """Hashes of this session's start (commit 42aadd7, its plugins included), before
+    the DLG/iDLG box and client-dp's target_epsilon existed: stores recorded then still
+    resume. A non-default value is a new configuration."""
+    from privbench import AttackConfig, RunConfig
+
+    def hashed(**kw):
+        return RunConfig(**kw).resolve().hash()
+
+    attacks = AttackConfig(names=("dlg", "idlg@enumerate"))
+    assert hashed(attack=attacks) == "5284dc1838aea2a0"
+    assert hashed(defenses=("client-dp",)) == "9a40a3717c64d284"
+    boxed = AttackConfig(names=("dlg@sigmoid", "idlg@enumerate"))
+    assert hashed(attack=boxed) != hashed(attack=attacks)
+    calibrated = {"client-dp": {"target_epsilon": 8.0}}
+    assert hashed(defenses=("client-dp",), defense_params=calibrated) != "9a40a3717c64d284"
