@@ -134,6 +134,33 @@ def _reproduction_table(name: str) -> Callable[[], str]:
     return render
 
 
+def reproduction_cost() -> str:
+    """Compute each reproduction's recorded runs took: a run's ``wall_s`` (training,
+    evaluation and attacks) or, for attack-only rows, ``attack_s``; each configuration
+    once (a rerun that replaced an error counts its last try; a run resumed from a round
+    checkpoint counts only the process that finished it)."""
+    lines = [
+        "| reproduction | runs recorded | hours recorded | mean minutes per run |",
+        "|---|---|---|---|",
+    ]
+    for name in REPRODUCTIONS:
+        _, rows, _ = _reproduction(name)
+        last: dict = {}
+        for i, r in enumerate(rows):
+            seconds = r.get("wall_s", r.get("attack_s"))
+            if seconds is not None:
+                key = r.get("config_hash") or (r.get("setting"), r.get("variant"), r.get("seed"), i)
+                last[key] = float(seconds)
+        if not last:
+            lines.append(f"| {name} | {len(rows)} | - (untimed rows) | - |")
+            continue
+        total = sum(last.values())
+        lines.append(
+            f"| {name} | {len(last)} | {total / 3600:.1f} | {total / 60 / len(last):.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def _reproduction_verdicts(name: str) -> Callable[[], str]:
     def render() -> str:
         repro, rows, path = _reproduction(name)
@@ -201,6 +228,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "results:defense-curve": defense_curve,
     "results:tuning": tuning,
     "results:cnn-init": cnn_init,
+    "results:reproduce-cost": reproduction_cost,
     **{f"results:reproduce-{name}": _reproduction_table(name) for name in REPRODUCTIONS},
     **{f"verdicts:reproduce-{name}": _reproduction_verdicts(name) for name in REPRODUCTIONS},
 }
