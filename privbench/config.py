@@ -7,8 +7,6 @@ names; ``resolve`` fills defaults and reports every problem in one
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -16,6 +14,7 @@ from typing import Any
 
 from privbench.adversary import base_name as _base
 from privbench.adversary import expand_attacks
+from privbench.confighash import config_hash
 from privbench.errors import ParameterError, PrivbenchError
 from privbench.tuning import default_lr
 
@@ -327,46 +326,7 @@ class RunConfig:
 
     def hash(self) -> str:
         """Stable hash of what determines the result (not where data or results live)."""
-        d = self.to_dict()
-        d.pop("data_root", None)
-        d.pop("download", None)
-        d["fed"].pop("vectorise", None)
-        if d["fed"].get("client_sampling") in ("fixed", "auto"):
-            d["fed"].pop("client_sampling")  # the sampling of every run before the option
-        for key, plain in (("optimizer", "sgd"), ("weight_decay", 0.0)):
-            if d["fed"].get(key) == plain:
-                d["fed"].pop(key)  # the local training of every run before the options
-        _drop_later_defaults(d)  # every row recorded before such a parameter keeps its hash
-        blob = json.dumps(d, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# Plugin parameters added after rows were recorded, at the default that reproduces those
-# rows: left out of the configuration hash at that value. (path to the plugin's resolved
-# parameters in ``RunConfig.to_dict()``, "*" for every key there; parameter; value)
-LATER_DEFAULTS = (
-    (("model_params",), "weight_init", "pytorch"),  # the cnn's init
-    (("partition_params",), "over", "classes"),  # what the dirichlet partition splits
-    (("defense_params", "client-dp"), "target_epsilon", None),  # client-dp's calibration
-    (("attack", "params", "*"), "box", "free"),  # DLG/iDLG's dummy domain
-)
-
-
-def _drop_later_defaults(d: dict) -> None:
-    """Remove from the config dict ``d`` every LATER_DEFAULTS parameter at its old value."""
-    for path, key, plain in LATER_DEFAULTS:
-        level = [d]
-        for step in path:
-            level = [
-                v
-                for node in level
-                if isinstance(node, dict)
-                for k, v in node.items()
-                if step in ("*", k)
-            ]
-        for params in level:
-            if isinstance(params, dict) and key in params and params[key] == plain:
-                params.pop(key)
+        return config_hash(self.to_dict())
 
 
 def namespaced_items(params: Mapping[str, Any]) -> list[tuple[str, str, Any]]:

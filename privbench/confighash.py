@@ -1,0 +1,56 @@
+"""The configuration hash: what determines a run's result, and nothing else.
+
+A row's ``config_hash`` is how a store knows a point is done, so a parameter added
+after rows were recorded must not change the hash of those rows: at the default that
+reproduces them it is left out (:data:`LATER_DEFAULTS`, and the fed fields below).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+# Plugin parameters added after rows were recorded, at the default that reproduces those
+# rows: left out of the configuration hash at that value. (path to the plugin's resolved
+# parameters in ``RunConfig.to_dict()``, "*" for every key there; parameter; value)
+LATER_DEFAULTS = (
+    (("model_params",), "weight_init", "pytorch"),  # the cnn's init
+    (("partition_params",), "over", "classes"),  # what the dirichlet partition splits
+    (("defense_params", "client-dp"), "target_epsilon", None),  # client-dp's calibration
+    (("attack", "params", "*"), "box", "free"),  # DLG/iDLG's dummy domain
+)
+
+
+def drop_later_defaults(d: dict[str, Any]) -> None:
+    """Remove from the config dict ``d`` every LATER_DEFAULTS parameter at its old value."""
+    for path, key, plain in LATER_DEFAULTS:
+        level = [d]
+        for step in path:
+            level = [
+                v
+                for node in level
+                if isinstance(node, dict)
+                for k, v in node.items()
+                if step in ("*", k)
+            ]
+        for params in level:
+            if isinstance(params, dict) and key in params and params[key] == plain:
+                params.pop(key)
+
+
+def config_hash(d: dict[str, Any]) -> str:
+    """16 hex digits of SHA-256 over ``RunConfig.to_dict()`` ``d`` (modified in place),
+    without where data live, the vectorisation switch, and fields at the value every
+    earlier row ran with."""
+    d.pop("data_root", None)
+    d.pop("download", None)
+    d["fed"].pop("vectorise", None)
+    if d["fed"].get("client_sampling") in ("fixed", "auto"):
+        d["fed"].pop("client_sampling")  # the sampling of every run before the option
+    for key, plain in (("optimizer", "sgd"), ("weight_decay", 0.0)):
+        if d["fed"].get(key) == plain:
+            d["fed"].pop(key)  # the local training of every run before the options
+    drop_later_defaults(d)
+    blob = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
