@@ -191,31 +191,11 @@ class BatchedLBFGS:
         keep = ys > 1e-10  # curvature condition: only then is the pair remembered
         if keep.any():
             new, y, s, ys = rest[keep], y[keep], s[keep], ys[keep]
-            count, start = self.count[new], self.start[new]
-            full = count == self.m  # the newest pair replaces the oldest
-            slot = torch.where(full, start, count)
-            self.start[new] = torch.where(full, (start + 1) % self.m, start)
-            self.dirs[new, slot] = y
-            self.stps[new, slot] = s
-            self.ro[new, slot] = 1.0 / ys
-            self.count[new] = torch.clamp(count + 1, max=self.m)
+            self._remember(new, y, s, ys)
             self.h_diag[new] = ys / (y * y).sum(dim=1)
         # Two-loop recursion, newest pair first; rows with fewer pairs read empty slots
         # at the extra ages (ro is zero there: they add nothing).
-        count, start = self.count[rest], self.start[rest]
-        k = int(count.max()) if len(count) else 0
-        every = len(rest) == len(self.x) and bool((rest == torch.arange(len(rest))).all())
-        aligned = every and bool((start == start[0]).all())
-
-        def pair(j: int):
-            """(y, s, ro) of each row's j-th oldest pair: views when every trial's ring is
-            aligned, else gathered rows."""
-            if aligned:
-                at = (int(start[0]) + j) % self.m
-                return self.dirs[:, at], self.stps[:, at], self.ro[:, at]
-            at = (start + j) % self.m
-            return self.dirs[rest, at], self.stps[rest, at], self.ro[rest, at]
-
+        k, pair = self._pairs(rest)
         q = -self.g[rest]
         al = torch.zeros(len(rest), max(k, 1), dtype=self.x.dtype)
         for j in range(k - 1, -1, -1):
@@ -228,6 +208,36 @@ class BatchedLBFGS:
             be = (y_j * r).sum(dim=1) * ro_j
             r = r + (al[:, j] - be)[:, None] * s_j
         self.d[rest] = r
+
+    def _remember(self, new: torch.Tensor, y: torch.Tensor, s: torch.Tensor, ys) -> None:
+        """Store the curvature pair of each trial in ``new``: in its ring, a full one
+        overwriting its oldest pair in place."""
+        count, start = self.count[new], self.start[new]
+        full = count == self.m  # the newest pair replaces the oldest
+        slot = torch.where(full, start, count)
+        self.start[new] = torch.where(full, (start + 1) % self.m, start)
+        self.dirs[new, slot] = y
+        self.stps[new, slot] = s
+        self.ro[new, slot] = 1.0 / ys
+        self.count[new] = torch.clamp(count + 1, max=self.m)
+
+    def _pairs(self, rest: torch.Tensor):
+        """(k, pair): the most pairs any row of ``rest`` holds, and pair(j) = (y, s, ro)
+        of each row's j-th oldest pair: views when every trial's ring is aligned, else
+        gathered rows."""
+        count, start = self.count[rest], self.start[rest]
+        k = int(count.max()) if len(count) else 0
+        every = len(rest) == len(self.x) and bool((rest == torch.arange(len(rest))).all())
+        aligned = every and bool((start == start[0]).all())
+
+        def pair(j: int):
+            if aligned:
+                at = (int(start[0]) + j) % self.m
+                return self.dirs[:, at], self.stps[:, at], self.ro[:, at]
+            at = (start + j) % self.m
+            return self.dirs[rest, at], self.stps[rest, at], self.ro[rest, at]
+
+        return k, pair
 
 
 def stack_trials(parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -253,44 +263,22 @@ class ShiftingHistoryLBFGS(BatchedLBFGS):
     pair down to drop the oldest (m × D per trial and iteration). The ring buffer must
     take exactly this path; ``benchmarks/perf_lbfgs.py`` measures the difference."""
 
-    def _direction(self, fresh: torch.Tensor, rest: torch.Tensor) -> None:
-        if len(fresh):
-            self.d[fresh] = -self.g[fresh]
-            self.dirs[fresh] = 0
-            self.stps[fresh] = 0
-            self.ro[fresh] = 0
-            self.count[fresh] = 0
-            self.h_diag[fresh] = 1
-        if not len(rest):
-            return
-        y = self.g[rest] - self.prev_g[rest]
-        s = self.d[rest] * self.t[rest, None]
-        ys = (y * s).sum(dim=1)
-        keep = ys > 1e-10
-        if keep.any():
-            new, y, s, ys = rest[keep], y[keep], s[keep], ys[keep]
-            full = self.count[new] == self.m
-            if full.any():
-                old = new[full]
-                self.dirs[old] = self.dirs[old].roll(-1, dims=1)
-                self.stps[old] = self.stps[old].roll(-1, dims=1)
-                self.ro[old] = self.ro[old].roll(-1, dims=1)
-            pos = torch.clamp(self.count[new], max=self.m - 1)
-            self.dirs[new, pos] = y
-            self.stps[new, pos] = s
-            self.ro[new, pos] = 1.0 / ys
-            self.count[new] = pos + 1
-            self.h_diag[new] = ys / (y * y).sum(dim=1)
+    def _remember(self, new: torch.Tensor, y: torch.Tensor, s: torch.Tensor, ys) -> None:
+        full = self.count[new] == self.m
+        if full.any():
+            old = new[full]
+            self.dirs[old] = self.dirs[old].roll(-1, dims=1)
+            self.stps[old] = self.stps[old].roll(-1, dims=1)
+            self.ro[old] = self.ro[old].roll(-1, dims=1)
+        pos = torch.clamp(self.count[new], max=self.m - 1)
+        self.dirs[new, pos] = y
+        self.stps[new, pos] = s
+        self.ro[new, pos] = 1.0 / ys
+        self.count[new] = pos + 1
+
+    def _pairs(self, rest: torch.Tensor):
+        # each row's whole history, copied: the memory traffic the ring avoids
         dirs, stps, ro = self.dirs[rest], self.stps[rest], self.ro[rest]
         count = self.count[rest]
         k = int(count.max()) if len(count) else 0
-        q = -self.g[rest]
-        al = torch.zeros(len(rest), max(k, 1), dtype=self.x.dtype)
-        for i in range(k - 1, -1, -1):
-            al[:, i] = (stps[:, i] * q).sum(dim=1) * ro[:, i]
-            q = q - al[:, i, None] * dirs[:, i]
-        r = q * self.h_diag[rest, None]
-        for i in range(k):
-            be = (dirs[:, i] * r).sum(dim=1) * ro[:, i]
-            r = r + (al[:, i] - be)[:, None] * stps[:, i]
-        self.d[rest] = r
+        return k, lambda j: (dirs[:, j], stps[:, j], ro[:, j])
