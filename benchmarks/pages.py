@@ -146,10 +146,10 @@ def reproduction_cost() -> str:
     for name in REPRODUCTIONS:
         _, rows, _ = _reproduction(name)
         last: dict = {}
-        for i, r in enumerate(rows):
+        for r in rows:
             seconds = r.get("wall_s", r.get("attack_s"))
             if seconds is not None:
-                key = r.get("config_hash") or (r.get("setting"), r.get("variant"), r.get("seed"), i)
+                key = r.get("config_hash") or (r.get("setting"), r.get("variant"), r.get("seed"))
                 last[key] = float(seconds)
         if not last:
             lines.append(f"| {name} | {len(rows)} | - (untimed rows) | - |")
