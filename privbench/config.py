@@ -318,6 +318,15 @@ class RunConfig:
             ),
         )
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        """The config of ``d`` (``to_dict()``'s output, e.g. a row's ``config``)."""
+        d = dict(d)
+        fed, attack = dict(d.pop("fed", {})), dict(d.pop("attack", {}))
+        attack["names"] = tuple(attack.get("names", ()))
+        d["defenses"] = tuple(d.get("defenses", ()))
+        return cls(**d, fed=FedConfig(**fed), attack=AttackConfig(**attack))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["defenses"] = list(self.defenses)

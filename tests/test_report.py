@@ -158,3 +158,37 @@ def test_the_docs_list_every_table_metric():
     assert sorted(listed.replace("`", "").replace("\n", " ").replace(" ", "").split(",")) == sorted(
         METRICS
     )
+
+
+def test_a_config_round_trips_through_its_dict_and_a_row_knows_whether_it_is_current():
+    from privbench import RunConfig
+    from privbench.results.report import is_current
+
+    cfg = tiny_config(
+        model="cnn", defenses=("dp-sgd",), attack={"names": ("dlg", "idlg")}
+    ).resolve()
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    row = {"config": cfg.to_dict(), "config_hash": cfg.hash()}
+    assert is_current(row)
+    # a cnn row from before the init option: it ran PyTorch's init, the default is He now
+    old = json.loads(json.dumps(row))
+    old["config"]["model_params"].pop("weight_init")
+    old["config_hash"] = RunConfig.from_dict(
+        {
+            **old["config"],
+            "model_params": {**old["config"]["model_params"], "weight_init": "pytorch"},
+        }
+    ).hash()
+    assert not is_current(old)
+    # a row from before the dirichlet's `over` option ran what the default runs today
+    part = tiny_config(partition="dirichlet").resolve()
+    older = {"config": part.to_dict(), "config_hash": part.hash()}
+    older["config"]["partition_params"].pop("over")
+    assert is_current(older)
+    # data given as an object (a validation split named NAME:SPLIT) is a label, not a plugin
+    split = tiny_config(dataset="digits:validation").resolve(provided=frozenset({"dataset"}))
+    assert is_current({"config": split.to_dict(), "config_hash": split.hash()})
+    assert not is_current({**row, "config_hash": "0" * 16})  # a hash from other code
+    gone = json.loads(json.dumps(row))
+    gone["config"]["method"] = "a-method-no-longer-registered"
+    assert not is_current(gone) and not is_current({"config": {}, "config_hash": "x"})

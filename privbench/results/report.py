@@ -114,6 +114,30 @@ def latest(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def is_current(row: Mapping[str, Any]) -> bool:
+    """Whether ``row`` is what today's code runs for its configuration: its config,
+    resolved again with today's defaults (a parameter added since takes its default),
+    hashes to its ``config_hash``. False for a row whose run a changed default now
+    replaces (e.g. a ``cnn`` row from before He init became its default), or whose
+    plugin no longer resolves."""
+    from privbench import registries
+    from privbench.config import RunConfig
+    from privbench.errors import PrivbenchError
+
+    config = row.get("config") or {}
+    if not config or not row.get("config_hash"):
+        return False
+    regs = registries()
+    provided = frozenset(  # data or a model given as an object: its name is a label
+        kind for kind in ("dataset", "model") if config.get(kind) not in regs[kind].names()
+    )
+    try:
+        cfg = RunConfig.from_dict(config).resolve(provided=provided)
+    except (PrivbenchError, TypeError):  # a plugin or field that no longer exists
+        return False
+    return cfg.hash() == row["config_hash"]
+
+
 def worst_case_view(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The rows a reader sees by default: where a run wrote a ``worst-case`` row, it
     stands for that run's gradient attacks (their own rows are left out: each victim's
