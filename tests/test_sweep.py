@@ -295,3 +295,28 @@ def test_threads_per_point_default_to_the_cores_shared_by_the_workers(tmp_path, 
     assert seen == [max(1, (os.cpu_count() or 1) // 2), 1]
     with pytest.raises(ParameterError, match="The 'threads' parameter must be >= 1. Got 0"):
         run_sweep(GRID, out=str(tmp_path), threads=0)
+
+
+def test_a_diverged_point_is_settled_and_any_other_error_is_retried(tmp_path):
+    """A diverged run diverges again (CPU training is deterministic): a rerun skips it
+    instead of writing a second error row; a dead worker's point runs again."""
+    from privbench.results.store import settled
+
+    points, _ = expand(GRID)
+    a, b, c = points[:3]
+    store = ResultStore(str(tmp_path))
+
+    def rows(point, status, error=None):
+        return [
+            {"method": "m", "attack": n, "status": status, "error": error}
+            | {"config_hash": point.config_hash}
+            for n in point.attacks
+        ]
+
+    store.append(rows(a, "ok"))
+    store.append(rows(b, "error", "DivergedError: Training diverged in round 0 at lr 1"))
+    store.append(rows(c, "error", "worker failed: BrokenProcessPool: a worker died"))
+    assert pending(points[:3], str(tmp_path)) == [c]
+    assert store.finished_hashes() == {a.config_hash, b.config_hash}
+    assert not settled({"status": "error", "error": "UserCodeError: DivergedError: no"})
+    assert not settled({"status": "error"}) and not settled("ok") and settled({"status": "ok"})

@@ -204,15 +204,33 @@ def _key_of(row: Any) -> tuple[Any, Any] | None:
     return (row.get("config_hash"), row.get("attack")) if isinstance(row, dict) else None
 
 
+# Errors a rerun of the same configuration gives again (training on a CPU is
+# deterministic): training diverged at this learning rate. Such a row settles its point
+# as an ok row does, so a resumed sweep or benchmark does not run it again and write a
+# second error row. Every other error (a worker that died, a full disk, user code that
+# raised) is retried.
+REPRODUCIBLE_ERRORS = ("DivergedError:",)
+
+
+def settled(row: Any) -> bool:
+    """Whether ``row`` settles its (configuration, attack): ok, or an error that a rerun
+    reproduces (:data:`REPRODUCIBLE_ERRORS`)."""
+    if not isinstance(row, dict):
+        return False
+    status, error = row.get("status"), str(row.get("error") or "")
+    return status == "ok" or (status == "error" and error.startswith(REPRODUCIBLE_ERRORS))
+
+
 def _ok_keys(data: bytes) -> set[tuple[Any, Any]]:
-    """(config hash, attack) of every ok row in a store's bytes (torn lines ignored)."""
+    """(config hash, attack) of every settled row in a store's bytes (torn lines
+    ignored)."""
     keys = set()
     for line in data.decode("utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict) and row.get("status") == "ok":
+        if settled(row):
             keys.add(_key_of(row))
     return keys
 
@@ -253,7 +271,7 @@ class ResultStore:
         self.directory = os.path.abspath(directory)
         self.path = os.path.join(self.directory, filename)
         # True (sweep workers): under the write lock, drop every row whose configuration
-        # and attack already have an ok row, so a late or repeated point never writes a
+        # and attack already have a settled row, so a late or repeated point never writes a
         # second row for what is done.
         self.skip_done = skip_done
 
@@ -337,7 +355,9 @@ class ResultStore:
         return inside(self.directory, relative)
 
     def finished_hashes(self) -> set[str]:
-        return {r["config_hash"] for r in self.read() if r.get("status") == "ok"}
+        """Hashes of the configurations with a settled row (ok, or diverged: see
+        :func:`settled`)."""
+        return {r["config_hash"] for r in self.read() if settled(r)}
 
     def save_arrays(self, name: str, **arrays: np.ndarray) -> str:
         folder = os.path.join(self.directory, "reconstructions")

@@ -19,7 +19,8 @@ result store, resumable.
 Every point is validated before anything runs (all problems listed at once). Rows are
 appended to ``OUT/results.jsonl`` by each point when it finishes (one locked write), so
 killing a sweep, even with ``kill -9``, loses only the points in flight; a rerun skips
-points whose attacks all have an ``ok`` row for the same configuration hash.
+points whose attacks all have a settled row for the same configuration hash: ``ok``, or
+an error a rerun would repeat (training diverged; ``store.settled``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from privbench.errors import ParameterError, PrivbenchError
+from privbench.results.store import settled
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -216,11 +218,7 @@ def _run_point(argv: list[str], out: str, threads: int) -> list[str]:
     store = ResultStore(out, skip_done=True)  # never a second row for what is done
     resolved = cfg.resolve()
     names = resolved.attack.names or ("none",)
-    ok = {
-        r["attack"]
-        for r in store.read()
-        if r["config_hash"] == resolved.hash() and r["status"] == "ok"
-    }
+    ok = {r["attack"] for r in store.read() if r["config_hash"] == resolved.hash() and settled(r)}
     if set(names) <= ok:
         return ["ok"] * len(names)  # finished meanwhile by another sweep
     return [r.status for r in run(cfg, store=store)]
@@ -263,9 +261,9 @@ class SweepSummary:
 def pending(points: list[Point], out: str) -> list[Point]:
     from privbench.results import ResultStore
 
-    ok: dict[str, set[str]] = {}
+    ok: dict[str, set[str]] = {}  # settled rows: ok, or diverged (a rerun diverges again)
     for r in ResultStore(out).read():
-        if r.get("status") == "ok":
+        if settled(r):
             ok.setdefault(r["config_hash"], set()).add(r["attack"])
     return [p for p in points if not set(p.attacks) <= ok.get(p.config_hash, set())]
 
