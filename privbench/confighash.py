@@ -13,9 +13,11 @@ from typing import Any
 
 # Plugin parameters added after rows were recorded, at the default that reproduces those
 # rows: left out of the configuration hash at that value. (path to the plugin's resolved
-# parameters in ``RunConfig.to_dict()``, "*" for every key there; parameter; value)
+# parameters in ``RunConfig.to_dict()``, "*" for every key there; parameter; value).
+# A default changed since keeps its old value here: rows that ran it keep their hash,
+# and a run at the new default hashes apart from them (it is a different run).
 LATER_DEFAULTS = (
-    (("model_params",), "weight_init", "pytorch"),  # the cnn's init
+    (("model_params",), "weight_init", "pytorch"),  # the cnn's init (default he since)
     (("partition_params",), "over", "classes"),  # what the dirichlet partition splits
     (("defense_params", "client-dp"), "target_epsilon", None),  # client-dp's calibration
     (("attack", "params", "*"), "box", "free"),  # DLG/iDLG's dummy domain

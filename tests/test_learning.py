@@ -18,6 +18,7 @@ import pytest
 
 import privbench
 from privbench import FedConfig, RunConfig, registries
+from privbench.confighash import config_hash
 from privbench.data import load_dataset
 from tests import standins
 from tests.conftest import shared_data_root
@@ -93,21 +94,20 @@ def test_a_first_run_learns_above_chance(dataset, model, standin_root, monkeypat
     )
 
 
-def test_cnn_he_init_is_kaiming_normal_and_the_default_init_keeps_old_hashes():
+def test_cnn_he_init_is_kaiming_normal_and_pytorch_init_keeps_old_hashes():
     import torch
 
     from privbench.models import CNN
     from tests.conftest import tiny_config
 
     torch.manual_seed(0)
-    plain = CNN((1, 28, 28), 10)
+    old = CNN((1, 28, 28), 10, init="pytorch")  # PyTorch's layer defaults, untouched
     torch.manual_seed(0)
-    same = CNN((1, 28, 28), 10, init="pytorch")
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(plain.state_dict().values(), same.state_dict().values(), strict=True)
-    )
-    he = CNN((1, 28, 28), 10, init="he")
+    layers = [m for m in old.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for mod in layers:
+        ref = type(mod)(*_shape_args(mod))
+        assert torch.equal(mod.weight, ref.weight) and torch.equal(mod.bias, ref.bias)
+    he = CNN((1, 28, 28), 10)  # the default
     for mod in he.modules():
         if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
             fan_in = mod.weight[0].numel()
@@ -117,8 +117,19 @@ def test_cnn_he_init_is_kaiming_normal_and_the_default_init_keeps_old_hashes():
     def hashed(**params):
         return tiny_config(model="cnn", model_params=params).resolve().hash()
 
-    assert hashed(weight_init="pytorch") == hashed()  # every row before the option
-    assert hashed(weight_init="he") != hashed()
+    assert hashed(weight_init="he") == hashed()  # the default since
+    pytorch = tiny_config(model="cnn").resolve().to_dict()
+    pytorch["model_params"].pop("weight_init")  # a row from before the option
+    assert hashed(weight_init="pytorch") == config_hash(pytorch) != hashed()
+
+
+def _shape_args(mod):
+    """The constructor arguments that rebuild ``mod`` (a Conv2d or a Linear)."""
+    import torch
+
+    if isinstance(mod, torch.nn.Linear):
+        return mod.in_features, mod.out_features
+    return mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding
 
 
 @pytest.mark.slow

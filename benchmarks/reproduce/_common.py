@@ -11,6 +11,7 @@ import numpy as np
 
 import privbench
 from privbench import ResultStore, RunConfig
+from privbench.results.report import is_current
 
 
 def add_data_root(ap: argparse.ArgumentParser) -> None:
@@ -86,6 +87,13 @@ def seed_major(points: list[tuple[tuple, RunConfig]]) -> list[tuple[tuple, RunCo
     """The same runs, every configuration's seed 0 first: an interrupted grid then
     covers every cell with one seed before it adds the next."""
     return sorted(points, key=lambda p: p[1].seed)
+
+
+def current(rows: Iterable[dict]) -> list[dict]:
+    """The rows today's code would write for their configurations (``is_current``): a
+    run under a default changed since (the ``cnn``'s PyTorch init before He) stays in
+    the store, out of the tables and the searches, and its point runs again."""
+    return [r for r in rows if is_current(r)]
 
 
 def group(rows: Iterable[dict], key: Callable[[dict], tuple]) -> dict[tuple, list[dict]]:

@@ -195,6 +195,7 @@ def measure(
         cfg = config(beta, method, k, seed, **kw)
         base = {"dataset": dataset, "beta": beta, "seed": seed, "method": method, "k": k}
         exp = Experiment(cfg)
+        base["weight_init"] = exp.cfg.model_params["weight_init"]  # the cnn's, as it ran
         kept = capture_pretrained(exp) if method == "cvae-finetune" else {}
         try:
             exp.train()

@@ -27,7 +27,7 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import measure, parse, parser
+from _common import current, measure, parse, parser
 
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.data.datasets import load_dataset
@@ -351,11 +351,11 @@ def main(argv: list[str] | None = None) -> None:
         rounds = args.rounds if level == "record" else args.client_rounds
         kw = {"rounds": rounds, "train_size": args.train_size}
         measure(search(level, **kw), store, validation)
-        rows = [r for r in store.read() if _knobs(r)[0] == level]
+        rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
         measure(finals(rows, args.seeds, **kw), store, None)
         if level == "record":
             measure(why_points(rows, args.seeds, **kw), store, None)
-    print(page(store.read()))
+    print(page(current(store.read())))
     searched = sum(r["dataset"].endswith(":validation") for r in store.read())
     print(f"validation search: {searched} runs")
 

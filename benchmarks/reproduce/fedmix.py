@@ -33,7 +33,7 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import group, measure, parse, parser, partition_name, seed_major
+from _common import current, group, measure, parse, parser, partition_name, seed_major
 
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.results.report import mean_std as ms
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_sweeps:  # after the main grid: its cells come first
         todo += sweep_points(args.seeds, **kw)
     measure(todo, store)
-    print(table(store.read()))
+    print(table(current(store.read())))
 
 
 if __name__ == "__main__":

@@ -37,11 +37,13 @@ from privbench.augmenters.base import per_sample_cross_entropy  # noqa: E402
 from privbench.augmenters.fedmix import FedMix, NaiveMix  # noqa: E402
 from privbench.data.datasets import load_dataset  # noqa: E402
 from privbench.data.partition import partition  # noqa: E402
-from privbench.models import cnn  # noqa: E402
+from privbench.models import MODELS, cnn  # noqa: E402
 from privbench.tuning import default_lr  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "fedmix_taylor.jsonl"
 LAMBDAS = (0.05, 0.1, 0.2)
+# the cnn's init today (its registered default); a row records the init it ran with
+INIT = next(p.default for p in MODELS.entry("cnn").params if p.name == "weight_init")
 CLIENTS = 100
 
 
@@ -81,7 +83,7 @@ def components(model, method: FedMix, x, y, xbar, ybar) -> dict[str, float]:
 def run(lam: float, seed: int, *, train_size: int, epochs: int, dataset: str = "mnist") -> dict:
     x, y, xg, yg = client_and_means(train_size, seed, dataset)
     torch.manual_seed(seed)
-    model = cnn(tuple(x.shape[1:]), 10)
+    model = cnn(tuple(x.shape[1:]), 10, weight_init=INIT)
     method = FedMix(lam=lam)
     lr = default_lr(dataset, "cnn")[0]
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -111,16 +113,24 @@ def run(lam: float, seed: int, *, train_size: int, epochs: int, dataset: str = "
         "lam": lam,
         "seed": seed,
         "lr": lr,
+        "weight_init": INIT,
         "images": len(y),
         "history": history,
     }
 
 
 def key(row: dict) -> tuple:
-    return (row.get("dataset", "mnist"), row["lam"], row["seed"])  # early rows: MNIST
+    # early rows: MNIST, and the cnn's PyTorch init (its default then)
+    return (row.get("dataset", "mnist"), row["lam"], row["seed"], row.get("weight_init", "pytorch"))
+
+
+def today(rows: list[dict]) -> list[dict]:
+    """The rows of the cnn's init today (earlier rows ran PyTorch's, the default then)."""
+    return [r for r in rows if r.get("weight_init", "pytorch") == INIT]
 
 
 def table(rows: list[dict]) -> str:
+    rows = today(rows)
     lines = [
         "| λ | seed | epoch | FedMix surrogate | its Taylor term | ‖∂ℓ/∂x‖ "
         "| mixup loss it approximates |",
@@ -140,7 +150,7 @@ def verdicts(rows: list[dict]) -> list[str]:
     """Per λ, at the last epoch (means over seeds): how far the surrogate sits below the
     mixup loss it stands for, how much the input gradient grew from the start, and in how
     many seeds the model ended constant (its output no longer depends on its input)."""
-    out = []
+    out, rows = [], today(rows)
     for lam in sorted({r["lam"] for r in rows}):
         rs = [r for r in rows if r["lam"] == lam]
         gap = np.mean([r["history"][-1]["mixup_loss"] - r["history"][-1]["surrogate"] for r in rs])
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     store = RowStore(Path(args.out), key)
     for seed in range(args.seeds):
         for lam in args.lambdas:
-            if (args.dataset, lam, seed) in store:
+            if (args.dataset, lam, seed, INIT) in store:
                 continue
             kw = {"train_size": args.train_size, "epochs": args.epochs, "dataset": args.dataset}
             row = store.add(run(lam, seed, **kw))

@@ -35,7 +35,7 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import group, measure, parse, parser, partition_name, seed_major, verdict
+from _common import current, group, measure, parse, parser, partition_name, seed_major, verdict
 from _common import mean_std as ms
 
 from privbench import FedConfig, ResultStore, RunConfig
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     store = ResultStore(args.out)
     kw = {"rounds": args.rounds, "train_size": args.train_size}
     measure(points(args.datasets, args.partitions, args.seeds, **kw), store)
-    rows = store.read()
+    rows = current(store.read())
     print(table(rows))
     print("\n".join(verdicts(rows)))
 
