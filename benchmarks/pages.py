@@ -28,7 +28,14 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _missing(path: Path) -> str:
-    return f"*No rows yet in `{path.relative_to(HERE.parent)}`: the benchmark has not run.*"
+    stale = len(_jsonl(path)) if path.exists() else 0
+    where = f"`{path.relative_to(HERE.parent)}`"
+    if stale:  # rows, none of them of today's defaults (see _reproduction)
+        return (
+            f"*The {stale} rows in {where} ran under an earlier default (the `cnn`'s "
+            f"PyTorch init); the grid is being measured again.*"
+        )
+    return f"*No rows yet in {where}: the benchmark has not run.*"
 
 
 def headline() -> str:
@@ -118,13 +125,13 @@ REPRODUCTIONS = {
 def _reproduction(name: str):
     import importlib
 
-    from privbench.results.report import is_current
+    from privbench.results.report import is_default_run
 
     module, store = REPRODUCTIONS[name]
     path = RESULTS / "reproduce" / store
     # privbench rows of a default changed since (the cnn's init) are left out: their
     # points run again; a script's own rows (no config) carry what they ran with
-    rows = [r for r in _jsonl(path) if "config" not in r or is_current(r)]
+    rows = [r for r in _jsonl(path) if "config" not in r or is_default_run(r)]
     return importlib.import_module(module), rows, path
 
 

@@ -11,8 +11,9 @@ entry's ``setup``. Grid of learning rates x ``--seeds`` seeds; the value with th
 highest mean validation accuracy wins (a tie goes to the smaller step). Every run is a
 row in ``benchmarks/results/tuning/results.jsonl`` (resumable: a rerun skips what is
 there); ``privbench/tuned.json`` records the winner and the whole search, from the rows
-today's code would make (``is_current``: a search that ran under an old default, such
-as the ``cnn``'s init before He, is kept in the store and left out).
+today's code would make at today's defaults (``is_default_run``: a search that ran
+under an old default, such as the ``cnn``'s init before He, stays in the store, left
+out).
 
     python benchmarks/tune.py --data-root ../shared/data
     python benchmarks/tune.py --write-only      # tuned.json again from the rows
@@ -30,7 +31,7 @@ import privbench
 from privbench import FedConfig, ResultStore, RunConfig, registries
 from privbench.data.datasets import load_dataset
 from privbench.results import write_json_atomic
-from privbench.results.report import is_current
+from privbench.results.report import is_default_run
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "tuning"
@@ -113,7 +114,7 @@ def choose(rows: list[dict]) -> dict[str, dict]:
 def searched(rows: list[dict]) -> list[dict]:
     """The search's rows that count: runs today's code would make for their configs (a
     ``cnn`` row from before He init is not one)."""
-    return [r for r in rows if r.get("attack") == "none" and is_current(r)]
+    return [r for r in rows if r.get("attack") == "none" and is_default_run(r)]
 
 
 def write(store: ResultStore, args) -> dict:

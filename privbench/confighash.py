@@ -24,21 +24,36 @@ LATER_DEFAULTS = (
 )
 
 
+# Defaults changed since rows were recorded: (path, parameter, the old default). A row
+# that carries the old value ran before the change, or chose it.
+CHANGED_DEFAULTS = ((("model_params",), "weight_init", "pytorch"),)  # the cnn: he since
+
+
+def _holding(d: dict[str, Any], path: tuple[str, ...], key: str, value: Any) -> list[dict]:
+    """The parameter dicts at ``path`` in ``d`` whose ``key`` is ``value``."""
+    level = [d]
+    for step in path:
+        level = [
+            v
+            for node in level
+            if isinstance(node, dict)
+            for k, v in node.items()
+            if step in ("*", k)
+        ]
+    return [p for p in level if isinstance(p, dict) and key in p and p[key] == value]
+
+
 def drop_later_defaults(d: dict[str, Any]) -> None:
     """Remove from the config dict ``d`` every LATER_DEFAULTS parameter at its old value."""
     for path, key, plain in LATER_DEFAULTS:
-        level = [d]
-        for step in path:
-            level = [
-                v
-                for node in level
-                if isinstance(node, dict)
-                for k, v in node.items()
-                if step in ("*", k)
-            ]
-        for params in level:
-            if isinstance(params, dict) and key in params and params[key] == plain:
-                params.pop(key)
+        for params in _holding(d, path, key, plain):
+            params.pop(key)
+
+
+def at_changed_default(d: dict[str, Any]) -> bool:
+    """Whether the config dict ``d`` holds a parameter at a default changed since
+    (:data:`CHANGED_DEFAULTS`)."""
+    return any(_holding(d, path, key, old) for path, key, old in CHANGED_DEFAULTS)
 
 
 def config_hash(d: dict[str, Any]) -> str:

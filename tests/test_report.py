@@ -192,3 +192,16 @@ def test_a_config_round_trips_through_its_dict_and_a_row_knows_whether_it_is_cur
     gone = json.loads(json.dumps(row))
     gone["config"]["method"] = "a-method-no-longer-registered"
     assert not is_current(gone) and not is_current({"config": {}, "config_hash": "x"})
+
+
+def test_a_row_at_a_changed_default_is_current_but_not_a_default_run():
+    """A cnn row recorded while PyTorch's init was the default carries it explicitly:
+    today's code would still write it for that config, but not for the default."""
+    from privbench.results.report import is_current, is_default_run
+
+    he = tiny_config(model="cnn").resolve()
+    old = tiny_config(model="cnn", model_params={"weight_init": "pytorch"}).resolve()
+    lenet = tiny_config().resolve()
+    rows = [{"config": c.to_dict(), "config_hash": c.hash()} for c in (he, old, lenet)]
+    assert [is_current(r) for r in rows] == [True, True, True]
+    assert [is_default_run(r) for r in rows] == [True, False, True]

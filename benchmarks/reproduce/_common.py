@@ -11,7 +11,7 @@ import numpy as np
 
 import privbench
 from privbench import ResultStore, RunConfig
-from privbench.results.report import is_current
+from privbench.results.report import is_default_run
 
 
 def add_data_root(ap: argparse.ArgumentParser) -> None:
@@ -90,10 +90,11 @@ def seed_major(points: list[tuple[tuple, RunConfig]]) -> list[tuple[tuple, RunCo
 
 
 def current(rows: Iterable[dict]) -> list[dict]:
-    """The rows today's code would write for their configurations (``is_current``): a
-    run under a default changed since (the ``cnn``'s PyTorch init before He) stays in
-    the store, out of the tables and the searches, and its point runs again."""
-    return [r for r in rows if is_current(r)]
+    """The rows today's code would write for the grids' configurations, at today's
+    defaults (``is_default_run``): a run under a default changed since (the ``cnn``'s
+    PyTorch init before He) stays in the store, out of the tables and the searches, and
+    its point runs again."""
+    return [r for r in rows if is_default_run(r)]
 
 
 def group(rows: Iterable[dict], key: Callable[[dict], tuple]) -> dict[tuple, list[dict]]:

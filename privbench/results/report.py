@@ -138,6 +138,16 @@ def is_current(row: Mapping[str, Any]) -> bool:
     return cfg.hash() == row["config_hash"]
 
 
+def is_default_run(row: Mapping[str, Any]) -> bool:
+    """:func:`is_current`, and run at today's defaults: no parameter holds a default that
+    changed since (``confighash.CHANGED_DEFAULTS``; a ``cnn`` row that carries
+    ``weight_init = "pytorch"`` ran before He init became the default, or chose it).
+    What a benchmark that names no such parameter tables."""
+    from privbench.confighash import at_changed_default
+
+    return is_current(row) and not at_changed_default(row.get("config") or {})
+
+
 def worst_case_view(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The rows a reader sees by default: where a run wrote a ``worst-case`` row, it
     stands for that run's gradient attacks (their own rows are left out: each victim's
