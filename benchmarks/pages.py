@@ -41,7 +41,15 @@ def _missing(path: Path) -> str:
 def headline() -> str:
     from privbench.results.report import format_table, load_rows, summarize
 
-    metrics = ["accuracy", "psnr", "ssim", "label_dist_error", "bytes_up", "epsilon"]
+    metrics = [
+        "accuracy",
+        "psnr",
+        "psnr_augmented",
+        "ssim",
+        "label_dist_error",
+        "bytes_up",
+        "epsilon",
+    ]
     rows = load_rows(str(RESULTS / "headline"))
     summary = summarize(rows, by=["method", "defense", "attack"], metrics=metrics)
     return format_table(summary, metrics, "md")

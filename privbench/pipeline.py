@@ -150,7 +150,7 @@ def finish_rows(
 
 def _set_score(row: Result, score) -> None:
     row.psnr, row.ssim, row.mse = score.psnr, score.ssim, score.mse
-    row.psnr_affine = score.psnr_affine
+    row.psnr_affine, row.psnr_augmented = score.psnr_affine, score.psnr_augmented
     row.label_acc, row.n_images = score.label_acc, score.num_images
 
 

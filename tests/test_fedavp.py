@@ -259,6 +259,33 @@ def test_torchvision_baselines_augment_each_image_reproducibly(name):
     assert sum(changed) >= 4  # independent draws: most images change
 
 
+@pytest.mark.parametrize(
+    "name, params, count",
+    [
+        # 9 signed ops x 2 signs + 5 unsigned, in sequences of N
+        ("randaugment", {}, (9 * 2 + 5) ** 2),
+        ("randaugment", {"num_ops": 1, "magnitude": 0}, 14),  # magnitude 0: no sign
+        # every bin of 9 signed ops (bin 0 at magnitude 0 once), Solarize's 31 bins,
+        # Posterize's 7 distinct bit depths (8..2) over its 31 bins, Identity,
+        # AutoContrast, Equalize
+        ("trivialaugment", {}, 9 * (1 + 30 * 2) + 31 + 7 + 3),
+    ],
+)
+def test_the_adversary_enumerates_every_draw_of_the_baselines_op_space(name, params, count):
+    """The victim's augmented images are among the enumerated views, exactly: what its
+    gradient determines is the private image under one public draw."""
+    method = privbench.registries()["method"].create(name, **params)
+    method.setup(num_classes=10, input_shape=(3, 16, 16), num_clients=2, seed=0)
+    x = torch.rand(6, 3, 16, 16)
+    views = method.augmented_views(x)
+    assert views.shape == (count, *x.shape)
+    assert len(set(method.draws(16, 16))) == count  # no draw twice
+    for seed in range(4):
+        seen = method.augment(x, torch.Generator().manual_seed(seed))
+        nearest = ((views - seen[None]) ** 2).flatten(2).mean(2).min(0).values
+        assert float(nearest.max()) < 1e-12, (seed, nearest)
+
+
 def test_randaugment_refuses_a_magnitude_beyond_its_bins():
     with pytest.raises(ParameterError, match="magnitude"):
         privbench.run(tiny_config(method="randaugment", method_params={"magnitude": 40}))
@@ -269,3 +296,15 @@ def test_policy_guess_is_validated():
     with pytest.raises(ParameterError, match="guess"):
         method.attack_view("psychic", torch.Generator())
     assert math.isfinite(float(method.scores(method.theta).sum()))
+
+
+def test_a_randaugment_row_scores_the_augmented_image_its_gradient_gives_away():
+    """End to end: DLG on a RandAugment victim rebuilds the augmented image; against the
+    private image under the best public draw it scores at least as high as against the
+    image as is, and a method without augmentation has no such score."""
+    attack = {"names": ("dlg",), "params": {"iters": 30}}
+    (rand,) = privbench.run(tiny_config(method="randaugment", attack=attack))
+    (plain,) = privbench.run(tiny_config(attack=attack))
+    assert rand.status == plain.status == "ok"
+    assert rand.psnr_augmented is not None and rand.psnr_augmented >= rand.psnr
+    assert plain.psnr_augmented is None

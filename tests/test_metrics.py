@@ -102,3 +102,26 @@ def test_psnr_affine_is_the_hand_fit_and_never_below_psnr():
     for _ in range(20):
         g, r = rng.random((3, 5, 5)), rng.random((3, 5, 5))
         assert psnr_affine(g, r) >= psnr(g, r)
+
+
+def test_psnr_augmented_scores_the_view_a_reconstruction_matches_best():
+    """Hand-worked: the reconstruction is the flipped private image. As is it scores low;
+    against the views (the image as is, flipped) it is exact; without views, None."""
+    from dataclasses import replace
+
+    from privbench.evaluation.metrics import PSNR_CAP, combine_scores, score_reconstruction
+
+    gen = torch.Generator().manual_seed(0)
+    gt = torch.rand(1, 1, 8, 8, generator=gen)
+    flipped = gt.flip(-1)
+    views = torch.stack([gt, flipped])  # (K=2, B=1, C, H, W)
+    plain = score_reconstruction(gt, flipped)
+    score = score_reconstruction(gt, flipped, views=views)
+    assert plain.psnr_augmented is None and score.psnr == plain.psnr < 20
+    assert score.psnr_augmented == PSNR_CAP
+    # never below the score as is: a view farther than the image itself does not count
+    far = score_reconstruction(gt, gt + 0.01, views=torch.stack([flipped]))
+    assert far.psnr_augmented == far.psnr
+    pooled = combine_scores([score, replace(far, num_images=3)])
+    assert pooled.psnr_augmented == pytest.approx((PSNR_CAP + 3 * far.psnr) / 4)
+    assert combine_scores([score, plain]).psnr_augmented is None

@@ -80,9 +80,10 @@ def attack_victims(
         elif attack.target == "batch":
             victim = outcome.victims[vid]
             gt = victim.images
+            views = exp.public_method.augmented_views(victim.images)  # public draws
             scores.append(
                 score_reconstruction(
-                    victim.images, images, victim.labels, rec.labels, exp.data.value_range
+                    victim.images, images, victim.labels, rec.labels, exp.data.value_range, views
                 )
             )
         else:

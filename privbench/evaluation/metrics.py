@@ -9,7 +9,7 @@ is a finite, JSON-safe number.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -86,6 +86,9 @@ class LeakageScore:
     per_image_psnr: tuple[float, ...]
     num_images: int
     psnr_affine: float | None = None  # after the per-channel affine fit (affine_fit)
+    # against the private image under the public augmentation draw it matches best
+    # (a method's augmented_views), or as is when that is closer
+    psnr_augmented: float | None = None
 
 
 def score_reconstruction(
@@ -94,8 +97,11 @@ def score_reconstruction(
     gt_labels: torch.Tensor | None = None,
     rec_labels: torch.Tensor | None = None,
     value_range: tuple[float, float] = (0.0, 1.0),
+    views: torch.Tensor | None = None,
 ) -> LeakageScore:
-    """Match and score a batch of reconstructions against the private images."""
+    """Match and score a batch of reconstructions against the private images. ``views``
+    (K, B, C, H, W): the private images under each public augmentation draw; each pair
+    then also scores against the view it matches best (``psnr_augmented``)."""
     lo, hi = value_range
     gt = gt_images.detach().cpu().double()
     rec = rec_images.detach().cpu().double().clamp(lo, hi)
@@ -103,13 +109,21 @@ def score_reconstruction(
     gi = [i for i, j in enumerate(order) if j >= 0]
     rj = [int(order[i]) for i in gi]
     labelled = gt_labels is not None and rec_labels is not None
-    return score_pairs(
+    score = score_pairs(
         gt[gi],
         rec[rj],
         gt_labels[gi] if labelled else None,
         rec_labels[rj] if labelled else None,
         value_range,
     )
+    if views is None:
+        return score
+    aug = views.detach().cpu().double()
+    best = []
+    for i, j, p in zip(gi, rj, score.per_image_psnr, strict=True):
+        nearest = int(((aug[:, i] - rec[j]) ** 2).flatten(1).mean(1).argmin())
+        best.append(max(p, psnr(aug[nearest, i].numpy(), rec[j].numpy(), hi - lo)))
+    return replace(score, psnr_augmented=float(np.mean(best)))
 
 
 def score_pairs(
@@ -208,11 +222,18 @@ def combine_scores(scores: list[LeakageScore]) -> LeakageScore:
         else None,
         per_image_psnr=tuple(p for s in scores for p in s.per_image_psnr),
         num_images=n,
-        psnr_affine=(
-            sum(s.psnr_affine * s.num_images for s in scores) / n
-            if all(s.psnr_affine is not None for s in scores)
-            else None
-        ),
+        psnr_affine=_pooled(scores, "psnr_affine"),
+        psnr_augmented=_pooled(scores, "psnr_augmented"),
+    )
+
+
+def _pooled(scores: list[LeakageScore], field: str) -> float | None:
+    """The image-weighted mean of an optional score field; None unless every score has it."""
+    values = [getattr(s, field) for s in scores]
+    if any(v is None for v in values):
+        return None
+    return sum(v * s.num_images for v, s in zip(values, scores, strict=True)) / sum(
+        s.num_images for s in scores
     )
 
 

@@ -43,6 +43,7 @@ METRICS: dict[str, Metric] = {
     "class_acc_var": Metric("class acc var", 1.0, 4),
     "psnr": Metric("PSNR (dB)", 1.0, 2, True),
     "psnr_affine": Metric("PSNR affine (dB)", 1.0, 2, True),
+    "psnr_augmented": Metric("PSNR augmented (dB)", 1.0, 2, True),
     "ssim": Metric("SSIM", 1.0, 3, True),
     "mse": Metric("MSE", 1.0, 4),
     "label_acc": Metric("label acc", 1.0, 2, True),

@@ -49,6 +49,7 @@ RESULT_FIELDS = (
     "worst_of",
     "psnr",
     "psnr_affine",
+    "psnr_augmented",
     "ssim",
     "mse",
     "label_acc",
@@ -109,6 +110,9 @@ class Result:
     # PSNR after a per-channel least-squares affine fit of each reconstruction to its
     # private image (what a train-mode BatchNorm gradient determines); >= psnr
     psnr_affine: float | None = None
+    # RandAugment, TrivialAugment: against the private image under the public augmentation
+    # draw (of the method's op space) the reconstruction matches best, or as is when closer
+    psnr_augmented: float | None = None
     ssim: float | None = None
     mse: float | None = None
     label_acc: float | None = None
