@@ -58,8 +58,8 @@ class FedConfig:
     optimizer: str = "sgd"
     weight_decay: float = 0.0
     # Train the clients of a round as one vectorised computation where the method allows
-    # (same results as one by one, within float rounding). An execution choice: not part
-    # of the config hash.
+    # (same results as one by one, within float rounding, which training can amplify:
+    # see docs/performance.md). An execution choice: not part of the config hash.
     vectorise: bool = True
 
     @property
