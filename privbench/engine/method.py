@@ -261,14 +261,13 @@ class Augmenter(Configurable):
     # variant, whose dummies stay in the data's box.
     attack_image_ops = False
     Client: type[ClientRole] = ClientRole
+    Server: type[ServerRole] = ServerRole
 
     def augmented_views(self, x: torch.Tensor) -> torch.Tensor | None:
         """``x`` (B, C, H, W) under every draw of the private image augmentation a client
         trains on, as the adversary enumerates it from the public parameters: (K, B, C,
         H, W); None for a method without one (scores' ``psnr_augmented``)."""
         return None
-
-    Server: type[ServerRole] = ServerRole
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
