@@ -198,3 +198,21 @@ def test_the_fedmix_taylor_diagnostic_records_each_epoch_and_resumes(tmp_path):
     lines = repro.verdicts(rows)
     assert len(lines) == 2 and "dead network" in lines[1]
     assert "| 0.2 | 0 | 2 |" in repro.table(rows)  # the last epoch always shows
+
+
+def test_reproductions_table_the_runs_of_todays_defaults_only(tmp_path):
+    """A cnn row from before He init (its config carries weight_init = pytorch, or none)
+    stays in the store but out of the tables, and its point runs again; the taylor
+    diagnostic's own rows likewise by the init they record."""
+    from privbench.testing import tiny_config
+
+    common = _reproduction("_common")
+    he = tiny_config(model="cnn").resolve()
+    old = tiny_config(model="cnn", model_params={"weight_init": "pytorch"}).resolve()
+    rows = [{"config": c.to_dict(), "config_hash": c.hash(), "status": "ok"} for c in (he, old)]
+    older = json.loads(json.dumps(rows[1]))  # recorded before the option existed
+    older["config"]["model_params"].pop("weight_init")
+    assert common.current([*rows, older]) == rows[:1]
+    taylor = _reproduction("fedmix_taylor")
+    mine = [{"lam": 0.1, "weight_init": "he"}, {"lam": 0.1}, {"lam": 0.2, "weight_init": "pytorch"}]
+    assert taylor.today(mine) == mine[:1]
