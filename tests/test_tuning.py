@@ -133,7 +133,7 @@ def test_a_first_mnist_run_without_lr_learns(data_root):
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     (row,) = json.loads(proc.stdout)
     assert row["config"]["fed"]["lr"] == default_lr("mnist", "cnn")[0] != FALLBACK_LR
-    assert row["accuracy"] > 0.3  # 0.89 measured (He init, 0.03); 0.5 stays at chance
+    assert row["accuracy"] > 0.8  # 0.89 measured (He init, 0.03); 0.5 stays at chance
 
 
 def test_the_docs_table_is_the_committed_tuning():
