@@ -43,7 +43,7 @@ from privbench.tuning import default_lr  # noqa: E402
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "fedmix_taylor.jsonl"
 LAMBDAS = (0.05, 0.1, 0.2)
 # the cnn's init today (its registered default); a row records the init it ran with
-INIT = next(p.default for p in MODELS.entry("cnn").params if p.name == "weight_init")
+INIT = MODELS.resolve_params("cnn")["weight_init"]
 CLIENTS = 100
 
 

@@ -217,8 +217,8 @@ def _run_point(argv: list[str], out: str, threads: int) -> list[str]:
     cfg = config_from_args(build_parser().parse_args(argv), unused=set())
     store = ResultStore(out, skip_done=True)  # never a second row for what is done
     resolved = cfg.resolve()
-    names = resolved.attack.names or ("none",)
-    ok = {r["attack"] for r in store.read() if r["config_hash"] == resolved.hash() and settled(r)}
+    names, done = resolved.attack.names or ("none",), resolved.hash()
+    ok = {r["attack"] for r in store.read() if r["config_hash"] == done and settled(r)}
     if set(names) <= ok:
         return ["ok"] * len(names)  # finished meanwhile by another sweep
     return [r.status for r in run(cfg, store=store)]
