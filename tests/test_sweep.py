@@ -145,7 +145,53 @@ def test_exclude_skips_matching_points_and_names_unknown_keys():
     _, problems = expand({**GRID, "exclude": [{"attack": "dlg"}]})
     assert problems == ["[[exclude]] removes every point of the grid: nothing would run."]
     _, problems = expand({**GRID, "exclude": [{"model": "cnn"}]})
-    assert problems == ["[[exclude]] names 'model', which neither [sweep] nor [grid] sets."]
+    assert problems == ["[[exclude]] names 'model', which none of [sweep], [grid], [[case]] sets."]
+
+
+def test_cases_pair_options_and_cross_the_grid_axes():
+    """Each [[case]] is one choice of the options it names (a method with its own attack
+    list), crossed with the [grid] axes innermost; exclusions see case keys too."""
+    fast = {k: v for k, v in FAST.items() if k != "iters"}
+    grid = {
+        "sweep": {**fast, "dlg.iters": 2, "idlg.iters": 2},
+        "grid": {"seed": [0, 1], "defense": ["none", "prune"], "prune": [0.5]},
+        "case": [
+            {"method": "fedavg", "attack": ["dlg", "idlg"]},
+            {"method": "naivemix", "attack": ["dlg", "averaged-data"], "naivemix.lam": 0.1},
+        ],
+        "exclude": [{"method": "naivemix", "defense": "prune"}],
+    }
+    points, problems = expand(grid)
+    assert problems == []
+    # seed-major: seed 0's three points come first
+    assert [(p.options["seed"], p.config.method, p.config.defenses) for p in points] == [
+        (0, "fedavg", ()),
+        (0, "naivemix", ()),
+        (0, "fedavg", ("prune",)),
+        (1, "fedavg", ()),
+        (1, "naivemix", ()),
+        (1, "fedavg", ("prune",)),
+    ]
+    assert {p.attacks for p in points if p.config.method == "fedavg"} == {("dlg", "idlg")}
+    naive = next(p for p in points if p.config.method == "naivemix")
+    assert naive.attacks == ("dlg", "averaged-data")
+    assert naive.config.method_params["lam"] == 0.1
+    # The same point written with [grid] and [[exclude]] hashes the same.
+    plain = {
+        "sweep": {**fast, "dlg.iters": 2, "idlg.iters": 2, "attack": ["dlg", "idlg"]},
+        "grid": {"method": ["fedavg"], "seed": [0]},
+    }
+    (same,), _ = expand(plain)
+    assert same.config_hash == points[0].config_hash
+    _, problems = expand({**grid, "case": [{"method": "fedavg", "seed": 3}]})
+    assert problems == ["'seed' is set both by [[case]] and by [grid]: set it once."]
+    _, problems = expand({**grid, "case": [{}]})
+    assert problems == [
+        "[[case]] entries must be non-empty tables of option = value.",
+        "no 'method' given (in [sweep], [grid] or [[case]]).",
+    ]
+    _, problems = expand({**grid, "case": [{"method": "fedavg", "bogus": 1}]})
+    assert problems == ["'bogus' is not an option of `privbench run`."]
 
 
 def test_headline_grid_is_valid():
@@ -153,7 +199,9 @@ def test_headline_grid_is_valid():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     points, problems = expand(load_grid(os.path.join(root, "benchmarks", "headline.toml")))
-    assert problems == [] and len(points) == 39
+    # 5 methods x 4 defenses x 3 seeds, less LocalMix and FedMix under DP-SGD and FedAvg
+    # and LocalMix under artifact noise (they share no artifact)
+    assert problems == [] and len(points) == 48
 
 
 def test_the_other_methods_headline_grid_is_valid_and_covers_them_all():
@@ -163,9 +211,10 @@ def test_the_other_methods_headline_grid_is_valid_and_covers_them_all():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     first, _ = expand(load_grid(os.path.join(root, "benchmarks", "headline.toml")))
     points, problems = expand(load_grid(os.path.join(root, "benchmarks", "headline_more.toml")))
-    # 8 methods x 3 defenses x 3 seeds, less Fed-ZDAC/ZDAS under either DP defense (their
-    # BatchNorm) and FedAvP under DP-SGD (privbench refuses the pair): 57 points.
-    assert problems == [] and len(points) == 57
+    # 8 methods x 4 defenses x 3 seeds, less Fed-ZDAC/ZDAS under either DP defense (their
+    # BatchNorm), FedAvP under DP-SGD (privbench refuses the pair) and the four methods
+    # that share no artifact under artifact noise: 69 points.
+    assert problems == [] and len(points) == 69
     present = {(p.config.method, p.config.defenses) for p in points}
     assert ("fedavp", ("dp-sgd",)) not in present and ("fedavp", ("client-dp",)) in present
     covered = {p.config.method for p in first} | {p.config.method for p in points}

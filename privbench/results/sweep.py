@@ -16,6 +16,10 @@ result store, resumable.
     method = "localmix"
     defense = "dp-sgd"
 
+    [[case]]                    # optional: options that go together, one case per
+    method = "fedmix"           # point, crossed with the [grid] axes (innermost)
+    attack = ["dlg", "averaged-data"]
+
 Every point is validated before anything runs (all problems listed at once). Rows are
 appended to ``OUT/results.jsonl`` by each point when it finishes (one locked write), so
 killing a sweep, even with ``kill -9``, loses only the points in flight; a rerun skips
@@ -112,11 +116,11 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
 
     problems: list[str] = []
     plugins = {n: kind for kind, reg in registries().items() for n in reg.names()}
-    unknown_sections = set(grid) - {"sweep", "grid", "exclude"} - set(plugins)
+    unknown_sections = set(grid) - {"sweep", "grid", "exclude", "case"} - set(plugins)
     if unknown_sections:
         problems.append(
             f"unknown section(s) {', '.join(sorted(unknown_sections))}; "
-            "use [sweep], [grid], [[exclude]] and tables named after a plugin "
+            "use [sweep], [grid], [[case]], [[exclude]] and tables named after a plugin "
             "([fedmix] lam = 0.1)."
         )
     excludes = grid.get("exclude", [])
@@ -136,15 +140,25 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
             problems.append(f"grid '{key}' must be a list of values, got {values!r}.")
         elif not values:
             problems.append(f"grid '{key}' is an empty list: the sweep would have no points.")
-    if "method" not in fixed and "method" not in axes:
-        problems.append("no 'method' given (in [sweep] or [grid]).")
+    cases = grid.get("case", [])
+    if not isinstance(cases, list) or not all(isinstance(c, dict) and c for c in cases):
+        problems.append("[[case]] entries must be non-empty tables of option = value.")
+        cases = []
+    cases = [_dotted(c) for c in cases] or [{}]  # no [[case]]: one empty case
+    case_keys = list(dict.fromkeys(k for c in cases for k in c))
+    for key in case_keys:
+        if key in fixed or key in axes:
+            where = "[sweep]" if key in fixed else "[grid]"
+            problems.append(f"'{key}' is set both by [[case]] and by {where}: set it once.")
+    if "method" not in fixed and "method" not in axes and "method" not in case_keys:
+        problems.append("no 'method' given (in [sweep], [grid] or [[case]]).")
     if problems:
         return [], problems
     parser = build_parser()
     run_parser = parser._subparsers._group_actions[0].choices["run"]
     known = {a.dest for a in run_parser._actions} | {"method"}
     no_value = {a.dest for a in run_parser._actions if a.nargs == 0}
-    for key in list(fixed) + list(axes):
+    for key in list(fixed) + list(axes) + case_keys:
         plugin, dot, param = _key(key).rpartition(".")
         if dot:
             if plugin not in plugins:
@@ -171,11 +185,11 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
     points: list[Point] = []
     hashes: set[str] = set()
     used: dict[str, bool] = {}
-    plugin_keys = {_key(k) for k in list(fixed) + keys}
-    for key in {k for e in excludes for k in e} - set(keys) - set(fixed):
-        problems.append(f"[[exclude]] names '{key}', which neither [sweep] nor [grid] sets.")
-    for i, combo in enumerate(itertools.product(*(axes[k] for k in keys))):
-        options = {**fixed, **dict(zip(keys, combo, strict=True))}
+    plugin_keys = {_key(k) for k in list(fixed) + keys + case_keys}
+    for key in {k for e in excludes for k in e} - set(keys) - set(fixed) - set(case_keys):
+        problems.append(f"[[exclude]] names '{key}', which none of [sweep], [grid], [[case]] sets.")
+    for i, (*combo, case) in enumerate(itertools.product(*(axes[k] for k in keys), cases)):
+        options = {**fixed, **dict(zip(keys, combo, strict=True)), **case}
         if any(all(options.get(k) == v for k, v in e.items()) for e in excludes):
             continue
         argv = _argv(options, no_value) + ["--no-save"]
