@@ -369,3 +369,46 @@ def test_a_diverged_point_is_settled_and_any_other_error_is_retried(tmp_path):
     assert store.finished_hashes() == {a.config_hash, b.config_hash}
     assert not settled({"status": "error", "error": "UserCodeError: DivergedError: no"})
     assert not settled({"status": "error"}) and not settled("ok") and settled({"status": "ok"})
+
+
+def test_grid_rows_keep_the_points_of_the_grid_and_the_cli_filters_with_grid(tmp_path, capsys):
+    """``--grid`` tables, plots, baselines and checks the rows of a grid's points only:
+    a run of an earlier version of the grid in the same store is left out."""
+    import json
+
+    from privbench.cli import main
+    from privbench.results.report import grid_rows
+
+    points, _ = expand(GRID)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[sweep]\ndataset = "digits"\npartition = "iid"\nclients = 4\nrounds = 1\n'
+        "local_epochs = 1\nbatch_size = 16\niters = 2\nno_progress = true\n"
+        '[grid]\nmethod = ["fedavg", "naivemix"]\nattack = ["dlg"]\n'
+        'defense = ["none", "prune"]\nprune = [0.5]\nseed = [0, 1]\n'
+    )
+
+    def row(h, method, acc):
+        return {
+            "config_hash": h,
+            "method": method,
+            "attack": "dlg",
+            "defense": "none",
+            "seed": 0,
+            "status": "ok",
+            "accuracy": acc,
+            "psnr": 20.0,
+            "config": {},
+        }
+
+    rows = [row(points[0].config_hash, "fedavg", 0.5), row("0" * 16, "fedavg", 0.1)]
+    assert grid_rows(rows, [str(grid)]) == [rows[0]]
+    with pytest.raises(ParameterError, match="None of the 1 rows is a point of"):
+        grid_rows(rows[1:], [str(grid)])
+    store = tmp_path / "results.jsonl"
+    store.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["table", str(store), "--grid", str(grid), "--metrics", "accuracy"]) == 0
+    out = capsys.readouterr().out
+    assert "0.500" in out and "0.100" not in out
+    assert main(["table", str(store), "--metrics", "accuracy"]) == 0
+    assert "0.300 ± 0.200" in capsys.readouterr().out  # both rows without --grid

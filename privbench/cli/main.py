@@ -52,12 +52,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
+def _rows(args: argparse.Namespace) -> list[dict]:
+    """The rows of ``args.results``; with ``--grid``, only those of the grids' points."""
+    from privbench.results.report import grid_rows, load_rows
+
+    rows = load_rows(args.results)
+    return grid_rows(rows, args.grid) if args.grid else rows
+
+
 def cmd_table(args: argparse.Namespace) -> int:
-    from privbench.results.report import format_table, load_rows, summarize
+    from privbench.results.report import format_table, summarize
 
     metrics = _split(args.metrics)
     summary = summarize(
-        load_rows(args.results),
+        _rows(args),
         by=_split(args.by),
         metrics=metrics,
         all_attacks=args.all_attacks,
@@ -68,9 +76,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from privbench.results import write_json_atomic
-    from privbench.results.report import load_rows, make_baseline
+    from privbench.results.report import make_baseline
 
-    base = make_baseline(load_rows(args.results))
+    base = make_baseline(_rows(args))
     write_json_atomic(args.output, base)
     print(f"baseline of {len(base['groups'])} experiment(s) written to {args.output}")
     return 0
@@ -78,19 +86,18 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from privbench.results.plots import plot
-    from privbench.results.report import load_rows
 
     folder = args.results if os.path.isdir(args.results) else os.path.dirname(args.results)
-    path = plot(args.kind, load_rows(args.results), args.out, results_dir=folder or ".")
+    path = plot(args.kind, _rows(args), args.out, results_dir=folder or ".")
     print(f"wrote {path}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from privbench.results.report import check, load_rows
+    from privbench.results.report import check
 
     report = check(
-        load_rows(args.results),
+        _rows(args),
         args.baseline,
         psnr_tol=args.psnr_tol,
         ssim_tol=args.ssim_tol,

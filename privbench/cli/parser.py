@@ -13,13 +13,7 @@ from typing import Any
 
 from privbench import registries
 from privbench.adversary import expand_attacks
-from privbench.config import (
-    DEFAULT_MODEL,
-    AttackConfig,
-    FedConfig,
-    RunConfig,
-    default_model_for,
-)
+from privbench.config import DEFAULT_MODEL, AttackConfig, FedConfig, RunConfig, default_model_for
 from privbench.errors import PrivbenchError
 
 KIND_FIELDS = {  # registry kind -> the RunConfig slot its chosen plugin's params go to
@@ -252,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--psnr-tol", type=float, default=1.0, help="dB PSNR may rise")
     ck.add_argument("--ssim-tol", type=float, default=0.02, help="SSIM may rise")
     ck.add_argument("--acc-tol", type=float, default=0.02, help="accuracy may fall")
+    for p in (tb, pl, bl, ck):
+        p.add_argument("--grid", action="append", help="only the points of this grid file")
     return parser
 
 

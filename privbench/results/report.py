@@ -93,6 +93,24 @@ def load_rows(source: str | os.PathLike | Sequence[Any]) -> list[dict[str, Any]]
     return [r.to_dict() if isinstance(r, Result) else dict(r) for r in source]
 
 
+def grid_rows(rows: Sequence[Mapping[str, Any]], grids: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows that are points of the sweep grid files ``grids`` (by configuration
+    hash): a store that also holds other runs (an earlier version of the grid, a
+    default changed since) tables what the grids run today."""
+    from privbench.results.sweep import expand, load_grid
+
+    hashes: set[str] = set()
+    for grid in grids:
+        points, problems = expand(load_grid(grid))
+        if problems:
+            raise ParameterError(f"invalid grid '{grid}': {problems[0]}")
+        hashes |= {p.config_hash for p in points}
+    kept = [dict(r) for r in rows if r.get("config_hash") in hashes]
+    if rows and not kept:
+        raise ParameterError(f"None of the {len(rows)} rows is a point of {', '.join(grids)}.")
+    return kept
+
+
 def experiment_id(row: Mapping[str, Any]) -> str:
     """Hash of the row's resolved configuration without its seed: seeds of one
     experiment share it, any other difference (a defense's sigma, a method's knob) does not."""
