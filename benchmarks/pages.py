@@ -41,30 +41,64 @@ def _missing(path: Path) -> str:
 def headline() -> str:
     from privbench.results.report import format_table, summarize
 
-    metrics = [
-        "accuracy",
-        "psnr",
-        "psnr_augmented",
-        "ssim",
-        "label_dist_error",
-        "bytes_up",
-        "epsilon",
-    ]
-    summary = summarize(
-        _headline_rows(), by=["method", "model", "defense", "attack"], metrics=metrics
-    )
-    return format_table(summary, metrics, "md")
+    by = ["method", "model", "defense", "attack"]
+    summary = summarize(_headline_rows(), by=by, metrics=HEADLINE_METRICS)
+    return format_table(summary, HEADLINE_METRICS, "md")
 
 
-# The digits headline's grids: its store also holds the runs of their earlier versions
-# (DP at untuned defaults), which the table and figures leave out.
-HEADLINE_GRIDS = (HERE / "headline.toml", HERE / "headline_more.toml")
+# Each headline store and the grids whose points it tables: the digits store also holds
+# the runs of its grids' earlier versions (DP at untuned defaults), left out.
+HEADLINE_GRIDS = {
+    "headline": (HERE / "headline.toml", HERE / "headline_more.toml"),
+    "headline_mnist": (HERE / "headline_mnist.toml",),
+}
+HEADLINE_METRICS = [
+    "accuracy",
+    "psnr",
+    "psnr_augmented",
+    "ssim",
+    "label_dist_error",
+    "bytes_up",
+    "epsilon",
+]
 
 
-def _headline_rows() -> list[dict]:
+def _headline_rows(store: str = "headline") -> list[dict]:
     from privbench.results.report import grid_rows, load_rows
 
-    return grid_rows(load_rows(str(RESULTS / "headline")), [str(g) for g in HEADLINE_GRIDS])
+    path = RESULTS / store
+    if not (path / "results.jsonl").exists():
+        return []
+    grids = [str(g) for g in HEADLINE_GRIDS[store]]
+    return grid_rows(load_rows(str(path)), grids, required=False)
+
+
+def headline_mnist() -> str:
+    from privbench.results.report import format_table, summarize
+
+    rows = _headline_rows("headline_mnist")
+    if not rows:
+        return "*No rows of `benchmarks/headline_mnist.toml`'s points yet: the grid has not run.*"
+    by = ["method", "model", "defense", "attack"]
+    summary = summarize(rows, by=by, metrics=HEADLINE_METRICS)
+    return format_table(summary, HEADLINE_METRICS, "md")
+
+
+def headline_dp(dataset: str) -> Callable[[], str]:
+    """The validation search that chose a headline grid's DP knobs."""
+
+    def table() -> str:
+        import headline_dp as search
+
+        from privbench.results.report import is_default_run, load_rows
+
+        path = search.OUT / "results.jsonl"
+        rows = [r for r in load_rows(str(path)) if is_default_run(r)] if path.exists() else []
+        if not any(search.knobs(r, dataset) for r in rows):
+            return f"*No {dataset} search rows yet in `benchmarks/results/headline_dp/`.*"
+        return search.table(rows, dataset)
+
+    return table
 
 
 def fedmix() -> str:
@@ -252,6 +286,9 @@ def tuning() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "results:headline": headline,
+    "results:headline-mnist": headline_mnist,
+    "results:headline-dp-mnist": headline_dp("mnist"),
+    "results:headline-dp-digits": headline_dp("digits"),
     "results:fedmix": fedmix,
     "results:fedavp": fedavp,
     "results:generative": generative,
@@ -266,18 +303,25 @@ TABLES: dict[str, Callable[[], str]] = {
 }
 
 
-def _frontier(out: str) -> str:
-    from privbench.results.plots import frontier
-    from privbench.results.report import worst_case_view
+def _frontier(store: str = "headline") -> Callable[[str], str]:
+    def draw(out: str) -> str:
+        from privbench.results.plots import frontier
+        from privbench.results.report import worst_case_view
 
-    rows = worst_case_view(_headline_rows())
-    # where a method augments from a public op space, its leakage is the reconstruction
-    # against the private image under the draw it matches (RandAugment: 11 dB as is,
-    # 83 dB so): the frontier must not read the augmentation as a defense
-    for r in rows:
-        if r.get("psnr_augmented") is not None:
-            r["psnr"] = max(r["psnr"], r["psnr_augmented"])
-    return frontier(rows, out)
+        rows = _headline_rows(store)
+        if not rows:
+            return _placeholder(out, f"no rows yet in benchmarks/results/{store}")
+        rows = worst_case_view(rows)
+        # where a method augments from a public op space, its leakage is the
+        # reconstruction against the private image under the draw it matches
+        # (RandAugment: 11 dB as is, 83 dB so): the frontier must not read the
+        # augmentation as a defense
+        for r in rows:
+            if r.get("psnr_augmented") is not None:
+                r["psnr"] = max(r["psnr"], r["psnr_augmented"])
+        return frontier(rows, out)
+
+    return draw
 
 
 def _curves(out: str) -> str:
@@ -340,7 +384,8 @@ def _placeholder(out: str, text: str) -> str:
 
 
 FIGURES: dict[str, Callable[[str], str]] = {
-    "figures/headline_frontier.png": _frontier,
+    "figures/headline_frontier.png": _frontier(),
+    "figures/headline_mnist_frontier.png": _frontier("headline_mnist"),
     "figures/headline_curves.png": _curves,
     "figures/defense_reconstructions.png": _reconstructions,
     "figures/reproduce_fedmix_curves.png": _reproduction_curves("fedmix", "shards"),

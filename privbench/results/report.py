@@ -93,10 +93,13 @@ def load_rows(source: str | os.PathLike | Sequence[Any]) -> list[dict[str, Any]]
     return [r.to_dict() if isinstance(r, Result) else dict(r) for r in source]
 
 
-def grid_rows(rows: Sequence[Mapping[str, Any]], grids: Sequence[str]) -> list[dict[str, Any]]:
+def grid_rows(
+    rows: Sequence[Mapping[str, Any]], grids: Sequence[str], *, required: bool = True
+) -> list[dict[str, Any]]:
     """The rows that are points of the sweep grid files ``grids`` (by configuration
     hash): a store that also holds other runs (an earlier version of the grid, a
-    default changed since) tables what the grids run today."""
+    default changed since) tables what the grids run today. No row matching is an
+    error when ``required``."""
     from privbench.results.sweep import expand, load_grid
 
     hashes: set[str] = set()
@@ -106,7 +109,7 @@ def grid_rows(rows: Sequence[Mapping[str, Any]], grids: Sequence[str]) -> list[d
             raise ParameterError(f"invalid grid '{grid}': {problems[0]}")
         hashes |= {p.config_hash for p in points}
     kept = [dict(r) for r in rows if r.get("config_hash") in hashes]
-    if rows and not kept:
+    if rows and not kept and required:
         raise ParameterError(f"None of the {len(rows)} rows is a point of {', '.join(grids)}.")
     return kept
 
