@@ -41,7 +41,7 @@ from privbench import FedConfig, ResultStore, RunConfig  # noqa: E402
 OUT = ROOT / "benchmarks" / "results" / "headline_dp"
 TARGET_EPSILON = 8.0
 TRAIN_SIZE = {"mnist": 12000, "digits": None}  # digits: all 1,797 images
-RECORD_CLIP = (0.1, 0.3, 1.0, 3.0)
+RECORD_CLIP = (0.1, 0.3, 1.0, 3.0, 10.0)
 RECORD_BATCH = (10, 50)
 CLIENT_CLIP = (0.1, 0.3, 1.0, 3.0)
 
@@ -102,7 +102,7 @@ def table(rows: list[dict], dataset: str) -> str:
         "|---|---|---|---|",
     ]
     best = winners(rows, dataset)
-    for r in sorted(rows, key=lambda r: str(knobs(r, dataset))):
+    for r in sorted(rows, key=lambda r: knobs(r, dataset) or ()):
         if (k := knobs(r, dataset)) is None:
             continue
         name = k[0]

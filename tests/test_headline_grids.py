@@ -1,0 +1,91 @@
+"""The MNIST headline grid: valid, every method, and DP knobs that are the validation
+search's winners (benchmarks/headline_dp.py), not typed-in values."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from privbench import registries
+from privbench.results import ResultStore
+from privbench.results.report import is_default_run
+from privbench.results.sweep import expand, load_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ROOT / "benchmarks" / "headline_mnist.toml"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import headline_dp  # noqa: E402
+
+
+def test_mnist_headline_covers_every_method_with_one_attacker_each():
+    points, problems = expand(load_grid(GRID))
+    assert problems == []
+    assert {p.config.method for p in points} == set(registries()["method"].names())
+    assert {p.config.dataset for p in points} == {"mnist"}
+    assert {p.options["seed"] for p in points} == {0, 1, 2}
+    attackers: dict[tuple, set] = {}
+    for p in points:
+        attackers.setdefault((p.config.method, p.config.model), set()).add(p.attacks)
+    assert all(len(a) == 1 for a in attackers.values())
+    # FedAvg on cnn-bn, Fed-ZDAC/ZDAS's like-for-like baseline, runs without a defense
+    assert {p.config.defenses for p in points if p.config.model == "cnn-bn"} == {()}
+    # seed-major: a grid cut short covers every cell with seed 0 first
+    seeds = [p.options["seed"] for p in points]
+    assert seeds == sorted(seeds)
+    # both DP defenses are calibrated to the same target
+    dp = [p.config.defense_params for p in points if p.config.defenses in (("dp-sgd",),)]
+    assert dp and all(d["dp-sgd"]["target_epsilon"] == headline_dp.TARGET_EPSILON for d in dp)
+
+
+@pytest.mark.parametrize(
+    "dataset, grids",
+    [("mnist", ("headline_mnist.toml",)), ("digits", ("headline.toml", "headline_more.toml"))],
+)
+def test_headline_dp_knobs_are_the_validation_searchs_winners(dataset, grids):
+    rows = [r for r in ResultStore(headline_dp.OUT).read() if is_default_run(r)]
+    searched = [r for r in rows if headline_dp.knobs(r, dataset) is not None]
+    assert len(searched) == len(headline_dp.search(dataset))  # the whole search is in
+    best = headline_dp.winners(rows, dataset)
+    points = [p for g in grids for p in expand(load_grid(ROOT / "benchmarks" / g))[0]]
+    assert {p.config.dataset for p in points} == {dataset}
+    for defense, key in (("dp-sgd", "max_grad_norm"), ("client-dp", "clip")):
+        runs = [p.config for p in points if p.config.defenses == (defense,)]
+        assert {c.defense_params[defense][key] for c in runs} == {best[defense][0]}
+        assert {c.defense_params[defense]["target_epsilon"] for c in runs} == {8.0}
+    record = [p.config for p in points if p.config.defenses == ("dp-sgd",)]
+    assert {c.fed.batch_size for c in record} == {best["dp-sgd"][1]}
+    others = [p.config for p in points if p.config.defenses != ("dp-sgd",)]
+    assert {c.fed.batch_size for c in others} == {10}
+
+
+def test_headline_dp_winner_rule_on_hand_made_rows():
+    """Best validation accuracy wins, a failed run scores 0, a tie takes the smaller C,
+    and rows outside the search (test-set runs, other budgets) are ignored."""
+
+    def row(defense, clip, acc, batch=10, status="ok", dataset="mnist:validation", eps=8.0):
+        key = "max_grad_norm" if defense == "dp-sgd" else "clip"
+        return {
+            "dataset": dataset,
+            "status": status,
+            "accuracy": acc,
+            "config": {
+                "defenses": [defense],
+                "defense_params": {defense: {key: clip, "target_epsilon": eps}},
+                "fed": {"batch_size": batch},
+            },
+        }
+
+    rows = [
+        row("dp-sgd", 0.1, 0.5),
+        row("dp-sgd", 1.0, 0.7, batch=50),
+        row("dp-sgd", 3.0, 0.9, status="error"),
+        row("dp-sgd", 0.3, 0.99, dataset="mnist"),  # a test-set run: not the search
+        row("dp-sgd", 0.3, 0.99, eps=3.0),  # another budget
+        row("client-dp", 1.0, 0.4),
+        row("client-dp", 0.3, 0.4),
+    ]
+    assert headline_dp.winners(rows, "mnist") == {"dp-sgd": (1.0, 50), "client-dp": (0.3,)}
+    assert headline_dp.winners(rows, "digits") == {}
