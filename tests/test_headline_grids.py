@@ -46,8 +46,9 @@ def test_mnist_headline_covers_every_method_with_one_attacker_each():
 )
 def test_headline_dp_knobs_are_the_validation_searchs_winners(dataset, grids):
     rows = [r for r in ResultStore(headline_dp.OUT).read() if is_default_run(r)]
-    searched = [r for r in rows if headline_dp.knobs(r, dataset) is not None]
-    assert len(searched) == len(headline_dp.search(dataset))  # the whole search is in
+    grid = {k for k, _ in headline_dp.search(dataset)}
+    searched = {headline_dp.knobs(r, dataset) for r in rows} & grid
+    assert searched == grid  # the whole search is in the store
     best = headline_dp.winners(rows, dataset)
     points = [p for g in grids for p in expand(load_grid(ROOT / "benchmarks" / g))[0]]
     assert {p.config.dataset for p in points} == {dataset}
@@ -88,4 +89,7 @@ def test_headline_dp_winner_rule_on_hand_made_rows():
         row("client-dp", 0.3, 0.4),
     ]
     assert headline_dp.winners(rows, "mnist") == {"dp-sgd": (1.0, 50), "client-dp": (0.3,)}
+    # a batch outside the dataset's search (digits: 10 and 32) does not compete
+    digits = [{**r, "dataset": "digits:validation"} for r in rows[:2]]
+    assert headline_dp.winners(digits, "digits") == {"dp-sgd": (0.1, 10)}
     assert headline_dp.winners(rows, "digits") == {}
