@@ -93,3 +93,31 @@ def test_headline_dp_winner_rule_on_hand_made_rows():
     digits = [{**r, "dataset": "digits:validation"} for r in rows[:2]]
     assert headline_dp.winners(digits, "digits") == {"dp-sgd": (0.1, 10)}
     assert headline_dp.winners(rows, "digits") == {}
+
+
+def _grid_points(*grids: str):
+    return [p for g in grids for p in expand(load_grid(ROOT / "benchmarks" / g))[0]]
+
+
+def _check_clients_take_the_batches(points) -> int:
+    """Build each distinct (data, partition, seed, batch) case of the grid: a batch larger
+    than a client's data is refused there, at run time in the sweep."""
+    from privbench.engine.case import Case
+
+    seen = set()
+    for p in points:
+        c = p.config
+        key = (c.dataset, str(c.dataset_params), c.partition, c.seed, c.fed.batch_size)
+        if key not in seen:
+            seen.add(key)
+            Case(c)  # raises ParameterError when a client is smaller than the batch
+    return len(seen)
+
+
+def test_every_client_of_the_digits_headline_takes_its_batch():
+    assert _check_clients_take_the_batches(_grid_points("headline.toml", "headline_more.toml"))
+
+
+def test_every_client_of_the_mnist_headline_takes_its_batch(data_root, monkeypatch):
+    monkeypatch.setenv("PRIVBENCH_DATA_ROOT", data_root)
+    assert _check_clients_take_the_batches(_grid_points("headline_mnist.toml")) == 6
