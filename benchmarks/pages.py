@@ -73,6 +73,32 @@ def _headline_rows(store: str = "headline") -> list[dict]:
     return grid_rows(load_rows(str(path)), grids, required=False)
 
 
+def headline_progress(store: str) -> Callable[[], str]:
+    """How far a headline store is through its grids: points settled of all, the compute
+    they recorded (one ``wall_s`` per run) and the points' seeds."""
+
+    def table() -> str:
+        from privbench.results.sweep import expand, load_grid, pending
+
+        points = [p for g in HEADLINE_GRIDS[store] for p in expand(load_grid(str(g)))[0]]
+        path = RESULTS / store
+        todo = pending(points, str(path)) if (path / "results.jsonl").exists() else points
+        done = {p.config_hash for p in points} - {p.config_hash for p in todo}
+        wall = {r["config_hash"]: r["wall_s"] for r in _headline_rows(store)}
+        hours = sum(wall.get(h) or 0.0 for h in done) / 3600
+        by_seed = {}
+        for p in points:
+            d, n = by_seed.get(p.config.seed, (0, 0))
+            by_seed[p.config.seed] = (d + (p.config_hash in done), n + 1)
+        seeds = ", ".join(f"seed {k}: {d}/{n}" for k, (d, n) in sorted(by_seed.items()))
+        return (
+            f"| points done | compute recorded | by seed |\n|---|---|---|\n"
+            f"| {len(done)} of {len(points)} | {hours:.1f} h | {seeds} |"
+        )
+
+    return table
+
+
 def headline_mnist() -> str:
     from privbench.results.report import format_table, summarize
 
@@ -287,6 +313,8 @@ def tuning() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "results:headline": headline,
     "results:headline-mnist": headline_mnist,
+    "results:headline-progress": headline_progress("headline"),
+    "results:headline-mnist-progress": headline_progress("headline_mnist"),
     "results:headline-dp-mnist": headline_dp("mnist"),
     "results:headline-dp-digits": headline_dp("digits"),
     "results:fedmix": fedmix,
