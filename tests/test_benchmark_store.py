@@ -216,3 +216,46 @@ def test_reproductions_table_the_runs_of_todays_defaults_only(tmp_path):
     taylor = _reproduction("fedmix_taylor")
     mine = [{"lam": 0.1, "weight_init": "he"}, {"lam": 0.1}, {"lam": 0.2, "weight_init": "pytorch"}]
     assert taylor.today(mine) == mine[:1]
+
+
+def test_a_diverged_fedmix_run_makes_its_cell_not_hold():
+    """FedMix that diverged at the shared learning rate left no model: its cell does not
+    hold and says how many runs diverged; NaiveMix and FedAvg keep their means."""
+    repro = _reproduction("fedmix")
+
+    def row(method, lam, acc, status="ok", error=None, seed=0):
+        return {
+            "dataset": "fashionmnist",
+            "method": method,
+            "status": status,
+            "error": error,
+            "accuracy": acc,
+            "seed": seed,
+            "class_acc_var": 0.01,
+            "config": {
+                "partition": "dirichlet",
+                "partition_params": {"alpha": 0.5},
+                "method_params": {} if lam is None else {"lam": lam},
+                "fed": {"algorithm": "fedavg"},
+            },
+        }
+
+    diverged = "DivergedError: Training diverged in round 18"
+    rows = [
+        row("fedavg", None, 0.80),
+        row("naivemix", 0.2, 0.82),
+        row("fedmix", 0.2, None, "error", diverged),
+        row("fedmix", 0.2, 0.85, seed=1),
+        row("naivemix", 0.05, 0.81),
+        row("fedmix", 0.05, 0.83),
+        row("fedmix", 0.05, None, "error", "worker failed: killed", seed=1),  # retried
+    ]
+    lines = repro.verdicts(rows)
+    assert lines[0] == (
+        "- fashionmnist, dirichlet-0.5, λ = 0.05: FedMix 0.830, NaiveMix 0.810, "
+        "FedAvg 0.800: **holds**"
+    )
+    assert lines[1] == (
+        "- fashionmnist, dirichlet-0.5, λ = 0.2: FedMix diverged in 1 of 2 runs, "
+        "NaiveMix 0.820, FedAvg 0.800: **does not hold**"
+    )

@@ -198,29 +198,45 @@ def table(rows: list[dict]) -> str:
 def verdicts(rows: list[dict]) -> list[str]:
     """The paper's ordering FedMix ≥ NaiveMix ≥ FedAvg in final accuracy (means over
     seeds), per dataset, partition and λ: holds when both inequalities hold, partly when
-    FedMix beats FedAvg alone."""
+    FedMix beats FedAvg alone. A FedMix run whose training diverged (at the learning rate
+    tuned for FedAvg, the same for every method) left no model: its cell does not hold,
+    and says how many of its runs diverged."""
     main_grid = [r for r in rows if not variant(r)]
-    runs = group(
-        main_grid,
-        lambda r: (
+
+    def key(r):
+        return (
             r["dataset"],
             _partition(r["config"]),
             r["method"],
             r["config"]["method_params"].get("lam"),
-        ),
-    )
+        )
+
+    runs = group(main_grid, key)
     acc = {k: [r["accuracy"] for r in rs] for k, rs in runs.items()}
+    diverged: dict[tuple, int] = {}
+    for r in main_grid:
+        if r["status"] == "error" and (r.get("error") or "").startswith("DivergedError"):
+            diverged[key(r)] = diverged.get(key(r), 0) + 1
     out = []
-    for dataset, part, _, lam in sorted(k for k in acc if k[2] == "fedmix"):
-        fm = float(np.mean(acc[(dataset, part, "fedmix", lam)]))
+    cells = {k for k in list(acc) + list(diverged) if k[2] == "fedmix"}
+    for dataset, part, _, lam in sorted(cells):
         nm = acc.get((dataset, part, "naivemix", lam))
         fa = acc.get((dataset, part, "fedavg", None))
         if nm is None or fa is None:
             continue
         nm, fa = float(np.mean(nm)), float(np.mean(fa))
-        verdict = "holds" if fm >= nm >= fa else "partly" if fm >= fa else "does not hold"
+        fms = acc.get((dataset, part, "fedmix", lam), [])
+        lost = diverged.get((dataset, part, "fedmix", lam), 0)
+        if lost:
+            of = lost + len(fms)
+            fm = f"diverged in {lost} of {of} run{'s' * (of > 1)}"
+            verdict = "does not hold"
+        else:
+            mean = float(np.mean(fms))
+            fm = f"{mean:.3f}"
+            verdict = "holds" if mean >= nm >= fa else "partly" if mean >= fa else "does not hold"
         out.append(
-            f"- {dataset}, {part}, λ = {lam:g}: FedMix {fm:.3f}, NaiveMix {nm:.3f}, "
+            f"- {dataset}, {part}, λ = {lam:g}: FedMix {fm}, NaiveMix {nm:.3f}, "
             f"FedAvg {fa:.3f}: **{verdict}**"
         )
     return out + collapsed(main_grid)
