@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tests.golden.machine import HERE, LEGACY, fingerprint, golden_rows, key, run_command
+from tests.golden.machine import HERE, LEGACY, fingerprint, golden_rows, key, normalise, run_command
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
         proc, rows = run_command(command)
         if proc.returncode != 0:
             raise SystemExit(f"{command} failed:\n{proc.stderr[-3000:]}")
-        recorded[command] = rows
+        recorded[command] = normalise(rows)
     out = HERE / f"default_rows.{key(fp)}.json"
     out.write_text(json.dumps({"machine": fp, "rows": recorded}, indent=1, sort_keys=True) + "\n")
     print(out, file=sys.stderr)
