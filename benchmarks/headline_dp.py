@@ -7,8 +7,9 @@ accuracy depends on their knobs, so the knobs are searched here, per dataset, in
 headline's own setting (FedAvg, ``lenet-sigmoid``, 10 clients, Dirichlet 0.5, 10
 rounds of 2 local epochs at the default learning rate; on MNIST the 12,000-image
 subset), on a validation split carved from the training images (10% of each class; the
-test set is never loaded). Both levels calibrate the noise to the target for the schedule that runs
-(Opacus picks sigma, or z), so each search point is a full run of that schedule:
+test set is never loaded). Both levels calibrate the noise to the target for the
+schedule that runs (Opacus picks sigma, or z), so each search point is a full run of
+that schedule:
 
 - DP-SGD (record level): the clip norm C x the batch size. The learning rate stays at
   the tuned one: a clipped step is at most lr x C long, so C scales the step and the
