@@ -71,6 +71,12 @@ def search(dataset: str) -> list[tuple[tuple, RunConfig]]:
     return record + client
 
 
+def searched(dataset: str) -> set[tuple]:
+    """The knobs of every point of ``dataset``'s search (rows of other points, from a
+    wider or older search, do not compete)."""
+    return {k for k, _ in search(dataset)}
+
+
 def knobs(row: dict, dataset: str) -> tuple | None:
     """A row's knobs if it is a point of ``dataset``'s search, else None."""
     c = row["config"]
@@ -89,7 +95,7 @@ def winners(rows: list[dict], dataset: str) -> dict[str, tuple]:
     """Per defense, the knobs (without the name) of the best validation accuracy on
     ``dataset``; a failed run scores 0, a tie goes to the smaller clip."""
     scores: dict[str, dict[tuple, float]] = {}
-    grid = {k for k, _ in search(dataset)}  # not a point a wider or older search ran
+    grid = searched(dataset)
     for r in rows:
         if (k := knobs(r, dataset)) not in grid:
             continue
@@ -106,7 +112,7 @@ def table(rows: list[dict], dataset: str) -> str:
         "|---|---|---|---|",
     ]
     best = winners(rows, dataset)
-    grid = {k for k, _ in search(dataset)}
+    grid = searched(dataset)
     for r in sorted(rows, key=lambda r: knobs(r, dataset) or ()):
         if (k := knobs(r, dataset)) not in grid:
             continue

@@ -38,12 +38,22 @@ def _missing(path: Path) -> str:
     return f"*No rows yet in {where}: the benchmark has not run.*"
 
 
-def headline() -> str:
-    from privbench.results.report import format_table, summarize
+def headline_table(store: str) -> Callable[[], str]:
+    """A headline store's table: its grids' points, worst case per run, by model too
+    (Fed-ZDA's ``cnn-bn``)."""
 
-    by = ["method", "model", "defense", "attack"]
-    summary = summarize(_headline_rows(), by=by, metrics=HEADLINE_METRICS)
-    return format_table(summary, HEADLINE_METRICS, "md")
+    def table() -> str:
+        from privbench.results.report import format_table, summarize
+
+        rows = _headline_rows(store)
+        if not rows:
+            grids = ", ".join(f"`{g.relative_to(HERE.parent)}`" for g in HEADLINE_GRIDS[store])
+            return f"*No rows of {grids}'s points yet: the grid has not run.*"
+        by = ["method", "model", "defense", "attack"]
+        summary = summarize(rows, by=by, metrics=HEADLINE_METRICS)
+        return format_table(summary, HEADLINE_METRICS, "md")
+
+    return table
 
 
 # Each headline store and the grids whose points it tables: the digits store also holds
@@ -97,17 +107,6 @@ def headline_progress(store: str) -> Callable[[], str]:
         )
 
     return table
-
-
-def headline_mnist() -> str:
-    from privbench.results.report import format_table, summarize
-
-    rows = _headline_rows("headline_mnist")
-    if not rows:
-        return "*No rows of `benchmarks/headline_mnist.toml`'s points yet: the grid has not run.*"
-    by = ["method", "model", "defense", "attack"]
-    summary = summarize(rows, by=by, metrics=HEADLINE_METRICS)
-    return format_table(summary, HEADLINE_METRICS, "md")
 
 
 def headline_dp(dataset: str) -> Callable[[], str]:
@@ -311,8 +310,8 @@ def tuning() -> str:
 
 
 TABLES: dict[str, Callable[[], str]] = {
-    "results:headline": headline,
-    "results:headline-mnist": headline_mnist,
+    "results:headline": headline_table("headline"),
+    "results:headline-mnist": headline_table("headline_mnist"),
     "results:headline-progress": headline_progress("headline"),
     "results:headline-mnist-progress": headline_progress("headline_mnist"),
     "results:headline-dp-mnist": headline_dp("mnist"),

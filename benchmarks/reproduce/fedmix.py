@@ -37,6 +37,7 @@ from _common import current, group, measure, parse, parser, partition_name, seed
 
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.results.report import mean_std as ms
+from privbench.results.store import settled
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "fedmix"
 DATASETS = ("mnist", "fashionmnist")
@@ -215,7 +216,7 @@ def verdicts(rows: list[dict]) -> list[str]:
     acc = {k: [r["accuracy"] for r in rs] for k, rs in runs.items()}
     diverged: dict[tuple, int] = {}
     for r in main_grid:
-        if r["status"] == "error" and (r.get("error") or "").startswith("DivergedError"):
+        if r["status"] == "error" and settled(r):  # diverged: a rerun diverges again
             diverged[key(r)] = diverged.get(key(r), 0) + 1
     out = []
     cells = {k for k in list(acc) + list(diverged) if k[2] == "fedmix"}
