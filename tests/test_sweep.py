@@ -349,7 +349,7 @@ def test_threads_per_point_default_to_the_cores_shared_by_the_workers(tmp_path, 
 def test_a_diverged_point_is_settled_and_any_other_error_is_retried(tmp_path):
     """A diverged run diverges again (CPU training is deterministic): a rerun skips it
     instead of writing a second error row; a dead worker's point runs again."""
-    from privbench.results.store import settled
+    from privbench.results.store import diverged, settled
 
     points, _ = expand(GRID)
     a, b, c = points[:3]
@@ -369,6 +369,10 @@ def test_a_diverged_point_is_settled_and_any_other_error_is_retried(tmp_path):
     assert store.finished_hashes() == {a.config_hash, b.config_hash}
     assert not settled({"status": "error", "error": "UserCodeError: DivergedError: no"})
     assert not settled({"status": "error"}) and not settled("ok") and settled({"status": "ok"})
+    # diverged: the settled errors that are a training divergence, nothing else
+    assert diverged(store.read()[len(a.attacks)])
+    assert not diverged({"status": "ok"}) and not diverged(store.read()[-1])
+    assert not diverged({"status": "error", "error": "UserCodeError: DivergedError: no"})
 
 
 def test_grid_rows_keep_the_points_of_the_grid_and_the_cli_filters_with_grid(tmp_path, capsys):

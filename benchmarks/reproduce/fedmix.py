@@ -37,7 +37,7 @@ from _common import current, group, measure, parse, parser, partition_name, seed
 
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.results.report import mean_std as ms
-from privbench.results.store import settled
+from privbench.results.store import diverged
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "fedmix"
 DATASETS = ("mnist", "fashionmnist")
@@ -214,12 +214,12 @@ def verdicts(rows: list[dict]) -> list[str]:
 
     runs = group(main_grid, key)
     acc = {k: [r["accuracy"] for r in rs] for k, rs in runs.items()}
-    diverged: dict[tuple, int] = {}
+    lost_runs: dict[tuple, int] = {}
     for r in main_grid:
-        if r["status"] == "error" and settled(r):  # diverged: a rerun diverges again
-            diverged[key(r)] = diverged.get(key(r), 0) + 1
+        if diverged(r):
+            lost_runs[key(r)] = lost_runs.get(key(r), 0) + 1
     out = []
-    cells = {k for k in list(acc) + list(diverged) if k[2] == "fedmix"}
+    cells = {k for k in list(acc) + list(lost_runs) if k[2] == "fedmix"}
     for dataset, part, _, lam in sorted(cells):
         nm = acc.get((dataset, part, "naivemix", lam))
         fa = acc.get((dataset, part, "fedavg", None))
@@ -227,7 +227,7 @@ def verdicts(rows: list[dict]) -> list[str]:
             continue
         nm, fa = float(np.mean(nm)), float(np.mean(fa))
         fms = acc.get((dataset, part, "fedmix", lam), [])
-        lost = diverged.get((dataset, part, "fedmix", lam), 0)
+        lost = lost_runs.get((dataset, part, "fedmix", lam), 0)
         if lost:
             of = lost + len(fms)
             fm = f"diverged in {lost} of {of} run{'s' * (of > 1)}"

@@ -213,7 +213,17 @@ def _key_of(row: Any) -> tuple[Any, Any] | None:
 # as an ok row does, so a resumed sweep or benchmark does not run it again and write a
 # second error row. Every other error (a worker that died, a full disk, user code that
 # raised) is retried.
-REPRODUCIBLE_ERRORS = ("DivergedError:",)
+DIVERGED = "DivergedError:"
+REPRODUCIBLE_ERRORS = (DIVERGED,)
+
+
+def diverged(row: Any) -> bool:
+    """Whether ``row`` is a run whose training diverged (NaN or infinite weights)."""
+    return (
+        isinstance(row, dict)
+        and row.get("status") == "error"
+        and str(row.get("error") or "").startswith(DIVERGED)
+    )
 
 
 def settled(row: Any) -> bool:
