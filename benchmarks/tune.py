@@ -48,6 +48,8 @@ PROTOCOL = {
     "batch_size": 10,
     "validation": "10% of each class of the training subset; the test set is not used",
     "score": "mean validation accuracy over seeds; ties go to the smaller learning rate",
+    "train_size": 12_000,
+    "grid": list(GRID),
 }
 
 
@@ -88,6 +90,7 @@ def choose(rows: list[dict]) -> dict[str, dict]:
     a failed run (diverged) scores 0."""
     search: dict[str, dict[float, list[float]]] = {}
     rounds: dict[str, set[int]] = {}
+    sizes: dict[str, set[int]] = {}  # train_size of the search, where the dataset has one
     setup: dict[str, set[tuple[int, str]]] = {}  # (clients, partition) of the search
     for r in rows:
         dataset = r["dataset"].removesuffix(":validation")
@@ -96,6 +99,8 @@ def choose(rows: list[dict]) -> dict[str, dict]:
         lr = r["config"]["fed"]["lr"]
         search.setdefault(key, {}).setdefault(lr, []).append(acc)
         rounds.setdefault(key, set()).add(r["config"]["fed"].get("rounds"))
+        size = (r["config"].get("dataset_params") or {}).get("train_size")
+        sizes.setdefault(key, set()).update([size] if size is not None else [])
         fed, part = r["config"]["fed"], r["config"].get("partition", "dirichlet")
         setup.setdefault(key, set()).add((fed.get("clients", PROTOCOL["clients"]), part))
     out = {}
@@ -106,6 +111,8 @@ def choose(rows: list[dict]) -> dict[str, dict]:
             "rounds": sorted(n for n in rounds[key] if n is not None),
             "validation_accuracy": {f"{lr:g}": by_lr[lr] for lr in sorted(by_lr)},
         }
+        if sizes[key] - {PROTOCOL["train_size"]}:  # searched on another subset
+            out[key]["train_size"] = sorted(sizes[key])
         if setup[key] != {(PROTOCOL["clients"], "dirichlet")}:  # a smaller dataset's search
             out[key]["setup"] = [f"{c} clients, {p}" for c, p in sorted(setup[key])]
     return out
@@ -120,12 +127,9 @@ def searched(rows: list[dict]) -> list[dict]:
 def write(store: ResultStore, args) -> dict:
     record = {
         "command": "python benchmarks/tune.py",
-        "protocol": {
-            **PROTOCOL,
-            "rounds": args.rounds,
-            "train_size": args.train_size,
-            "grid": args.grid,
-        },
+        # The CLI's search; an entry searched otherwise (rounds, setup, train size) says
+        # so in its own fields, so a later search with other flags never rewrites this.
+        "protocol": PROTOCOL,
         "rows": "benchmarks/results/tuning/results.jsonl",
         "lr": choose(searched(store.read())),
     }
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--train-size", type=int, default=12_000)
+    ap.add_argument("--train-size", type=int, default=PROTOCOL["train_size"])
     ap.add_argument("--rounds", type=int, default=PROTOCOL["rounds"])
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID))
     ap.add_argument(
