@@ -107,11 +107,16 @@ def step_ms(clients: int = PER_ROUND, batch: int = BATCH, repeats: int = 10) -> 
 
 
 def round_config(
-    data_root: str | None, vectorise: bool, rounds: int, method: str = "fedavg"
+    data_root: str | None,
+    vectorise: bool,
+    rounds: int,
+    method: str = "fedavg",
+    sizes: dict | None = None,
 ) -> RunConfig:
     return RunConfig(
         method=method,
         dataset="mnist",
+        dataset_params=sizes or {},
         model="cnn",
         partition="iid",
         data_root=data_root,
@@ -153,8 +158,12 @@ def federated_round(exp: Experiment, rounds: int, per_client: int) -> dict:
     }
 
 
-def mnist_points(data_root: str | None, rounds: int = 3) -> dict:
-    runs = {vec: Experiment(round_config(data_root, vec, rounds)) for vec in (True, False)}
+def mnist_points(data_root: str | None, rounds: int = 3, sizes: dict | None = None) -> dict:
+    """The points at the scale above; ``sizes`` (``train_size``, ``test_size``) shrinks
+    MNIST for a quick check of the code, not for numbers."""
+    runs = {
+        vec: Experiment(round_config(data_root, vec, rounds, sizes=sizes)) for vec in (True, False)
+    }
     data = runs[True].data  # one load of MNIST serves the plain loops too
     # every client holds the same number of training images (IID, 80% of 600)
     per_client = len(runs[True].client_data(0)[1])
@@ -176,7 +185,7 @@ def mnist_points(data_root: str | None, rounds: int = 3) -> dict:
     # eq. 5 (an input derivative, so a double backward) runs as one computation.
     for method in MIXING:
         for vectorise in (True, False):
-            exp = Experiment(round_config(data_root, vectorise, rounds, method))
+            exp = Experiment(round_config(data_root, vectorise, rounds, method, sizes))
             key = f"{method}_{'vectorised' if vectorise else 'sequential'}"
             points[key] = federated_round(exp, rounds, per_client)
     return points

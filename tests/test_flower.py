@@ -15,6 +15,7 @@ import pytest
 import privbench
 from privbench import AttackConfig, FedConfig, RunConfig
 from privbench.errors import IncompatibleError
+from tests.test_public_view import FAST
 
 if os.environ.get("CI"):
     import flwr  # noqa: F401  (CI must not skip these silently)
@@ -31,7 +32,9 @@ def _config(**kw):
         partition="dirichlet",
         model="lenet-sigmoid",
         fed=FedConfig(**{"clients": 4, "rounds": 3, "eval_every": 0, **kw.pop("fed", {})}),
-        attack=AttackConfig(names=("dlg",), params=kw.pop("attack_params", {})),
+        # One DLG start instead of four: both paths attack the same message the same way,
+        # and Flower's runs cost their simulation, not their attack.
+        attack=AttackConfig(names=("dlg",), params={"restarts": 1, **kw.pop("attack_params", {})}),
         seed=0,
         **kw,
     )
@@ -85,12 +88,14 @@ def test_method_messages_round_trip_through_flower_records():
             assert torch.equal(got[name], t) and got[name].dtype == t.dtype
 
 
-FLOWER_RUNS = {
+FLOWER_RUNS = {  # the slow methods at test_public_view's short knobs
     "fedmix": dict(method="fedmix"),
     # The attacker's identity view instead of the expected loss over all 289 op pairs: the
     # same policy messages cross the wire, and DLG takes seconds instead of ~9 minutes.
-    "fedavp": dict(method="fedavp", attack_params={"guess": "identity"}),
-    "cvae-minority": dict(method="cvae-minority"),
+    "fedavp": dict(
+        method="fedavp", method_params=FAST["fedavp"], attack_params={"guess": "identity"}
+    ),
+    "cvae-minority": dict(method="cvae-minority", method_params=FAST["cvae-minority"]),
     "fedavg+dp-sgd": dict(defenses=("dp-sgd",)),
     # Poisson client sampling (client-dp's default): rounds of any size, an empty one too.
     "fedavg+client-dp": dict(defenses=("client-dp",), fed=dict(fraction=0.25, rounds=4)),
