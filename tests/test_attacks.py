@@ -60,13 +60,19 @@ def test_attack_cannot_see_ground_truth():
     assert not any(v.shape == images.shape and torch.equal(v, images) for v in values)
 
 
+# The bands below run one random start, as the DLG and IG papers do; the restarts have
+# their own tests (test_batched, test_worst_case).
+ONE_START = {"restarts": 1}
+
+
 @pytest.mark.slow
 def test_dlg_recovers_one_photo_on_lenet_sigmoid():
     # The DLG band: one 32x32 RGB photo crop, LeNet-sigmoid with U(-0.5, 0.5) weights,
     # L-BFGS for 300 iterations, untrained model (round 0), one random start as in the
     # DLG paper (61.6 dB; the default 4 batched starts cost 4x: 268 s against 49 s).
-    one = {"restarts": 1}
-    cfg = tiny_config(dataset="photos", attack=dict(names=("dlg",), victims=1, batch=1, params=one))
+    cfg = tiny_config(
+        dataset="photos", attack=dict(names=("dlg",), victims=1, batch=1, params=ONE_START)
+    )
     (row,) = privbench.run(cfg)
     assert row.status == "ok", row.error
     assert row.psnr >= 30.0 and row.ssim >= 0.9 and row.label_acc == 1.0
@@ -74,9 +80,8 @@ def test_dlg_recovers_one_photo_on_lenet_sigmoid():
 
 @pytest.mark.slow
 def test_dlg_recovers_a_batch_of_four_digits():
-    # One start, as above and in the paper (61.4 dB measured); the restarts have their
-    # own tests (test_batched, test_worst_case).
-    cfg = tiny_config(attack=dict(names=("dlg",), victims=1, batch=4, params={"restarts": 1}))
+    # 61.4 dB measured
+    cfg = tiny_config(attack=dict(names=("dlg",), victims=1, batch=4, params=ONE_START))
     (row,) = privbench.run(cfg)
     assert row.psnr >= 30.0 and row.n_images == 4
 
@@ -120,8 +125,8 @@ def test_sigmoid_box_reconstructions_are_valid_images():
 
 @pytest.mark.slow
 def test_dlg_in_the_sigmoid_box_recovers_a_batch_of_four_digits():
-    one = {"restarts": 1}  # 67.9 dB measured
-    cfg = tiny_config(attack=dict(names=("dlg@sigmoid",), victims=1, batch=4, params=one))
+    # 67.9 dB measured
+    cfg = tiny_config(attack=dict(names=("dlg@sigmoid",), victims=1, batch=4, params=ONE_START))
     (row,) = privbench.run(cfg)
     assert row.status == "ok", row.error
     assert row.psnr >= 30.0 and row.n_images == 4
@@ -131,9 +136,7 @@ def test_dlg_in_the_sigmoid_box_recovers_a_batch_of_four_digits():
 def test_ig_inverts_a_multi_step_update():
     cfg = tiny_config(
         # one start (45.3 dB measured; the reference code's IG runs one too)
-        attack=dict(
-            names=("ig",), victims=1, batch=1, steps=3, params={"iters": 1000, "restarts": 1}
-        )
+        attack=dict(names=("ig",), victims=1, batch=1, steps=3, params={"iters": 1000, **ONE_START})
     )
     (row,) = privbench.run(cfg)
     assert row.status == "ok", row.error

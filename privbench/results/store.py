@@ -217,22 +217,24 @@ DIVERGED = "DivergedError:"
 REPRODUCIBLE_ERRORS = (DIVERGED,)
 
 
-def diverged(row: Any) -> bool:
-    """Whether ``row`` is a run whose training diverged (NaN or infinite weights)."""
+def _error_starts(row: Any, prefixes: str | tuple[str, ...]) -> bool:
     return (
         isinstance(row, dict)
         and row.get("status") == "error"
-        and str(row.get("error") or "").startswith(DIVERGED)
+        and str(row.get("error") or "").startswith(prefixes)
     )
+
+
+def diverged(row: Any) -> bool:
+    """Whether ``row`` is a run whose training diverged (NaN or infinite weights)."""
+    return _error_starts(row, DIVERGED)
 
 
 def settled(row: Any) -> bool:
     """Whether ``row`` settles its (configuration, attack): ok, or an error that a rerun
     reproduces (:data:`REPRODUCIBLE_ERRORS`)."""
-    if not isinstance(row, dict):
-        return False
-    status, error = row.get("status"), str(row.get("error") or "")
-    return status == "ok" or (status == "error" and error.startswith(REPRODUCIBLE_ERRORS))
+    ok = isinstance(row, dict) and row.get("status") == "ok"
+    return ok or _error_starts(row, REPRODUCIBLE_ERRORS)
 
 
 def _ok_keys(data: bytes) -> set[tuple[Any, Any]]:
