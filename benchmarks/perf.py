@@ -124,6 +124,55 @@ def float64_agreement(trials: int, iters: int) -> dict:
     }
 
 
+def expected_view(evals: int) -> dict:
+    """FedAvP's expected view (the loss over all 289 op pairs) is a loss ``vmap`` cannot
+    trace, so DLG evaluates its trials one by one; there the victim's weight gradient is
+    plain autograd (``_weight_grad``) instead of ``torch.func.grad``. Both on the same
+    dummy image: seconds per evaluation (the simulated message, the gradient-matching
+    distance and its gradient in the image) and whether the results are identical."""
+    from privbench.attacks import gradient as gradient_mod
+
+    cfg = RunConfig(
+        method="fedavp",
+        partition="iid",
+        fed=FedConfig(clients=4, rounds=1, eval_every=0),
+        attack=AttackConfig(names=("dlg",)),
+    ).resolve()
+    out = Experiment(cfg).train()
+    obs = next(o for o in out.channel.observations if o.sender == 0 and o.kind == "gradient")
+    sim = gradient_mod.VictimSimulator(obs.context)
+    target = {n: t.detach() for n, t in obs.payload.items()}
+    x0 = torch.rand(1, *out.victims[0].images.shape[1:], generator=torch.Generator().manual_seed(0))
+    y = out.victims[0].labels[:1]
+
+    def evaluate() -> tuple[float, torch.Tensor, torch.Tensor]:
+        x = x0.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        for _ in range(evals):
+            msg = sim.message("gradient", x, y)
+            dist = sum(((msg[n] - target[n]) ** 2).sum() for n in target)
+            (gx,) = torch.autograd.grad(dist, [x])
+        return (time.perf_counter() - t0) / evals, dist.detach(), gx
+
+    real = gradient_mod._weight_grad
+    evaluate()  # warm-up
+    autograd_s, autograd_dist, autograd_gx = evaluate()
+    gradient_mod._weight_grad = lambda f, params, x: torch.func.grad(f)(params)
+    try:
+        functorch_s, functorch_dist, functorch_gx = evaluate()
+    finally:
+        gradient_mod._weight_grad = real
+    return {
+        "evals": evals,
+        "autograd_s": autograd_s,
+        "functorch_s": functorch_s,
+        "speedup": functorch_s / autograd_s,
+        "identical": bool(
+            torch.equal(autograd_dist, functorch_dist) and torch.equal(autograd_gx, functorch_gx)
+        ),
+    }
+
+
 def _fed_config(clients: int, rounds: int, **fed) -> RunConfig:
     """The default run at ``clients`` clients, IID: 100 clients share digits' 1,797
     images, and every client needs a full batch of 10 (the default)."""
@@ -245,6 +294,15 @@ def markdown(report: dict) -> str:
         f"Same DLG trials in float64: {f64['trials_within_0_1_db']}/{f64['trials']} within "
         f"0.1 dB (max difference {f64['max_psnr_diff_db']:.3f} dB).",
     ]
+    ev = report.get("expected_view")
+    if ev is not None:
+        lines += [
+            "",
+            "FedAvP's expected view, one DLG evaluation (289 op pairs; trials one by one): "
+            f"autograd {ev['autograd_s'] * 1000:.0f} ms, torch.func.grad "
+            f"{ev['functorch_s'] * 1000:.0f} ms, {ev['speedup']:.2f}x; results "
+            + ("bit-identical." if ev["identical"] else "DIFFERENT."),
+        ]
     lines += [
         "",
         "Federated rounds (digits, IID, LeNet-sigmoid, FedAvg, 2 local epochs, batch 10; "
@@ -293,6 +351,7 @@ def main() -> None:
     ap.add_argument("--ig-iters", type=int, default=50, help="IG Adam iterations")
     ap.add_argument("--clients", default="10,100", help="client counts for round throughput")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--view-evals", type=int, default=20, help="FedAvP expected-view evaluations")
     ap.add_argument("--no-flower", action="store_true")
     ap.add_argument("--no-runs", action="store_true", help="skip the whole-run timings")
     ap.add_argument("--json", action="store_true")
@@ -310,6 +369,7 @@ def main() -> None:
             {"dlg": {"iters": args.dlg_iters}, "ig": {"iters": args.ig_iters}},
         ),
         "float64_check": float64_agreement(16, args.dlg_iters),
+        "expected_view": expected_view(args.view_evals),
         "rounds": round_throughput([int(c) for c in args.clients.split(",")], args.rounds),
     }
     if not args.no_flower:

@@ -4,6 +4,7 @@
     python examples/flower_simulation.py            # FedAvg, DLG on client 0 in round 0
     python examples/flower_simulation.py --rounds 5 --clients 6
     python examples/flower_simulation.py --method fedmix --defense dp-sgd
+    python examples/flower_simulation.py --restarts 1    # one attack start instead of 4
 
 The clients are Flower ClientApps on Ray running the method's client role; every
 message Flower carries (model, averaged data, policy, generator, update) passes through
@@ -29,6 +30,7 @@ def main() -> None:
     p.add_argument("--method", default="fedavg")
     p.add_argument("--defense", action="append", default=[])
     p.add_argument("--attack", default="dlg")
+    p.add_argument("--restarts", type=int, help="attack starts (default: the attack's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -39,7 +41,10 @@ def main() -> None:
         partition="dirichlet",
         model="lenet-sigmoid",
         fed=FedConfig(clients=args.clients, rounds=args.rounds, eval_every=0),
-        attack=AttackConfig(names=(args.attack,)),
+        attack=AttackConfig(
+            names=(args.attack,),
+            params={} if args.restarts is None else {"restarts": args.restarts},
+        ),
         seed=args.seed,
         defenses=tuple(args.defense),
     )

@@ -208,3 +208,44 @@ def test_ig_inversefed_preset_follows_the_reference_loop_step_for_step():
     want = _reference_ig(model, target, out.victims[0].labels, z0, m, s, lo, hi, iters=40)
     # A signed step moves every pixel by the step size: agreement to float rounding.
     assert (rec.images - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(),
+        dict(local_steps=3, kind="update"),  # later steps' weights depend on the dummy
+        dict(defenses=("dp-sgd",)),  # per-record clipping, one gradient per record
+        dict(fed=dict(algorithm="fedprox")),  # the proximal penalty's own gradient
+    ],
+    ids=["gradient", "update", "dp-sgd", "fedprox"],
+)
+def test_one_trial_weight_gradient_is_functorchs_bit_for_bit(case, monkeypatch):
+    """One trial at a time the simulator takes plain autograd's weight gradient (faster
+    than torch.func.grad): the message and the matching distance's gradient in the dummy
+    image are bit-identical to functorch's, so no attack's number moves."""
+    from dataclasses import replace
+
+    from privbench.attacks import gradient as gradient_mod
+
+    case = dict(case)
+    steps, kind = case.pop("local_steps", None), case.pop("kind", "gradient")
+    cfg = tiny_config(attack=dict(names=("dlg",), victims=1), **case)
+    outcome = Experiment(cfg).train()
+    obs = next(o for o in outcome.channel.observations if o.sender == 0 and o.kind == "gradient")
+    ctx = obs.context if steps is None else replace(obs.context, local_steps=steps)
+    sim = VictimSimulator(ctx)
+    victim = outcome.victims[0]
+    x0 = torch.rand(victim.images.shape, generator=torch.Generator().manual_seed(0))
+
+    def evaluate():
+        x = x0.clone().requires_grad_(True)
+        msg = sim.message(kind, x, victim.labels)
+        dist = sum(((t - sim.target(obs)[n].detach()) ** 2).sum() for n, t in msg.items())
+        return dist.detach(), *torch.autograd.grad(dist, [x])
+
+    dist, gx = evaluate()
+    monkeypatch.setattr(gradient_mod, "_weight_grad", lambda f, p, x: torch.func.grad(f)(p))
+    ref_dist, ref_gx = evaluate()
+    assert torch.equal(dist, ref_dist) and torch.equal(gx, ref_gx)
+    assert float(gx.abs().max()) > 0

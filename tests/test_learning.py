@@ -39,6 +39,11 @@ SETUP = {"digits": (10, "dirichlet")}
 # (bar 0.247), cifar10 1.000 (0.208), cifar100 0.440 (0.118), emnist 0.915 (0.134),
 # digits 0.975 (0.217) at 5 rounds; mnist 0.550 (0.216), fashionmnist 0.677 (0.215).
 RESNET_ROUNDS, RESNET_TRAIN = 5, 1000
+# The cnn and cnn-bn also run 5 rounds off disk. Measured 2026-12-03 at 5 rounds, the
+# lowest: cifar100/cnn-bn 0.670 (bar 0.118), photos/cnn 0.807 (0.247), digits/cnn 0.833
+# (0.217). The sigmoid LeNet keeps 10: at 5 it sits at chance on cifar100 (0.072) and
+# emnist (0.098) and scrapes photos' bar (0.300 vs 0.247).
+SLOW_STARTERS = {"lenet-sigmoid"}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,7 @@ def test_every_dataset_is_covered():
 def _rounds(dataset: str, model: str) -> int:
     if dataset in ON_DISK:
         return 3
-    return RESNET_ROUNDS if model == "resnet" else 10
+    return 10 if model in SLOW_STARTERS else RESNET_ROUNDS
 
 
 @pytest.mark.slow
@@ -91,8 +96,8 @@ def test_a_first_run_learns_above_chance(dataset, model, standin_root, monkeypat
         partition=partition,
         model=model,
         data_root=root,
-        # The CLI's local training (2 epochs, batch 10) and rounds; 3 rounds on 3,000 real
-        # images; the resnet's shorter runs above.
+        # The CLI's local training (2 epochs, batch 10); 3 rounds on 3,000 real images;
+        # the shorter runs above.
         fed=FedConfig(clients=clients, rounds=_rounds(dataset, model), eval_every=0),
     )
     (row,) = privbench.run(cfg)

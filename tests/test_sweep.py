@@ -81,18 +81,9 @@ def _statuses(store):
 
 
 @pytest.mark.slow
-def test_local_sweep_runs_every_point_once_and_a_rerun_skips_them(tmp_path):
-    out = str(tmp_path / "sweep")
-    summary = run_sweep(GRID, out=out, workers=2)
-    assert (summary.points, summary.ran, summary.failed) == (8, 8, 0)
-    rows = _statuses(ResultStore(out))
-    assert len(rows) == 8 and len(set(rows)) == 8 and all(s == "ok" for *_, s in rows)
-    again = run_sweep(GRID, out=out, workers=2)
-    assert (again.skipped, again.ran) == (8, 0) and len(ResultStore(out).read()) == 8
-
-
-@pytest.mark.slow
 def test_kill_9_loses_only_points_in_flight_and_resume_completes(tmp_path):
+    """kill -9 mid-sweep (CLI, one worker) keeps the rows written; the local backend
+    (API, two workers) runs only the rest; a rerun of the finished sweep runs nothing."""
     grid_file = tmp_path / "grid.toml"
     grid_file.write_text(
         "[sweep]\n"
@@ -111,12 +102,19 @@ def test_kill_9_loses_only_points_in_flight_and_resume_completes(tmp_path):
     proc.wait()
     before = store.read()
     assert 1 <= len(before) < 8
-    done = subprocess.run(cmd + ["--workers", "2"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    # Resumed through the API's local backend: it runs exactly the points not done.
+    summary = run_sweep(GRID, out=out, workers=2)
+    assert (summary.points, summary.ran, summary.failed) == (8, 8 - len(before), 0)
     rows = _statuses(store)
     assert len(rows) == 8 and len(set(rows)) == 8  # none lost, none duplicated
+    assert all(s == "ok" for *_, s in rows)
     points, _ = expand(GRID)
     assert pending(points, out) == []
+    # A finished sweep rerun (from the CLI) skips every point and writes nothing.
+    again = subprocess.run(cmd + ["--workers", "2"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "8 points: 8 already done, 0 run, 0 with error rows" in again.stdout
+    assert len(store.read()) == 8
 
 
 def _toml(v):
