@@ -40,10 +40,9 @@ SETUP = {"digits": (10, "dirichlet")}
 # digits 0.975 (0.217) at 5 rounds; mnist 0.550 (0.216), fashionmnist 0.677 (0.215).
 RESNET_ROUNDS, RESNET_TRAIN = 5, 1000
 # The cnn and cnn-bn also run 5 rounds on the embedded data and stand-ins. Measured
-# 2026-12-03 at 5 rounds, the
-# lowest: cifar100/cnn-bn 0.670 (bar 0.118), photos/cnn 0.807 (0.247), digits/cnn 0.833
-# (0.217). The sigmoid LeNet keeps 10: at 5 it sits at chance on cifar100 (0.072) and
-# emnist (0.098) and scrapes photos' bar (0.300 vs 0.247).
+# 2026-12-03 at 5 rounds, the lowest: cifar100/cnn-bn 0.670 (bar 0.118), photos/cnn
+# 0.807 (0.247), digits/cnn 0.833 (0.217). The sigmoid LeNet keeps 10: at 5 it sits at
+# chance on cifar100 (0.072) and emnist (0.098) and scrapes photos' bar (0.300 vs 0.247).
 SLOW_STARTERS = {"lenet-sigmoid"}
 
 
