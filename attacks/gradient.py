@@ -37,6 +37,12 @@ from privbench.progress import bar
 from privbench.registry import Param
 
 
+def functorch_weight_grad(f, params: dict[str, torch.Tensor], x: torch.Tensor):
+    """The reference weight gradient: ``torch.func.grad`` at every depth (``x`` unused;
+    the signature is :func:`_weight_grad`'s, which the checks swap it for)."""
+    return grad(f)(params)
+
+
 def _weight_grad(f, params: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
     """d f(params) / d params, itself differentiable in whatever ``f`` and ``params`` depend
     on (the dummy data). Under ``vmap`` or another functorch transform (many trials at
@@ -47,7 +53,7 @@ def _weight_grad(f, params: dict[str, torch.Tensor], x: torch.Tensor) -> dict[st
     (benchmarks/perf.py, ``expected view``)."""
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     if wrapped(x) or any(wrapped(t) for t in params.values()):
-        return grad(f)(params)
+        return functorch_weight_grad(f, params, x)
     # Weights that do not depend on the data are leaves to differentiate; the ones that
     # do (later local steps) already carry their graph back to it.
     inputs = {

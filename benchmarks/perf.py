@@ -157,7 +157,7 @@ def expected_view(evals: int) -> dict:
     real = gradient_mod._weight_grad
     evaluate()  # warm-up
     autograd_s, autograd_dist, autograd_gx = evaluate()
-    gradient_mod._weight_grad = lambda f, params, x: torch.func.grad(f)(params)
+    gradient_mod._weight_grad = gradient_mod.functorch_weight_grad
     try:
         functorch_s, functorch_dist, functorch_gx = evaluate()
     finally:
