@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 
 from privbench.attacks.base import ATTACKS, Attack, Reconstruction
 from privbench.errors import IncompatibleError
@@ -32,6 +31,8 @@ def flatten(payload, keys) -> torch.Tensor:
 def decompose(directions: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The label histogram pi >= 0, sum 1, with target ~ directions (d, K) @ pi (NNLS),
     and the residual norm. A target nothing explains gives the uniform histogram."""
+    from scipy.optimize import nnls  # where it runs (metrics.py says why)
+
     pi, residual = nnls(directions.double().numpy(), target.double().numpy())
     if pi.sum() <= 0:
         pi = np.ones(directions.shape[1])

@@ -22,12 +22,24 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from privbench.augmenters.base import under_transform
 
-NEAREST = InterpolationMode.NEAREST
+
+class _Functional:
+    """``torchvision.transforms.v2.functional``, imported when an op first runs.
+    Importing torchvision costs about 2 s (its ``ops`` load ``torch._dynamo``), which a
+    run or a ``privbench`` command that applies no op need not pay."""
+
+    def __getattr__(self, name: str):
+        from torchvision.transforms.v2 import functional
+
+        value = getattr(functional, name)
+        setattr(self, name, value)  # later lookups are plain attributes
+        return value
+
+
+F = _Functional()
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,7 @@ def _shear(axis: int):
             translate=[0, 0],
             scale=1.0,
             shear=shear,
-            interpolation=NEAREST,
+            interpolation=F.InterpolationMode.NEAREST,
             center=[0, 0],
         )
 
@@ -74,7 +86,12 @@ def _translate(axis: int):
         shift = int(m * size)  # a fraction of the image side, in whole pixels
         t = [shift, 0] if axis == 0 else [0, shift]
         return F.affine(
-            x, angle=0.0, translate=t, scale=1.0, shear=[0.0, 0.0], interpolation=NEAREST
+            x,
+            angle=0.0,
+            translate=t,
+            scale=1.0,
+            shear=[0.0, 0.0],
+            interpolation=F.InterpolationMode.NEAREST,
         )
 
     return fn
@@ -110,7 +127,12 @@ OPS: tuple[Op, ...] = (
     Op("ShearY", -0.3, 0.3, _shear(1)),
     Op("TranslateX", -0.45, 0.45, _translate(0)),
     Op("TranslateY", -0.45, 0.45, _translate(1)),
-    Op("Rotate", -30.0, 30.0, lambda x, m, u: F.rotate(x, angle=m, interpolation=NEAREST)),
+    Op(
+        "Rotate",
+        -30.0,
+        30.0,
+        lambda x, m, u: F.rotate(x, angle=m, interpolation=F.InterpolationMode.NEAREST),
+    ),
     Op("AutoContrast", 0.0, 1.0, lambda x, m, u: F.autocontrast(x), differentiable=False),
     Op("Equalize", 0.0, 1.0, lambda x, m, u: F.equalize(x), differentiable=False),
     # Solarize's threshold is on the 0..255 scale in FedAvP's range [0, 256].

@@ -16,14 +16,17 @@ the draw it matches best (``augmented_views``).
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.transforms import v2
 
 from privbench.augmenters.base import AUGMENTERS, Augmenter, cross_entropy
 from privbench.augmenters.ops import from_unit, to_unit
 from privbench.errors import ParameterError
 from privbench.registry import Param
+
+if TYPE_CHECKING:  # torchvision is imported where a transform is built (ops.F says why)
+    from torchvision.transforms import v2
 
 _BINS = Param("magnitude_bins", int, 31, "number of magnitude bins (torchvision's default)", low=2)
 
@@ -106,6 +109,8 @@ class RandAugment(_TorchvisionAugment):
             )
 
     def transform(self):
+        from torchvision.transforms import v2
+
         p = self.params
         return v2.RandAugment(
             num_ops=p["num_ops"], magnitude=p["magnitude"], num_magnitude_bins=p["magnitude_bins"]
@@ -126,6 +131,8 @@ class TrivialAugment(_TorchvisionAugment):
     name = "trivialaugment"
 
     def transform(self):
+        from torchvision.transforms import v2
+
         return v2.TrivialAugmentWide(num_magnitude_bins=self.params["magnitude_bins"])
 
     def draws(self, height, width):

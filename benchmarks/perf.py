@@ -1,5 +1,5 @@
 """Speed, side by side in one process: batched vs sequential attacks, vectorised vs
-sequential federated rounds, privbench vs Flower's simulation, and peak memory.
+sequential federated rounds, privbench vs Flower's simulation, start-up and peak memory.
 
 Every ratio compares two paths on the same input, measured here and now, with a
 quality check next to it (PSNR for attacks, accuracy for training) so a speed-up that
@@ -264,6 +264,47 @@ def _measure_command(args: list[str]) -> dict:
     }
 
 
+# What a fresh process imports before any work: torch alone, then privbench with every
+# registered method, attack and defense. Prints the seconds and the heavy libraries loaded.
+_STARTUP = """
+import sys, time
+t0 = time.perf_counter()
+import {module}
+{after}
+heavy = [m for m in ("torchvision", "torch._dynamo", "scipy", "skimage") if m in sys.modules]
+print(time.perf_counter() - t0, ",".join(heavy))
+"""
+
+
+def startup(repeats: int) -> dict:
+    """Import time of ``import privbench`` plus its registries in a fresh process, beside
+    a bare ``import torch`` (the floor), median of ``repeats``; and which heavy libraries
+    the import pulled in (torchvision, scipy and scikit-image wait until a run needs them)."""
+
+    def median_of(module: str, after: str = "") -> tuple[float, list[str]]:
+        times, heavy = [], []
+        for _ in range(repeats):
+            out = subprocess.run(
+                [sys.executable, "-c", _STARTUP.format(module=module, after=after)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            times.append(float(out[0]))
+            heavy = out[1].split(",") if len(out) > 1 else []
+        return float(np.median(times)), heavy
+
+    torch_s, _ = median_of("torch")
+    ours_s, heavy = median_of("privbench", "privbench.registries()")
+    return {
+        "repeats": repeats,
+        "torch_s": torch_s,
+        "privbench_s": ours_s,
+        "overhead_s": ours_s - torch_s,
+        "heavy_modules": heavy,
+    }
+
+
 def whole_runs() -> list[dict]:
     """The README's main job and a 100-client run, each in a fresh process."""
     return [
@@ -331,6 +372,15 @@ def markdown(report: dict) -> str:
                 f"{fl['flower_s']:.2f} | {fl['speedup']:.1f}x | "
                 f"{fl['privbench_accuracy']:.3f} / {fl['flower_accuracy']:.3f} |",
             ]
+    st = report.get("startup")
+    if st is not None:
+        heavy = ", ".join(st["heavy_modules"]) or "none of torchvision, scipy, scikit-image"
+        lines += [
+            "",
+            f"Start-up, fresh process (median of {st['repeats']}): `import privbench` with its "
+            f"registries {st['privbench_s']:.2f} s, `import torch` alone {st['torch_s']:.2f} s "
+            f"(privbench's own {st['overhead_s']:.2f} s); heavy libraries loaded: {heavy}.",
+        ]
     if report.get("runs"):
         lines += ["", "Whole runs, each in a fresh process:", "", "| command | wall s | peak MiB |"]
         lines.append("|---|---|---|")
@@ -354,6 +404,7 @@ def main() -> None:
     ap.add_argument("--view-evals", type=int, default=20, help="FedAvP expected-view evaluations")
     ap.add_argument("--no-flower", action="store_true")
     ap.add_argument("--no-runs", action="store_true", help="skip the whole-run timings")
+    ap.add_argument("--startup-repeats", type=int, default=5, help="fresh processes per import")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--data-root", default=None, help="adds the MNIST points (perf_mnist.py)")
     args = ap.parse_args()
@@ -371,6 +422,7 @@ def main() -> None:
         "float64_check": float64_agreement(16, args.dlg_iters),
         "expected_view": expected_view(args.view_evals),
         "rounds": round_throughput([int(c) for c in args.clients.split(",")], args.rounds),
+        "startup": startup(args.startup_repeats),
     }
     if not args.no_flower:
         report["flower"] = flower_comparison(10, args.rounds)

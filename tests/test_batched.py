@@ -408,7 +408,7 @@ def test_perf_benchmark_reports_ratios_with_quality_checks():
     import sys
 
     args = "--trials 1,2 --clients 3 --rounds 1 --dlg-iters 1 --ig-iters 2 --no-flower --no-runs"
-    args += " --view-evals 2"
+    args += " --view-evals 2 --startup-repeats 1"
     proc = subprocess.run(
         [sys.executable, "benchmarks/perf.py", *args.split(), "--json"],
         capture_output=True,
@@ -429,6 +429,9 @@ def test_perf_benchmark_reports_ratios_with_quality_checks():
     assert rounds["vectorised_accuracy"] == rounds["sequential_accuracy"]
     # One-by-one trials take autograd's weight gradient: the same numbers as functorch's.
     assert report["expected_view"]["identical"] and report["expected_view"]["evals"] == 2
+    startup = report["startup"]  # import time beside bare torch's; no heavy library yet
+    assert startup["privbench_s"] > 0 and startup["torch_s"] > 0
+    assert startup["heavy_modules"] == []
 
 
 def test_lbfgs_history_benchmark_checks_that_both_paths_agree():

@@ -128,3 +128,26 @@ def test_no_hook_is_discovered_with_hasattr():
     files += sorted((ROOT / "defenses").glob("*.py"))
     probing = [str(p.relative_to(ROOT)) for p in files if "hasattr(" in p.read_text()]
     assert not probing
+
+
+def test_start_up_leaves_torchvision_scipy_and_scikit_image_until_a_run_needs_them():
+    """``import privbench`` with every plugin registered pulls in none of the three
+    (together about 3 s of every command's start, ``benchmarks/perf.py``'s start-up
+    line); FedAvP's ops import torchvision's functionals on first use and are those."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, privbench\n"
+        "privbench.registries()\n"
+        "heavy = ('torchvision', 'torch._dynamo', 'scipy', 'skimage')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+        "from privbench.augmenters.ops import F\n"
+        "from torchvision.transforms.v2 import functional\n"
+        "print(F.affine is functional.affine,\n"
+        "      F.InterpolationMode is functional.InterpolationMode)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.splitlines()
+    assert out == ["[]", "True True"]

@@ -13,8 +13,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+# scikit-image and scipy are imported where an image is scored: together they cost about
+# a second at start-up, which commands that score nothing (list, table, a sweep's parent)
+# need not pay.
 
 PSNR_CAP = 100.0
 
@@ -27,6 +29,8 @@ def _hwc(img: np.ndarray) -> np.ndarray:
 
 def psnr(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> float:
     """PSNR in dB of one (C, H, W) image pair, capped at ``PSNR_CAP``."""
+    from skimage.metrics import peak_signal_noise_ratio
+
     gt, rec = np.asarray(gt, np.float64), np.asarray(rec, np.float64)
     if float(np.mean((gt - rec) ** 2)) <= 1e-10 * data_range**2:
         return PSNR_CAP
@@ -55,6 +59,8 @@ def psnr_affine(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> flo
 
 def ssim(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> float:
     """SSIM of one (C, H, W) image pair (scikit-image, Gaussian-free 7x7 window or smaller)."""
+    from skimage.metrics import structural_similarity
+
     a, b = _hwc(gt), _hwc(rec)
     side = min(a.shape[0], a.shape[1])
     win = min(7, side if side % 2 else side - 1)
@@ -68,6 +74,8 @@ def ssim(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> float:
 
 def match(gt: np.ndarray, rec: np.ndarray) -> np.ndarray:
     """Optimal assignment of reconstructions to ground truth by MSE; returns rec index per gt."""
+    from scipy.optimize import linear_sum_assignment
+
     g = gt.reshape(len(gt), -1)
     r = rec.reshape(len(rec), -1)
     cost = ((g[:, None, :] - r[None, :, :]) ** 2).mean(axis=2)  # (B_gt, B_rec)
