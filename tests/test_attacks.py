@@ -135,8 +135,9 @@ def test_dlg_in_the_sigmoid_box_recovers_a_batch_of_four_digits():
 @pytest.mark.slow
 def test_ig_inverts_a_multi_step_update():
     cfg = tiny_config(
-        # one start (45.3 dB measured; the reference code's IG runs one too)
-        attack=dict(names=("ig",), victims=1, batch=1, steps=3, params={"iters": 1000, **ONE_START})
+        # one start (the reference code's IG runs one too); 45.2 dB measured at 500
+        # iterations, 45.3 at 1,000
+        attack=dict(names=("ig",), victims=1, batch=1, steps=3, params={"iters": 500, **ONE_START})
     )
     (row,) = privbench.run(cfg)
     assert row.status == "ok", row.error

@@ -90,15 +90,21 @@ def test_method_messages_round_trip_through_flower_records():
             assert torch.equal(got[name], t) and got[name].dtype == t.dtype
 
 
-FLOWER_RUNS = {  # the slow methods at test_public_view's short knobs
-    "fedmix": dict(method="fedmix"),
+FLOWER_RUNS = {  # the slow methods at test_public_view's short knobs, 2 rounds (the
+    # second runs on the first's aggregate, which every check needs; a third adds none)
+    "fedmix": dict(method="fedmix", fed=dict(rounds=2)),
     # The attacker's identity view instead of the expected loss over all 289 op pairs: the
     # same policy messages cross the wire, and DLG takes seconds instead of ~9 minutes.
     "fedavp": dict(
-        method="fedavp", method_params=FAST["fedavp"], attack_params={"guess": "identity"}
+        method="fedavp",
+        method_params=FAST["fedavp"],
+        attack_params={"guess": "identity"},
+        fed=dict(rounds=2),
     ),
-    "cvae-minority": dict(method="cvae-minority", method_params=FAST["cvae-minority"]),
-    "fedavg+dp-sgd": dict(defenses=("dp-sgd",)),
+    "cvae-minority": dict(
+        method="cvae-minority", method_params=FAST["cvae-minority"], fed=dict(rounds=2)
+    ),
+    "fedavg+dp-sgd": dict(defenses=("dp-sgd",), fed=dict(rounds=2)),
     # Poisson client sampling (client-dp's default): rounds of any size, an empty one too.
     "fedavg+client-dp": dict(defenses=("client-dp",), fed=dict(fraction=0.25, rounds=4)),
 }
