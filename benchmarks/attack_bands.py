@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from _store import RowStore
 from privbench import AttackConfig, FedConfig, RunConfig
 from privbench.engine.experiment import Experiment
 from privbench.evaluation.attacking import attack_victims
+from privbench.results import ResultStore
 from privbench.results.report import mean_std as ms
 
 SUCCESS_DB = 30.0
@@ -103,6 +105,19 @@ def config(setting: Setting, seed: int, attack: str, params: dict) -> RunConfig:
     )
 
 
+class _Named:
+    """A result folder whose ``save_arrays`` takes the given name (a file-safe form of
+    it): the band's variants share one training config, so privbench's own name (the
+    config hash and the attack) would not tell them apart."""
+
+    def __init__(self, store: ResultStore, name: str):
+        self.store = store
+        self.name = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+
+    def save_arrays(self, _name: str, **arrays: np.ndarray) -> str:
+        return self.store.save_arrays(self.name, **arrays)
+
+
 def seeds_of(setting, seeds: int) -> int:
     """The photos setting attacks one fixed set of eight photos (seed 0): every photo of
     the embedded set is a victim there, so more seeds only redraw crops."""
@@ -115,10 +130,15 @@ def measure(
     settings: list[Setting] = SETTINGS,
     store: Path = OUT / "attack_bands.jsonl",
     all_variants: dict = VARIANTS,
+    arrays: Path | None = None,
 ) -> list[dict]:
     """Train once per (setting, seed), attack with every variant not in ``store`` yet;
-    return the stored rows of these settings and variants."""
+    return the stored rows of these settings and variants. With ``arrays`` (a folder),
+    each attack's private images and reconstructions go to
+    ``arrays/reconstructions/<setting>-<variant>-s<seed>.npz`` (privbench's own format),
+    named by the row's ``reconstruction_file`` relative to ``arrays``."""
     done = RowStore(store, lambda r: (r["setting"], r["variant"], r["seed"]))
+    saver = None if arrays is None else ResultStore(str(arrays))
     for setting in settings:
         label = setting.label
         for seed in range(seeds_of(setting, seeds)):
@@ -137,7 +157,8 @@ def measure(
                 exp.cfg = replace(exp.cfg, attack=config(setting, seed, attack, params).attack)
                 exp.cfg = exp.cfg.resolve()
                 t0 = time.perf_counter()
-                got = attack_victims(exp, attack, outcome, None)
+                named = None if saver is None else _Named(saver, f"{label}-{variant}-s{seed}")
+                got = attack_victims(exp, attack, outcome, named)
                 seconds = time.perf_counter() - t0
                 per_victim = [s.psnr for s in got.per_victim]
                 r = {
@@ -153,6 +174,8 @@ def measure(
                     "victims": len(per_victim),
                     "attack_s": seconds,
                 }
+                if got.path is not None:
+                    r["reconstruction_file"] = got.path
                 done.add(r)
                 print(
                     f"    {variant}: {r['psnr']:.1f} dB, {r['successes']}/{r['victims']} "

@@ -397,6 +397,13 @@ def _reproduction_curves(name: str, partition: str | None = None) -> Callable[[s
     return draw
 
 
+def _inversion_grid(out: str) -> str:
+    repro, rows, path = _reproduction("gradient-inversion")
+    folder = path.parent / repro.ARRAYS
+    drawn = repro.grid_figure(rows, folder, out)
+    return drawn or _placeholder(out, f"no reconstructions saved yet in {folder.name}/")
+
+
 def _placeholder(out: str, text: str) -> str:
     """A figure that says its benchmark has not run yet (the site still builds)."""
     from privbench.results.plots import _pyplot
@@ -418,6 +425,7 @@ FIGURES: dict[str, Callable[[str], str]] = {
     "figures/reproduce_fedmix_curves.png": _reproduction_curves("fedmix", "shards"),
     "figures/reproduce_fedzda_curves.png": _reproduction_curves("fedzda", "multimodal"),
     "figures/reproduce_fedavp_curves.png": _reproduction_curves("fedavp"),
+    "figures/reproduce_gradient_inversion.png": _inversion_grid,
 }
 
 

@@ -18,7 +18,9 @@ published single start (DLG, iDLG) and privbench's default of 4 batched restarts
 strongest attacker, lowest gradient-matching loss wins).
 
 Rows go to ``benchmarks/results/reproduce/gradient_inversion.jsonl`` as they come (a
-rerun resumes); the table to ``gradient_inversion.md`` beside it. MNIST comes from
+rerun resumes), each attack's images and reconstructions to
+``gradient_inversion/reconstructions/`` (the docs' reconstruction grid; rows measured
+before 2026-12-03 saved none); the table to ``gradient_inversion.md`` beside it. MNIST comes from
 ``--data-root`` or ``PRIVBENCH_DATA_ROOT``:
 
     python benchmarks/reproduce/gradient_inversion.py --data-root ../shared/data
@@ -35,6 +37,7 @@ from _common import parse, parser  # noqa: E402
 from attack_bands import SUCCESS_DB, Setting, measure, table  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce"
+ARRAYS = "gradient_inversion"  # the reconstructions' folder beside the rows (the figure's)
 MNIST = (("train_size", 2000), ("test_size", 500))
 SETTINGS = [
     Setting(f"{name}, gradient, B={b}", dataset, "lenet-sigmoid", 1, b, 1, 0, 8, params)
@@ -117,11 +120,74 @@ def verdicts(rows: list[dict]) -> list[str]:
     return out
 
 
+GRID_VARIANTS = ("dlg: 1 start (paper)", "idlg: 1 start (paper)", "dlg: 4 restarts")
+
+
+def grid_figure(rows: list[dict], folder: Path, out: str, victims: int = 4) -> str | None:
+    """The reconstruction grid at B = 1: per dataset, the first ``victims`` private
+    images of the lowest seed whose rows saved all of ``GRID_VARIANTS``, and under each
+    its reconstruction by every variant with that image's PSNR. None when no seed saved
+    them all (rows from before the reconstructions were kept)."""
+    import numpy as np
+
+    from privbench.results.plots import _pyplot, _save
+
+    blocks = []  # (setting, seed, {variant: row})
+    for s in (s for s in SETTINGS if s.batch == 1):
+        by_seed: dict[int, dict[str, dict]] = {}
+        for r in rows:
+            if r["setting"] == s.label and r.get("reconstruction_file"):
+                by_seed.setdefault(r["seed"], {})[r["variant"]] = r
+        full = sorted(seed for seed, got in by_seed.items() if set(GRID_VARIANTS) <= set(got))
+        if full:
+            blocks.append((s, full[0], by_seed[full[0]]))
+    if not blocks:
+        return None
+    plt = _pyplot()
+    cols = [(s, seed, got, v) for s, seed, got in blocks for v in range(min(victims, s.victims))]
+    fig, axes = plt.subplots(
+        1 + len(GRID_VARIANTS), len(cols), figsize=(1.25 * len(cols) + 1.2, 6.2), squeeze=False
+    )
+
+    def show(ax, img):
+        img = np.clip(np.moveaxis(img, 0, -1), 0, 1)  # C, H, W -> H, W, C
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for j, (s, seed, got, v) in enumerate(cols):
+        for i, variant in enumerate(GRID_VARIANTS):
+            r = got[variant]
+            with np.load(folder / r["reconstruction_file"]) as data:
+                gt, rec = data["ground_truth"][v, 0], data["reconstruction"][v, 0]
+            if i == 0:
+                show(axes[0][j], gt)
+                axes[0][j].set_title(f"{s.dataset} s{seed} #{v}", fontsize=8)
+            show(axes[i + 1][j], rec)
+            axes[i + 1][j].set_xlabel(f"{r['victim_psnr'][v]:.1f} dB", fontsize=8)
+    axes[0][0].set_ylabel("private", fontsize=8)
+    for i, variant in enumerate(GRID_VARIANTS):
+        axes[i + 1][0].set_ylabel(variant.replace(": ", "\n"), fontsize=8)
+    fig.suptitle(
+        "DLG / iDLG at B = 1 on an untrained sigmoid LeNet: private image (top), "
+        "reconstructions and their PSNR",
+        fontsize=9,
+    )
+    return _save(fig, plt, out)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(parser(__doc__, out=OUT, seeds=2, train_size=None), argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = measure(args.seeds, list(VARIANTS), SETTINGS, out / "gradient_inversion.jsonl", VARIANTS)
+    rows = measure(
+        args.seeds,
+        list(VARIANTS),
+        SETTINGS,
+        out / "gradient_inversion.jsonl",
+        VARIANTS,
+        arrays=out / ARRAYS,
+    )
     text = page(rows)
     command = "python benchmarks/reproduce/gradient_inversion.py"
     (out / "gradient_inversion.md").write_text(f"`{command} --seeds {args.seeds}`\n\n{text}\n")
