@@ -187,10 +187,22 @@ def test_batchnorm_model_is_fixed_for_every_party():
     assert row.status == "ok", row.error and row.epsilon > 0
 
 
-def test_fedmix_trains_with_one_backward_per_record():
+def test_fedmix_trains_with_one_backward_per_record_and_claims_no_guarantee(tmp_path):
+    import math
+
+    from privbench.results import ResultStore
+
     cfg = tiny_config(method="fedmix", defenses=("dp-sgd",), fed=dict(rounds=1, batch_size=32))
-    (row,) = privbench.run(cfg)
+    (row,) = privbench.run(cfg, out=str(tmp_path))
     assert row.status == "ok", row.error
+    # DP-SGD noised the updates, but each client's averaged data left in the clear: the
+    # release has no record-level guarantee, whatever the accountant gives the updates.
+    assert row.bytes_by_kind["averaged_data"]["up"] > 0
+    assert math.isinf(row.epsilon) and math.isinf(row.epsilon_record)
+    assert row.accountant.startswith("rdp (dp-sgd per client")
+    assert row.accountant.endswith("; no guarantee: averaged_data uploaded outside the mechanism")
+    (stored,) = ResultStore(str(tmp_path)).read()
+    assert stored["epsilon"] is None and stored["epsilon_record"] is None
 
 
 @pytest.mark.parametrize(

@@ -205,3 +205,34 @@ def test_a_row_at_a_changed_default_is_current_but_not_a_default_run():
     rows = [{"config": c.to_dict(), "config_hash": c.hash()} for c in (he, old, lenet)]
     assert [is_current(r) for r in rows] == [True, True, True]
     assert [is_default_run(r) for r in rows] == [True, False, True]
+
+
+def test_rows_stored_before_the_clear_upload_rule_are_read_without_a_guarantee():
+    from privbench.results.report import load_rows
+
+    note = "; no guarantee: averaged_data, label_counts uploaded outside the mechanism"
+    old = {
+        "method": "fedmix",
+        "attack": "dlg",
+        "status": "ok",
+        "config_hash": "h",
+        "epsilon": 8.0,
+        "epsilon_record": 8.0,
+        "epsilon_client": None,
+        "accountant": "rdp (dp-sgd per client)",
+        "bytes_by_kind": {
+            "update": {"up": 10, "down": 0},
+            "averaged_data": {"up": 5, "down": 5},
+            "label_counts": {"up": 1, "down": 0},
+            "model": {"up": 0, "down": 10},
+        },
+    }
+    (row,) = load_rows([old])
+    assert row["epsilon"] is None and row["epsilon_record"] is None
+    assert row["accountant"] == "rdp (dp-sgd per client)" + note
+    assert load_rows([row]) == [row]  # read again: the note once
+    # only uploads count (a downloaded artifact is the server's), and only with a guarantee
+    plain = {**old, "bytes_by_kind": {"update": {"up": 10, "down": 0}, "x": {"up": 0, "down": 3}}}
+    assert load_rows([plain]) == [plain]
+    none = {**old, "epsilon": None, "epsilon_record": None, "accountant": None}
+    assert load_rows([none]) == [none]

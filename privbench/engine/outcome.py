@@ -3,7 +3,8 @@ clients' messages before defenses, and the training outcome with its privacy col
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -54,10 +55,53 @@ class TrainingOutcome:
         """The outcome of a finished run, from whichever runtime trained it:
         ``training_sets`` is {client: (real records, synthetic samples)} of the clients
         that trained normally; the defenses give the privacy columns."""
-        spend, levels = privacy_columns(d.privacy_spent() for d in defenses)
+        clear = clear_uploads(channel.bytes_by_kind())
+        spend, levels = privacy_columns(void(d.privacy_spent(), clear) for d in defenses)
         shares = [s / (n + s) for n, s in training_sets.values() if n + s]
         synthetic = float(np.mean(shares)) if shares else None
         return cls(channel, victims, utility, history, spend, seconds, synthetic, levels)
+
+
+# What the DP defenses privatise: the classifier's update (or FedSGD gradient). Any
+# other kind a client uploads (FedMix's averaged data, CVAE's generator and label counts,
+# FedAvP's policy) is computed from its records and sent without that mechanism's clip
+# and noise, so no guarantee covers the run (the whole release's epsilon is infinite).
+PRIVATISED_KINDS = ("update", "gradient")
+
+
+def clear_uploads(bytes_by_kind: dict[str, dict[str, int]] | None) -> list[str]:
+    """The kinds clients uploaded that no DP mechanism privatises (sorted)."""
+    return sorted(
+        k for k, v in (bytes_by_kind or {}).items() if v.get("up") and k not in PRIVATISED_KINDS
+    )
+
+
+def void(spend, clear: list[str]):
+    """``spend`` with no guarantee (infinite epsilon, the reason in its accountant) when
+    clients uploaded ``clear`` kinds outside the mechanism; else ``spend`` unchanged."""
+    if spend is None or not clear or spend.epsilon is None or math.isinf(spend.epsilon):
+        return spend
+    return replace(spend, epsilon=math.inf, accountant=spend.accountant + void_note(clear))
+
+
+def void_note(clear: list[str]) -> str:
+    return f"; no guarantee: {', '.join(clear)} uploaded outside the mechanism"
+
+
+def void_row(row: dict) -> dict:
+    """A stored row read with today's rule: rows written before it reported the DP
+    mechanism's epsilon although clients uploaded ``clear`` kinds outside it."""
+    clear = clear_uploads(row.get("bytes_by_kind"))
+    keys = ("epsilon", "epsilon_record", "epsilon_client")
+    if not clear or all(row.get(k) is None for k in keys):
+        return row
+    note = void_note(clear)
+    accountant = row.get("accountant") or ""
+    return {
+        **row,
+        **dict.fromkeys(keys, None),
+        "accountant": accountant if note in accountant else accountant + note,
+    }
 
 
 def privacy_columns(spends) -> tuple[tuple, dict[str, tuple[float | None, float | None]]]:
@@ -82,4 +126,13 @@ def privacy_columns(spends) -> tuple[tuple, dict[str, tuple[float | None, float 
     return (None, None, accountant), levels
 
 
-__all__ = ["LocalUpdate", "TrainingOutcome", "Victim", "privacy_columns"]
+__all__ = [
+    "PRIVATISED_KINDS",
+    "LocalUpdate",
+    "TrainingOutcome",
+    "Victim",
+    "clear_uploads",
+    "privacy_columns",
+    "void",
+    "void_row",
+]

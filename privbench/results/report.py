@@ -78,6 +78,7 @@ BASELINE_KEY = (
 
 def load_rows(source: str | os.PathLike | Sequence[Any]) -> list[dict[str, Any]]:
     """Rows from a result folder, a ``results.jsonl`` file, or a list of rows/Results."""
+    from privbench.engine.outcome import void_row
     from privbench.results import Result, ResultStore
 
     if isinstance(source, (str, os.PathLike)):
@@ -89,8 +90,11 @@ def load_rows(source: str | os.PathLike | Sequence[Any]) -> list[dict[str, Any]]
             store.path = os.path.abspath(path)
         else:
             raise ParameterError(f"No results at '{path}': give a result folder or a .jsonl file.")
-        return store.read()
-    return [r.to_dict() if isinstance(r, Result) else dict(r) for r in source]
+        rows = store.read()
+    else:
+        rows = [r.to_dict() if isinstance(r, Result) else dict(r) for r in source]
+    # rows stored before the rule: no epsilon where artifacts left outside the mechanism
+    return [void_row(r) for r in rows]
 
 
 def grid_rows(
