@@ -130,7 +130,7 @@ def grid_figure(rows: list[dict], folder: Path, out: str, victims: int = 4) -> s
     them all (rows from before the reconstructions were kept)."""
     import numpy as np
 
-    from privbench.results.plots import _pyplot, _save
+    from privbench.results.plots import _pyplot, _save, image_hwc
 
     blocks = []  # (setting, seed, {variant: row})
     for s in (s for s in SETTINGS if s.batch == 1):
@@ -150,21 +150,24 @@ def grid_figure(rows: list[dict], folder: Path, out: str, victims: int = 4) -> s
     )
 
     def show(ax, img):
-        img = np.clip(np.moveaxis(img, 0, -1), 0, 1)  # C, H, W -> H, W, C
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        img = image_hwc(img)
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
 
+    arrays = {}  # each variant's file read once: (ground truth, reconstructions)
+    for s, _seed, got in blocks:
+        for variant in GRID_VARIANTS:
+            with np.load(folder / got[variant]["reconstruction_file"]) as data:
+                arrays[s, variant] = data["ground_truth"], data["reconstruction"]
     for j, (s, seed, got, v) in enumerate(cols):
         for i, variant in enumerate(GRID_VARIANTS):
-            r = got[variant]
-            with np.load(folder / r["reconstruction_file"]) as data:
-                gt, rec = data["ground_truth"][v, 0], data["reconstruction"][v, 0]
+            gt, rec = arrays[s, variant]
             if i == 0:
-                show(axes[0][j], gt)
+                show(axes[0][j], gt[v])
                 axes[0][j].set_title(f"{s.dataset} s{seed} #{v}", fontsize=8)
-            show(axes[i + 1][j], rec)
-            axes[i + 1][j].set_xlabel(f"{r['victim_psnr'][v]:.1f} dB", fontsize=8)
+            show(axes[i + 1][j], rec[v])
+            axes[i + 1][j].set_xlabel(f"{got[variant]['victim_psnr'][v]:.1f} dB", fontsize=8)
     axes[0][0].set_ylabel("private", fontsize=8)
     for i, variant in enumerate(GRID_VARIANTS):
         axes[i + 1][0].set_ylabel(variant.replace(": ", "\n"), fontsize=8)

@@ -142,7 +142,12 @@ def reconstructions(
 def _first_image(data, key: str) -> np.ndarray:
     # Batch attacks save one array; dataset attacks one per victim (ground_truth_0, ...).
     name = key if key in data else sorted(k for k in data.files if k.startswith(key))[0]
-    arr = data[name]
+    return image_hwc(data[name])
+
+
+def image_hwc(arr: np.ndarray) -> np.ndarray:
+    """The first (C, H, W) image of ``arr`` (leading batch axes dropped) for ``imshow``:
+    (H, W) for one channel, else (H, W, C), clipped to [0, 1]."""
     while arr.ndim > 3:
         arr = arr[0]
     img = np.moveaxis(arr, 0, -1)  # C, H, W -> H, W, C
