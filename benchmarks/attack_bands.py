@@ -139,49 +139,51 @@ def measure(
     named by the row's ``reconstruction_file`` relative to ``arrays``."""
     done = RowStore(store, lambda r: (r["setting"], r["variant"], r["seed"]))
     saver = None if arrays is None else ResultStore(str(arrays))
-    for setting in settings:
+    # Seed-major, like every reproduction: a run cut short covers every setting once
+    # before it adds a seed anywhere.
+    cells = [(s, seed) for s in settings for seed in range(seeds_of(s, seeds))]
+    for setting, seed in sorted(cells, key=lambda c: c[1]):
         label = setting.label
-        for seed in range(seeds_of(setting, seeds)):
-            todo = [v for v in variants if (label, v, seed) not in done]
-            if not todo:
-                continue
-            # Train once; every variant attacks the same messages.
-            attack, params = all_variants[todo[0]]
-            exp = Experiment(config(setting, seed, attack, params))
+        todo = [v for v in variants if (label, v, seed) not in done]
+        if not todo:
+            continue
+        # Train once; every variant attacks the same messages.
+        attack, params = all_variants[todo[0]]
+        exp = Experiment(config(setting, seed, attack, params))
+        t0 = time.perf_counter()
+        outcome = exp.train()
+        print(f"  {label} seed {seed}: trained in {time.perf_counter() - t0:.1f}s", flush=True)
+        for variant in todo:
+            attack, params = all_variants[variant]
+            # Same training config (same hash); only the attacker differs.
+            exp.cfg = replace(exp.cfg, attack=config(setting, seed, attack, params).attack)
+            exp.cfg = exp.cfg.resolve()
             t0 = time.perf_counter()
-            outcome = exp.train()
-            print(f"  {label} seed {seed}: trained in {time.perf_counter() - t0:.1f}s", flush=True)
-            for variant in todo:
-                attack, params = all_variants[variant]
-                # Same training config (same hash); only the attacker differs.
-                exp.cfg = replace(exp.cfg, attack=config(setting, seed, attack, params).attack)
-                exp.cfg = exp.cfg.resolve()
-                t0 = time.perf_counter()
-                named = None if saver is None else _Named(saver, f"{label}-{variant}-s{seed}")
-                got = attack_victims(exp, attack, outcome, named)
-                seconds = time.perf_counter() - t0
-                per_victim = [s.psnr for s in got.per_victim]
-                r = {
-                    "setting": label,
-                    "variant": variant,
-                    "seed": seed,
-                    "psnr": got.score.psnr,
-                    "psnr_affine": got.score.psnr_affine,
-                    "ssim": got.score.ssim,
-                    "label_acc": got.score.label_acc,
-                    "victim_psnr": per_victim,
-                    "successes": int(sum(p > SUCCESS_DB for p in per_victim)),
-                    "victims": len(per_victim),
-                    "attack_s": seconds,
-                }
-                if got.path is not None:
-                    r["reconstruction_file"] = got.path
-                done.add(r)
-                print(
-                    f"    {variant}: {r['psnr']:.1f} dB, {r['successes']}/{r['victims']} "
-                    f"> {SUCCESS_DB:.0f} dB, {seconds:.1f}s",
-                    flush=True,
-                )
+            named = None if saver is None else _Named(saver, f"{label}-{variant}-s{seed}")
+            got = attack_victims(exp, attack, outcome, named)
+            seconds = time.perf_counter() - t0
+            per_victim = [s.psnr for s in got.per_victim]
+            r = {
+                "setting": label,
+                "variant": variant,
+                "seed": seed,
+                "psnr": got.score.psnr,
+                "psnr_affine": got.score.psnr_affine,
+                "ssim": got.score.ssim,
+                "label_acc": got.score.label_acc,
+                "victim_psnr": per_victim,
+                "successes": int(sum(p > SUCCESS_DB for p in per_victim)),
+                "victims": len(per_victim),
+                "attack_s": seconds,
+            }
+            if got.path is not None:
+                r["reconstruction_file"] = got.path
+            done.add(r)
+            print(
+                f"    {variant}: {r['psnr']:.1f} dB, {r['successes']}/{r['victims']} "
+                f"> {SUCCESS_DB:.0f} dB, {seconds:.1f}s",
+                flush=True,
+            )
     return [
         done[s[0], v, seed]
         for s in settings

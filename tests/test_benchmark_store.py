@@ -48,6 +48,24 @@ def test_the_attack_band_harness_trains_once_attacks_per_variant_and_resumes(tmp
     assert "| tiny digits | idlg: 1 start |" in table(rows)
 
 
+def test_the_attack_band_harness_covers_every_setting_before_it_adds_a_seed(tmp_path):
+    from attack_bands import Setting, measure
+
+    settings = [
+        Setting(f"tiny digits B={b}", "digits", "lenet-sigmoid", 1, b, 1, 0, 1) for b in (1, 2)
+    ]
+    variants = {"idlg": ("idlg", {"restarts": 1, "iters": 2})}
+    store = tmp_path / "bands.jsonl"
+    measure(2, list(variants), settings, store, variants)
+    written = [json.loads(line) for line in store.read_text().splitlines()]
+    assert [(r["setting"][-3:], r["seed"]) for r in written] == [
+        ("B=1", 0),
+        ("B=2", 0),
+        ("B=1", 1),
+        ("B=2", 1),
+    ]
+
+
 @pytest.mark.slow
 def test_the_fedmix_reproduction_runs_every_method_once_and_resumes(tmp_path, monkeypatch):
     repro = _reproduction("fedmix")
