@@ -120,15 +120,19 @@ def test_the_dp_reproduction_searches_on_validation_then_tests_the_best(tmp_path
     final = [r for r in store.read() if r["dataset"] == "digits"]
     assert len(final) == 2 and all(r["epsilon_record"] <= 8.0 + 1e-6 for r in final)
     assert "| record | target ε 8 |" in repro.table(store.read())
-    # Where the accuracy goes at ε 8: no DP, clipping alone, 10 clients, one client.
+    # Where the accuracy goes at ε 8: no DP, clipping alone, 10 clients, one client at
+    # their batch and at the ten clients' batch together.
     repro.measure(repro.why_points(searched, 1, "digits", **kw), store, None)
-    why = repro.why_table(store.read()).splitlines()[2:]
-    assert [line.split(" | ")[0] for line in why] == [
+    why = [line.split(" | ") for line in repro.why_table(store.read()).splitlines()[2:]]
+    assert [cells[0] for cells in why] == [
         "| no DP (FedAvg at its tuned lr), 10 clients",
         "| clipping only (σ 0), 10 clients",
         "| DP-SGD ε 8, 10 clients",
         "| DP-SGD ε 8, 1 client",
+        "| DP-SGD ε 8, 1 client, batch 320",
     ]
+    # one client at batch 320 samples at the ten clients' rate for their steps: their σ
+    assert why[4][4] == why[2][4] != why[3][4] and float(why[2][4]) > 0
     assert "| record | target ε 8 | C 1, lr" in repro.page(store.read())
     assert len(repro.table(store.read()).splitlines()) == 3  # the ablation stays out of it
 

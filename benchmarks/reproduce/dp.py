@@ -22,6 +22,7 @@ Every run is a privbench row in ``benchmarks/results/reproduce/dp/`` (resumable)
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from itertools import product
 from pathlib import Path
@@ -229,13 +230,16 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 
 WHY_EPS = 8.0
+WHY_CLIENTS = 10  # the finals' clients (record_config's default)
 
 
 def why_points(rows: list[dict], seeds: int, dataset: str = "mnist", **kw):
     """Where the accuracy goes at ε 8, with the validation-best knobs (C, lr, B): no DP
     (FedAvg at its tuned learning rate), clipping alone, DP-SGD on the 10 clients (the
     finals), and DP-SGD on one client holding every record (one accountant over all of
-    them: the centralised setting of the published numbers, at this data size)."""
+    them: the centralised setting of the published numbers, at this data size), at the
+    finals' batch and at the ten clients' batch together (the finals' sampling rate and
+    steps, so the finals' σ, on one model instead of an average of ten)."""
     knobs = best(rows).get(("record", WHY_EPS))
     if knobs is None:
         return []
@@ -256,6 +260,12 @@ def why_points(rows: list[dict], seeds: int, dataset: str = "mnist", **kw):
                 ("one client", seed),
                 record_config(WHY_EPS, clip, lr, batch, seed, data=dataset, clients=1, **kw),
             ),
+            (
+                ("one client, the ten clients' batch", seed),
+                record_config(
+                    WHY_EPS, clip, lr, batch * WHY_CLIENTS, seed, data=dataset, clients=1, **kw
+                ),
+            ),
         ]
     return out
 
@@ -263,14 +273,23 @@ def why_points(rows: list[dict], seeds: int, dataset: str = "mnist", **kw):
 def _why_label(r: dict, knobs: tuple) -> str | None:
     """The ablation line a test run belongs to, for the ε-8 knobs ``knobs`` (C, lr, B)."""
     k = _knobs(r)
-    if not _test_run(r) or r["config"]["fed"]["batch_size"] != knobs[2]:
+    if not _test_run(r):
         return None
-    if k[0] == "none" and r["clients"] == 10:
-        return "no DP (FedAvg at its tuned lr), 10 clients"
+    batch = r["config"]["fed"]["batch_size"]
+    if (
+        batch == knobs[2] * WHY_CLIENTS
+        and r["clients"] == 1
+        and k[1:] == (WHY_EPS, *knobs[:2], batch)
+    ):
+        return f"DP-SGD ε {WHY_EPS:g}, 1 client, batch {batch}"
+    if batch != knobs[2]:
+        return None
+    if k[0] == "none" and r["clients"] == WHY_CLIENTS:
+        return f"no DP (FedAvg at its tuned lr), {WHY_CLIENTS} clients"
     if k[0] != "record" or k[2:] != knobs:
         return None
     if k[1] is None:
-        return "clipping only (σ 0), 10 clients"
+        return f"clipping only (σ 0), {WHY_CLIENTS} clients"
     if k[1] == WHY_EPS:
         return f"DP-SGD ε {WHY_EPS:g}, {r['clients']} client{'s' if r['clients'] > 1 else ''}"
     return None
@@ -289,21 +308,32 @@ def why_table(rows: list[dict]) -> str:
     if len(groups) < 2:
         return ""
     lines = [
-        f"| at ε {WHY_EPS:g} (C {knobs[0]:g}, lr {knobs[1]:g}, batch {knobs[2]}) | runs "
-        "| records per client | σ (Opacus) | test accuracy |",
-        "|---|---|---|---|---|",
+        f"| at ε {WHY_EPS:g} (C {knobs[0]:g}, lr {knobs[1]:g}, batch {knobs[2]} unless named) "
+        "| runs | records per client | SGD steps per client | σ (Opacus) | test accuracy |",
+        "|---|---|---|---|---|---|",
     ]
-    order = ("no DP", "clipping", "DP-SGD ε 8, 10", "DP-SGD ε 8, 1 ")
+    order = ("no DP", "clipping", "DP-SGD ε 8, 10", "DP-SGD ε 8, 1 client")
     rank = {
         label: next((i for i, o in enumerate(order) if label.startswith(o)), 9) for label in groups
     }
-    for label in sorted(groups, key=lambda s: (rank[s], s)):
+    for label in sorted(groups, key=lambda s: (rank[s], "batch" in s, s)):
         rs = groups[label]
-        per_client = rs[0]["config"]["dataset_params"].get("train_size", 0) // rs[0]["clients"]
+        fed = rs[0]["config"]["fed"]
+        size = rs[0]["config"]["dataset_params"].get("train_size")  # None: the whole set
+        records = steps = "-"
+        if size:
+            per_client = size // rs[0]["clients"]
+            # ceil(records / B) steps an epoch (DP-SGD's q is its inverse: defenses/dpsgd.py)
+            per_epoch = math.ceil(per_client / fed["batch_size"])
+            records, steps = (
+                f"{per_client:,}",
+                f"{fed['rounds'] * fed['local_epochs'] * per_epoch:,}",
+            )
         spent = rs[0]["accountant"] or ""
         sigma = spent.split("sigma=")[-1].rstrip(")") if "sigma=" in spent else "-"
         lines.append(
-            f"| {label} | {len(rs)} | {per_client:,} | {sigma} | {ms(r['accuracy'] for r in rs)} |"
+            f"| {label} | {len(rs)} | {records} | {steps} | {sigma} "
+            f"| {ms(r['accuracy'] for r in rs)} |"
         )
     return "\n".join(lines)
 
