@@ -268,6 +268,54 @@ def _reproduction_verdicts(name: str) -> Callable[[], str]:
     return render
 
 
+# The README's summary of the reproductions: source -> (its name there, its section's
+# anchor on docs/reproductions.md).
+README_SOURCES = {
+    "gradient-inversion": ("DLG / iDLG", "dlg-and-idlg-zhu-et-al-2019-zhao-et-al-2020"),
+    "fedmix": ("FedMix", "fedmix-yoon-et-al-iclr-2021"),
+    "fedmix-taylor": ("FedMix's Taylor term (diagnostic)", "where-the-claim-fails-and-why"),
+    "fedzda": ("Fed-ZDA", "fed-zda-zero-shot-data-augmentation"),
+    "cvae": ("CVAE imputation", "federated-cvae-imputation-the-thesis"),
+    "fedavp": ("FedAvP", "fedavp-federated-augmentation-policies"),
+    "dp": ("Tuned DP-SGD", "defenses-dp-tuned-at-fixed-budgets"),
+}
+README_BEGIN = "<!-- readme:verdicts (python benchmarks/pages.py --readme) -->"
+README_END = "<!-- /readme:verdicts -->"
+VERDICTS = ("holds", "partly", "does not hold")
+
+
+def readme_verdicts() -> str:
+    """Per reproduction, how many of its claims hold, partly hold or do not, as its
+    page's verdict lines say, and its recorded runs per seed (validation-split runs
+    left out): the README's summary, regenerated with the stores so it cannot go stale."""
+    lines = [
+        "| source | holds | partly | does not hold | runs by seed (0 · 1 · 2) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (label, anchor) in README_SOURCES.items():
+        repro, rows, _ = _reproduction(name)
+        said = repro.verdicts(rows) if rows else []
+        counts = [sum(f"**{v}**" in line for line in said) for v in VERDICTS]
+        seeds = [r["seed"] for r in rows if not str(r.get("dataset", "")).endswith(":validation")]
+        by_seed = " · ".join(str(seeds.count(s)) for s in range(max([2, *seeds]) + 1))
+        cells = [str(c) for c in counts] if said else ["-", "-", "-"]
+        lines.append(
+            f"| [{label}](docs/reproductions.md#{anchor}) | {' | '.join(cells)} | {by_seed} |"
+        )
+    return "\n".join(lines)
+
+
+def refresh_readme(readme: Path = HERE.parent / "README.md") -> bool:
+    """Rewrite the README's generated block (between README_BEGIN and README_END) from
+    the stores; True if it changed."""
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    new = f"{text[:start]}\n{readme_verdicts()}\n{text[end:]}"
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
 def defense_curve() -> str:
     import defense_curve as bench
 
@@ -434,12 +482,19 @@ README_FIGURES = ("figures/headline_frontier.png", "figures/defense_reconstructi
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Draw the README's figures into a folder (``docs/img`` by default)."""
+    """Draw the README's figures into a folder (``docs/img`` by default); with
+    ``--readme``, rewrite the README's reproduction summary from the stores instead."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--figures", default=str(HERE.parent / "docs" / "img"))
+    ap.add_argument(
+        "--readme", action="store_true", help="rewrite the README's reproduction summary"
+    )
     args = ap.parse_args(argv)
+    if args.readme:
+        print("README.md " + ("rewritten" if refresh_readme() else "already current"))
+        return
     for uri in README_FIGURES:
         draw = FIGURES[uri]
         target = Path(args.figures) / Path(uri).name

@@ -127,6 +127,20 @@ def test_the_readme_is_short_and_keeps_the_quickstart():
     assert f"```bash\n{install_test}\n```" in text
 
 
+def test_the_readme_reproduction_summary_is_the_stores_and_links_its_sections():
+    pages = hooks()._pages()
+    text = (ROOT / "README.md").read_text()
+    start = text.index(pages.README_BEGIN) + len(pages.README_BEGIN)
+    block = text[start : text.index(pages.README_END)].strip()
+    assert block == pages.readme_verdicts(), "stale: run python benchmarks/pages.py --readme"
+    # every source links a section of the reproductions page (MkDocs' and GitHub's slugs)
+    headings = re.findall(r"^#+ (.+)$", (DOCS / "reproductions.md").read_text(), re.M)
+    slugs = {re.sub(r"\s+", "-", re.sub(r"[^\w\s-]", "", h).strip().lower()) for h in headings}
+    for name, (_, anchor) in pages.README_SOURCES.items():
+        assert anchor in slugs, (name, anchor)
+    assert set(pages.README_SOURCES) == set(pages.REPRODUCTIONS)
+
+
 def test_the_readme_links_resolve():
     text = (ROOT / "README.md").read_text()
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
