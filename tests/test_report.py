@@ -236,3 +236,71 @@ def test_rows_stored_before_the_clear_upload_rule_are_read_without_a_guarantee()
     assert load_rows([plain]) == [plain]
     none = {**old, "epsilon": None, "epsilon_record": None, "accountant": None}
     assert load_rows([none]) == [none]
+
+
+def _attack_row(run, attack, psnr, *, names, seed=0, acc=0.9, victims=1, attacked_round=3):
+    config = {
+        "method": "fedmix",
+        "seed": seed,
+        "attack": {"names": names, "params": {}, "round": attacked_round, "victims": victims},
+    }
+    return {
+        "method": "fedmix",
+        "defense": "none",
+        "attack": attack,
+        "seed": seed,
+        "status": "ok",
+        "accuracy": acc,
+        "psnr": psnr,
+        "victims": victims,
+        "config_hash": f"{run}-{seed}",
+        "config": config,
+        **({"worst_of": "idlg"} if attack == "worst-case" else {}),
+    }
+
+
+def _two_runs(seed=0, dlg=12.0, ig=27.0, **ig_kw):
+    """A point measured by the DLG family, then its companion run attacked by IG."""
+    names = ["dlg", "idlg", "averaged-data"]
+    return [
+        _attack_row("dlg-run", "dlg", dlg - 2, names=names, seed=seed),
+        _attack_row("dlg-run", "idlg", dlg, names=names, seed=seed),
+        _attack_row("dlg-run", "worst-case", dlg, names=names, seed=seed),
+        _attack_row("dlg-run", "averaged-data", 14.0, names=names, seed=seed),
+        _attack_row("ig-run", "ig", ig, names=["ig"], seed=seed, **ig_kw),
+    ]
+
+
+def test_a_companion_run_of_the_same_training_joins_the_points_worst_case():
+    from privbench.results.report import worst_case_view
+
+    view = worst_case_view(_two_runs())
+    assert [(r["attack"], r["psnr"]) for r in view] == [
+        ("worst-case", 27.0),
+        ("averaged-data", 14.0),
+    ]
+    assert view[0]["worst_of"] == "ig" and view[0]["merged_runs"] == ["dlg-run-0", "ig-run-0"]
+    # the DLG family wins another seed: the same experiment id, one row per seed
+    other = worst_case_view(_two_runs(seed=1, dlg=40.0))
+    assert other[0]["worst_of"] == "idlg" and other[0]["psnr"] == 40.0
+    assert other[0]["experiment"] == view[0]["experiment"]
+    table = summarize(_two_runs() + _two_runs(seed=1, dlg=40.0), by=("method", "attack"))
+    worst = table[table["attack"] == "worst-case"].iloc[0]
+    assert worst["runs"] == 2 and worst["psnr_mean"] == pytest.approx(33.5)
+
+
+def test_runs_that_did_not_train_the_same_model_stay_apart():
+    from privbench.results.report import worst_case_view
+
+    def attacks(rows):
+        return sorted(r["attack"] for r in worst_case_view(rows))
+
+    apart = ["averaged-data", "ig", "worst-case"]
+    with pytest.warns(UserWarning, match="share a training configuration but not their accuracy"):
+        assert attacks(_two_runs(acc=0.5)) == apart
+    assert attacks(_two_runs(attacked_round=4)) == apart  # another round: another message
+    assert (
+        attacks(_two_runs(seed=0) + _two_runs(seed=1)) == ["averaged-data"] * 2 + ["worst-case"] * 2
+    )  # seeds never merge with each other
+    rows = [dict(r, victims=2) for r in _two_runs()]  # pooled scores: no per-victim best
+    assert attacks(rows) == apart
