@@ -95,16 +95,36 @@ def headline_progress(store: str) -> Callable[[], str]:
         todo = pending(points, str(path)) if (path / "results.jsonl").exists() else points
         done = {p.config_hash for p in points} - {p.config_hash for p in todo}
         wall = {r["config_hash"]: r["wall_s"] for r in _headline_rows(store)}
-        hours = sum(wall.get(h) or 0.0 for h in done) / 3600
-        by_seed = {}
-        for p in points:
-            d, n = by_seed.get(p.config.seed, (0, 0))
-            by_seed[p.config.seed] = (d + (p.config_hash in done), n + 1)
-        seeds = ", ".join(f"seed {k}: {d}/{n}" for k, (d, n) in sorted(by_seed.items()))
-        return (
-            f"| points done | compute recorded | by seed |\n|---|---|---|\n"
-            f"| {len(done)} of {len(points)} | {hours:.1f} h | {seeds} |"
-        )
+        lines = ["| runs | points done | compute recorded | by seed |", "|---|---|---|---|"]
+        for label, ig in (("DLG family and artifact attacks", False), ("IG companions", True)):
+            part = [p for p in points if _ig_companion(p.attacks) == ig]
+            hashes = {p.config_hash for p in part} & done
+            hours = sum(wall.get(h) or 0.0 for h in hashes) / 3600
+            by_seed: dict[int, tuple[int, int]] = {}
+            for p in part:
+                d, n = by_seed.get(p.config.seed, (0, 0))
+                by_seed[p.config.seed] = (d + (p.config_hash in done), n + 1)
+            seeds = ", ".join(f"seed {k}: {d}/{n}" for k, (d, n) in sorted(by_seed.items()))
+            lines.append(f"| {label} | {len(hashes)} of {len(part)} | {hours:.1f} h | {seeds} |")
+        return "\n".join(lines)
+
+    return table
+
+
+def _ig_companion(attacks) -> bool:
+    """Whether a point's attacks are an IG companion's (benchmarks/headline_ig.py)."""
+    return all(str(a).partition("@")[0] == "ig" for a in attacks)
+
+
+def headline_ig(store: str) -> Callable[[], str]:
+    """Each point with both runs: the DLG family against its IG companion."""
+
+    def table() -> str:
+        import headline_ig as bench
+
+        if not (RESULTS / store / "results.jsonl").exists():
+            return _missing(RESULTS / store / "results.jsonl")
+        return bench.table(RESULTS / store, HEADLINE_GRIDS[store])
 
     return table
 
@@ -362,6 +382,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "results:headline-mnist": headline_table("headline_mnist"),
     "results:headline-progress": headline_progress("headline"),
     "results:headline-mnist-progress": headline_progress("headline_mnist"),
+    "results:headline-ig": headline_ig("headline"),
+    "results:headline-mnist-ig": headline_ig("headline_mnist"),
     "results:headline-dp-mnist": headline_dp("mnist"),
     "results:headline-dp-digits": headline_dp("digits"),
     "results:fedmix": fedmix,

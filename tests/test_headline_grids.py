@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import headline_dp  # noqa: E402
 
 
-def test_mnist_headline_covers_every_method_with_one_attacker_each():
+def test_mnist_headline_covers_every_method_with_the_dlg_family_and_its_ig_companion():
     points, problems = expand(load_grid(GRID))
     assert problems == []
     assert {p.config.method for p in points} == set(registries()["method"].names())
@@ -29,7 +29,7 @@ def test_mnist_headline_covers_every_method_with_one_attacker_each():
     attackers: dict[tuple, set] = {}
     for p in points:
         attackers.setdefault((p.config.method, p.config.model), set()).add(p.attacks)
-    assert all(len(a) == 1 for a in attackers.values())
+    assert all(len(a) == 2 for a in attackers.values())  # the DLG family and its IG companion
     # FedAvg on cnn-bn, Fed-ZDAC/ZDAS's like-for-like baseline, runs without a defense
     assert {p.config.defenses for p in points if p.config.model == "cnn-bn"} == {()}
     # seed-major: a grid cut short covers every cell with seed 0 first
@@ -38,6 +38,28 @@ def test_mnist_headline_covers_every_method_with_one_attacker_each():
     # both DP defenses are calibrated to the same target
     dp = [p.config.defense_params for p in points if p.config.defenses in (("dp-sgd",),)]
     assert dp and all(d["dp-sgd"]["target_epsilon"] == headline_dp.TARGET_EPSILON for d in dp)
+
+
+@pytest.mark.parametrize(
+    "grids", [("headline_mnist.toml",), ("headline.toml", "headline_more.toml")]
+)
+def test_every_headline_point_has_an_ig_companion_of_the_same_training(grids):
+    from headline_ig import ig_family
+
+    from privbench.results.report import training_key
+
+    points = [p for g in grids for p in expand(load_grid(ROOT / "benchmarks" / g))[0]]
+    companion = [p for p in points if all(a.partition("@")[0] == "ig" for a in p.attacks)]
+    first = [p for p in points if p not in companion]
+    assert len(companion) == len(first)
+
+    def key(p):
+        return training_key({"config": p.config.resolve().to_dict()})
+
+    by_training = {key(p): p for p in companion}
+    for p in first:
+        twin = by_training[key(p)]  # the same run, seed and attacked round
+        assert twin.attacks == ig_family(list(p.attacks))
 
 
 @pytest.mark.parametrize(
