@@ -35,7 +35,7 @@ from _store import RowStore
 
 from privbench import AttackConfig, FedConfig, RunConfig
 from privbench.engine.experiment import Experiment
-from privbench.evaluation.attacking import attack_victims
+from privbench.evaluation.attacking import attack_victims, observed_messages
 from privbench.results import ResultStore
 from privbench.results.report import mean_std as ms
 
@@ -124,6 +124,21 @@ def seeds_of(setting, seeds: int) -> int:
     return 1 if setting.dataset == "photos" else seeds
 
 
+def message_norms(exp: Experiment, attack: str, outcome) -> list[float]:
+    """Each victim's message as the attacker receives it (its first one): the squared
+    L2 norm over every tensor. DLG's squared-L2 matching loss scales with it."""
+    import torch
+
+    built = exp.regs["attack"].build(attack, exp.cfg.resolve().attack.params[attack])
+    seen = outcome.channel.observations
+    out = []
+    for vid in range(exp.cfg.attack.victims):
+        payload = observed_messages(exp, built, attack, vid, seen)[0].payload
+        tensors = [t for t in payload.values() if torch.is_tensor(t)]
+        out.append(float(sum((t.double() ** 2).sum() for t in tensors)))
+    return out
+
+
 def measure(
     seeds: int,
     variants: list[str],
@@ -131,13 +146,17 @@ def measure(
     store: Path = OUT / "attack_bands.jsonl",
     all_variants: dict = VARIANTS,
     arrays: Path | None = None,
+    norms: Path | None = None,
 ) -> list[dict]:
     """Train once per (setting, seed), attack with every variant not in ``store`` yet;
     return the stored rows of these settings and variants. With ``arrays`` (a folder),
     each attack's private images and reconstructions go to
     ``arrays/reconstructions/<setting>-<variant>-s<seed>.npz`` (privbench's own format),
-    named by the row's ``reconstruction_file`` relative to ``arrays``."""
+    named by the row's ``reconstruction_file`` relative to ``arrays``. With ``norms`` (a
+    JSONL file), each (setting, seed)'s victims' message squared norms go there once
+    (:func:`message_norms`), for settings already attacked too."""
     done = RowStore(store, lambda r: (r["setting"], r["variant"], r["seed"]))
+    sizes = None if norms is None else RowStore(norms, lambda r: (r["setting"], r["seed"]))
     saver = None if arrays is None else ResultStore(str(arrays))
     # Seed-major, like every reproduction: a run cut short covers every setting once
     # before it adds a seed anywhere.
@@ -145,14 +164,18 @@ def measure(
     for setting, seed in sorted(cells, key=lambda c: c[1]):
         label = setting.label
         todo = [v for v in variants if (label, v, seed) not in done]
-        if not todo:
+        sized = sizes is None or (label, seed) in sizes
+        if not todo and sized:
             continue
         # Train once; every variant attacks the same messages.
-        attack, params = all_variants[todo[0]]
+        attack, params = all_variants[(todo or variants)[0]]
         exp = Experiment(config(setting, seed, attack, params))
         t0 = time.perf_counter()
         outcome = exp.train()
         print(f"  {label} seed {seed}: trained in {time.perf_counter() - t0:.1f}s", flush=True)
+        if not sized:
+            squared = message_norms(exp, attack, outcome)
+            sizes.add({"setting": label, "seed": seed, "message_sq_norm": squared})
         for variant in todo:
             attack, params = all_variants[variant]
             # Same training config (same hash); only the attacker differs.

@@ -306,3 +306,39 @@ def test_the_inversion_reproduction_keeps_reconstructions_and_draws_their_grid(
     # rows measured before reconstructions were kept: no grid, the page shows why
     old = [{k: v for k, v in r.items() if k != "reconstruction_file"} for r in rows]
     assert repro.grid_figure(old, arrays, str(tmp_path / "none.png")) is None
+
+
+def test_the_inversion_reproduction_records_each_victims_message_size(tmp_path, monkeypatch):
+    """The squared norm of every victim's gradient is kept once per (setting, seed), for
+    settings attacked before too, and the page splits each attack's successes by it."""
+    from attack_bands import Setting, measure
+
+    repro = _reproduction("gradient_inversion")
+    tiny = Setting("tiny digits, B=1", "digits", "lenet-sigmoid", 1, 1, 1, 0, 2)
+    monkeypatch.setattr(repro, "SETTINGS", [tiny])
+    variants = {"idlg: 1 start (paper)": ("idlg", {"restarts": 1, "iters": 2})}
+    store, norms = tmp_path / "gi.jsonl", tmp_path / "norms.jsonl"
+    rows = measure(1, list(variants), [tiny], store, variants)  # before norms were kept
+    assert not norms.exists()
+    measure(1, list(variants), [tiny], store, variants, norms=norms)  # trains, attacks nothing
+    assert len(store.read_text().splitlines()) == 1
+    (kept,) = [json.loads(line) for line in norms.read_text().splitlines()]
+    assert kept["setting"] == tiny.label and len(kept["message_sq_norm"]) == 2
+    # the same number from the channel's log, read directly: victim 0's round-0 gradient
+    from attack_bands import config
+
+    from privbench.engine.experiment import Experiment
+
+    outcome = Experiment(config(tiny, 0, "idlg", {"restarts": 1, "iters": 2})).train()
+    (sent,) = [
+        o
+        for o in outcome.channel.observations
+        if o.sender == 0 and o.round == 0 and o.kind == "gradient"
+    ]
+    by_hand = sum(float((t.double() ** 2).sum()) for t in sent.payload.values())
+    assert kept["message_sq_norm"][0] == pytest.approx(by_hand, rel=1e-9) and by_hand > 0
+    lines = repro.tiny_messages(rows, [{**kept, "message_sq_norm": [1e-6, 5.0]}])
+    assert lines[-1] == f"| {tiny.label} | idlg: 1 start (paper) | " + (
+        f"{int(rows[0]['victim_psnr'][0] > 30)}/1 | {int(rows[0]['victim_psnr'][1] > 30)}/1 |"
+    )
+    assert repro.tiny_messages(rows, [kept | {"message_sq_norm": [5.0, 5.0]}]) == []
