@@ -142,3 +142,13 @@ def test_every_client_of_the_digits_headline_takes_its_batch():
 def test_every_client_of_the_mnist_headline_takes_its_batch(data_root, monkeypatch):
     monkeypatch.setenv("PRIVBENCH_DATA_ROOT", data_root)
     assert _check_clients_take_the_batches(_grid_points("headline_mnist.toml")) == 6
+
+
+def test_the_ig_form_of_a_dlg_family_list_by_hand():
+    from headline_ig import ig_family
+
+    assert ig_family(["dlg", "idlg", "averaged-data"]) == ("ig",)
+    assert ig_family(["dlg", "idlg", "dlg@enumerate", "averaged-data"]) == ("ig", "ig@enumerate")
+    fedavp = ["dlg@sigmoid", "idlg@sigmoid", "dlg@identity", "dlg@sample", "policy-inference"]
+    assert ig_family(fedavp) == ("ig", "ig@identity", "ig@sample")  # IG has its own box
+    assert ig_family(["generator", "synthetic-nn"]) == ()
