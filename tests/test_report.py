@@ -304,3 +304,7 @@ def test_runs_that_did_not_train_the_same_model_stay_apart():
     )  # seeds never merge with each other
     rows = [dict(r, victims=2) for r in _two_runs()]  # pooled scores: no per-victim best
     assert attacks(rows) == apart
+    # one attack at two settings (a parameter comparison, not a companion): apart
+    longer = _attack_row("dlg-longer", "dlg", 30.0, names=["dlg"])
+    longer["config"]["attack"]["params"] = {"dlg": {"iters": 3000}}
+    assert attacks([*_two_runs()[:4], longer]) == ["averaged-data", "dlg", "worst-case"]

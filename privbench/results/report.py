@@ -212,10 +212,11 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
     """One worst-case row where several runs of one training (:func:`training_key`)
     split a point's gradient attacks between them (a grid's companion case adding an
     attack to points already measured): per victim, the attack that leaked most over
-    all of them, as a run's own worst-case row takes it. Merged only when each run
-    attacked one victim (rows keep pooled scores, not each victim's) and every run
-    reports the same accuracy (the trainings really were the same); otherwise a warning
-    and the rows as they are. The merged row is the winner's, with ``attack``
+    all of them, as a run's own worst-case row takes it. Merged only when the runs name
+    different attacks (runs of one attack at other parameters are a comparison, left
+    apart), each attacked one victim (rows keep pooled scores, not each victim's) and
+    every run reports the same accuracy (the trainings really were the same; if not, a
+    warning and the rows as they are). The merged row is the winner's, with ``attack``
     ``worst-case``, ``worst_of`` its attack and ``merged_runs`` the runs' hashes."""
     import warnings
 
@@ -231,8 +232,14 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
     merged: dict[int, dict[str, Any] | None] = {}
     for idx in groups.values():
         group = [rows[i] for i in idx]
-        runs = sorted({str(r.get("config_hash")) for r in group})
+        by_run = {str(r.get("config_hash")): r for r in group}
+        runs = sorted(by_run)
         if len(runs) < 2 or any(r.get("victims") != 1 for r in group):
+            continue
+        names = [
+            n for r in by_run.values() for n in (r["config"].get("attack") or {}).get("names", ())
+        ]
+        if len(names) != len(set(names)):  # the same attack at other parameters: compared
             continue
         accuracies = {r.get("accuracy") for r in group}
         if len(accuracies) > 1:
