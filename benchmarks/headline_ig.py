@@ -59,9 +59,13 @@ def ig_family(attacks: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _is_companion(row: dict) -> bool:
-    names = row["config"]["attack"]["names"]
+def is_companion(names) -> bool:
+    """Whether a point's attack names are an IG companion's (IG forms only)."""
     return all(str(n).partition("@")[0] == "ig" for n in names)
+
+
+def _is_companion(row: dict) -> bool:
+    return is_companion(row["config"]["attack"]["names"])
 
 
 def _gradient_best(rows: list[dict]) -> dict[str, dict]:

@@ -88,6 +88,8 @@ def headline_progress(store: str) -> Callable[[], str]:
     they recorded (one ``wall_s`` per run) and the points' seeds."""
 
     def table() -> str:
+        from headline_ig import is_companion
+
         from privbench.results.sweep import expand, load_grid, pending
 
         points = [p for g in HEADLINE_GRIDS[store] for p in expand(load_grid(str(g)))[0]]
@@ -97,7 +99,7 @@ def headline_progress(store: str) -> Callable[[], str]:
         wall = {r["config_hash"]: r["wall_s"] for r in _headline_rows(store)}
         lines = ["| runs | points done | compute recorded | by seed |", "|---|---|---|---|"]
         for label, ig in (("DLG family and artifact attacks", False), ("IG companions", True)):
-            part = [p for p in points if _ig_companion(p.attacks) == ig]
+            part = [p for p in points if is_companion(p.attacks) == ig]
             hashes = {p.config_hash for p in part} & done
             hours = sum(wall.get(h) or 0.0 for h in hashes) / 3600
             by_seed: dict[int, tuple[int, int]] = {}
@@ -109,11 +111,6 @@ def headline_progress(store: str) -> Callable[[], str]:
         return "\n".join(lines)
 
     return table
-
-
-def _ig_companion(attacks) -> bool:
-    """Whether a point's attacks are an IG companion's (benchmarks/headline_ig.py)."""
-    return all(str(a).partition("@")[0] == "ig" for a in attacks)
 
 
 def headline_ig(store: str) -> Callable[[], str]:

@@ -44,12 +44,12 @@ def test_mnist_headline_covers_every_method_with_the_dlg_family_and_its_ig_compa
     "grids", [("headline_mnist.toml",), ("headline.toml", "headline_more.toml")]
 )
 def test_every_headline_point_has_an_ig_companion_of_the_same_training(grids):
-    from headline_ig import ig_family
+    from headline_ig import ig_family, is_companion
 
     from privbench.results.report import training_key
 
     points = [p for g in grids for p in expand(load_grid(ROOT / "benchmarks" / g))[0]]
-    companion = [p for p in points if all(a.partition("@")[0] == "ig" for a in p.attacks)]
+    companion = [p for p in points if is_companion(p.attacks)]
     first = [p for p in points if p not in companion]
     assert len(companion) == len(first)
 
