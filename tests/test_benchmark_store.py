@@ -298,7 +298,7 @@ def test_the_inversion_reproduction_keeps_reconstructions_and_draws_their_grid(
     store, arrays = tmp_path / "gi.jsonl", tmp_path / "arrays"
     rows = measure(1, list(variants), [tiny], store, variants, arrays=arrays)
     files = [r["reconstruction_file"] for r in rows]
-    assert len(set(files)) == 3  # the variants share a training config, not a file
+    assert len(set(files)) == len(variants)  # the variants share a training config, not a file
     with np.load(arrays / files[0]) as data:
         assert data["ground_truth"].shape == data["reconstruction"].shape == (2, 1, 1, 8, 8)
     out = repro.grid_figure(rows, arrays, str(tmp_path / "grid.png"))

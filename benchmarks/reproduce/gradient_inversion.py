@@ -173,12 +173,17 @@ def verdicts(rows: list[dict]) -> list[str]:
     return out
 
 
-GRID_VARIANTS = ("dlg: 1 start (paper)", "idlg: 1 start (paper)", "dlg: 4 restarts")
+GRID_VARIANTS = (
+    "dlg: 1 start (paper)",
+    "idlg: 1 start (paper)",
+    "dlg: 4 restarts",
+    "ig: 4 restarts",
+)
 
 
-def grid_figure(rows: list[dict], folder: Path, out: str, victims: int = 4) -> str | None:
-    """The reconstruction grid at B = 1: per dataset, the first ``victims`` private
-    images of the lowest seed whose rows saved all of ``GRID_VARIANTS``, and under each
+def grid_figure(rows: list[dict], folder: Path, out: str) -> str | None:
+    """The reconstruction grid at B = 1: per dataset (a block of rows), every private
+    image of the lowest seed whose rows saved all of ``GRID_VARIANTS`` and under each
     its reconstruction by every variant with that image's PSNR. None when no seed saved
     them all (rows from before the reconstructions were kept)."""
     import numpy as np
@@ -197,35 +202,40 @@ def grid_figure(rows: list[dict], folder: Path, out: str, victims: int = 4) -> s
     if not blocks:
         return None
     plt = _pyplot()
-    cols = [(s, seed, got, v) for s, seed, got in blocks for v in range(min(victims, s.victims))]
+    per = 1 + len(GRID_VARIANTS)  # rows of one block: the private images, each variant
+    width = max(s.victims for s, _, _ in blocks)
     fig, axes = plt.subplots(
-        1 + len(GRID_VARIANTS), len(cols), figsize=(1.25 * len(cols) + 1.2, 6.2), squeeze=False
+        per * len(blocks),
+        width,
+        figsize=(1.1 * width + 1.2, 1.25 * per * len(blocks) + 0.6),
+        squeeze=False,
     )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
 
     def show(ax, img):
         img = image_hwc(img)
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_frame_on(True)
 
-    arrays = {}  # each variant's file read once: (ground truth, reconstructions)
-    for s, _seed, got in blocks:
-        for variant in GRID_VARIANTS:
+    for k, (s, seed, got) in enumerate(blocks):
+        top = k * per
+        for i, variant in enumerate(GRID_VARIANTS):  # each variant's file read once
             with np.load(folder / got[variant]["reconstruction_file"]) as data:
-                arrays[s, variant] = data["ground_truth"], data["reconstruction"]
-    for j, (s, seed, got, v) in enumerate(cols):
-        for i, variant in enumerate(GRID_VARIANTS):
-            gt, rec = arrays[s, variant]
-            if i == 0:
-                show(axes[0][j], gt[v])
-                axes[0][j].set_title(f"{s.dataset} s{seed} #{v}", fontsize=8)
-            show(axes[i + 1][j], rec[v])
-            axes[i + 1][j].set_xlabel(f"{got[variant]['victim_psnr'][v]:.1f} dB", fontsize=8)
-    axes[0][0].set_ylabel("private", fontsize=8)
-    for i, variant in enumerate(GRID_VARIANTS):
-        axes[i + 1][0].set_ylabel(variant.replace(": ", "\n"), fontsize=8)
+                gt, rec = data["ground_truth"], data["reconstruction"]
+            for v in range(s.victims):
+                if i == 0:
+                    show(axes[top][v], gt[v])
+                    axes[top][v].set_title(f"{s.dataset} s{seed} #{v}", fontsize=8)
+                show(axes[top + i + 1][v], rec[v])
+                psnr = got[variant]["victim_psnr"][v]
+                axes[top + i + 1][v].set_xlabel(f"{psnr:.1f} dB", fontsize=7)
+            axes[top + i + 1][0].set_ylabel(variant.replace(": ", "\n"), fontsize=7)
+        axes[top][0].set_ylabel("private", fontsize=7)
     fig.suptitle(
-        "DLG / iDLG at B = 1 on an untrained sigmoid LeNet: private image (top), "
+        "DLG / iDLG (and IG) at B = 1 on an untrained sigmoid LeNet: private images, "
         "reconstructions and their PSNR",
         fontsize=9,
     )
