@@ -90,15 +90,19 @@ def split(store: Path, grids) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if not _is_companion(r)], [r for r in rows if _is_companion(r)]
 
 
-def todo(store: Path, grids, seed: int, defense: str) -> list[tuple[dict, RunConfig]]:
+def todo(store: Path, grids, seed: int, defense: str, methods=None) -> list[tuple[dict, RunConfig]]:
     """(the DLG family's best row, the companion's config) of every measured point of
-    ``seed`` under ``defense`` whose companion has not run, lowest PSNR first."""
+    ``seed`` under ``defense`` (of ``methods``, None: all) whose companion has not run,
+    lowest PSNR first."""
     dlg, ig = split(store, grids)
     have = {training_key(r) for r in ig}
     points = [
         r
         for r in _gradient_best(dlg).values()
-        if r["seed"] == seed and r["defense"] == defense and training_key(r) not in have
+        if r["seed"] == seed
+        and r["defense"] == defense
+        and (methods is None or r["method"] in methods)
+        and training_key(r) not in have
     ]
     out = []
     for r in sorted(points, key=lambda r: r["psnr"]):
@@ -159,11 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grid", action="append", default=None, help="(repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--defense", default="none")
+    ap.add_argument("--methods", nargs="+", default=None, help="only these methods' points")
     ap.add_argument("--table-only", action="store_true", help="print the comparison, run nothing")
     args = ap.parse_args(argv)
     store, grids = Path(args.store).resolve(), args.grid or [str(g) for g in MNIST[1]]
     if not args.table_only:
-        run(todo(store, grids, args.seed, args.defense), store, args.data_root)
+        run(todo(store, grids, args.seed, args.defense, args.methods), store, args.data_root)
     print(table(store, grids))
 
 
