@@ -42,3 +42,37 @@ def test_plot_without_attacks_explains(tmp_path):
     assert (
         main(["plot", str(tmp_path), "--kind", "frontier", "--out", str(tmp_path / "x.png")]) == 2
     )
+
+
+def test_a_method_on_two_models_is_two_frontier_points(tmp_path, monkeypatch):
+    from privbench.results import plots
+
+    def row(model, seed, psnr, acc):
+        return {
+            "method": "fedavg",
+            "model": model,
+            "defense": "none",
+            "attack": "dlg",
+            "seed": seed,
+            "status": "ok",
+            "accuracy": acc,
+            "psnr": psnr,
+            "epsilon": None,
+            "victims": 1,
+            "config_hash": f"{model}-{seed}",
+            "config": {"model": model, "seed": seed},
+        }
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, plt, out: figures.append(fig) or out)
+    rows = [row("lenet-sigmoid", s, 40.0 + s, 0.9) for s in (0, 1)]
+    rows += [row("cnn-bn", s, 5.0, 0.98) for s in (0, 1)]
+    plots.frontier(rows, str(tmp_path / "f.png"))
+    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert "fedavg (lenet-sigmoid) / none (dlg)" in labels
+    assert "fedavg (cnn-bn) / none (dlg)" in labels
+    # one model: the method's name alone
+    figures.clear()
+    plots.frontier(rows[:2], str(tmp_path / "g.png"))
+    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert "fedavg / none (dlg)" in labels

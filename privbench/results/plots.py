@@ -47,10 +47,15 @@ def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psn
     attacked = [r for r in worst_case_view(rows) if r.get("attack") not in (None, "none")]
     if not attacked:
         raise ParameterError("The frontier needs rows with an attack (leakage on the x axis).")
+    # a method run on two models (FedAvg on cnn-bn beside lenet-sigmoid) is two points,
+    # never one averaged over both
     s = summarize(
-        attacked, by=("method", "defense", "attack"), metrics=("accuracy", leakage, "epsilon")
+        attacked,
+        by=("method", "model", "defense", "attack"),
+        metrics=("accuracy", leakage, "epsilon"),
     )
     s = s[s[f"{leakage}_mean"].notna() & s["accuracy_mean"].notna()].reset_index(drop=True)
+    models = s.groupby("method", sort=False)["model"].nunique()
     if s.empty:
         raise ParameterError("No ok rows with both accuracy and leakage to plot.")
     fig, ax = plt.subplots(figsize=(10, 5.5))
@@ -68,7 +73,7 @@ def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psn
             fmt=marker,
             color=color,
             capsize=2,
-            label=f"{r['method']} / {r['defense']} ({r['attack']})",
+            label=f"{_method_label(r, models)} / {r['defense']} ({r['attack']})",
         )
         if not math.isnan(r["epsilon_mean"]):
             ax.annotate(
@@ -100,6 +105,11 @@ def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psn
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, plt, out)
+
+
+def _method_label(r, models) -> str:
+    """The method, with its model where the plot shows it on more than one."""
+    return f"{r['method']} ({r['model']})" if models.get(r["method"], 1) > 1 else r["method"]
 
 
 def reconstructions(
