@@ -14,7 +14,7 @@ So every case of the headline grids has a companion case: the same run again (tr
 is deterministic), attacked by ``ig`` and the IG form of each DLG variant the case
 allows (``@enumerate``, ``@joint``, ``@identity``, ``@sample``; ``@sigmoid`` is DLG's
 box, which IG has built in). ``privbench table`` and the docs take a point's worst case
-over both runs (``report.merge_runs``, which checks the two trained the same model).
+over both runs (``companions.merge_runs``, which checks the two trained the same model).
 This script runs the companions of one seed and defense first, lowest DLG-family PSNR
 first (where a miss matters most), into the headline's own store, and prints the
 comparison the docs show:
@@ -39,7 +39,8 @@ sys.path.insert(0, str(HERE))
 import privbench  # noqa: E402
 from privbench import ResultStore, RunConfig  # noqa: E402
 from privbench.adversary import WORST_CASE, gradient_attacks  # noqa: E402
-from privbench.results.report import grid_rows, latest, training_key  # noqa: E402
+from privbench.results.companions import training_key  # noqa: E402
+from privbench.results.report import grid_rows, latest  # noqa: E402
 
 MNIST = (HERE / "results" / "headline_mnist", (HERE / "headline_mnist.toml",))
 BOX_VARIANTS = {"sigmoid", "free"}  # DLG's box: IG's own box constraint replaces it
@@ -69,7 +70,7 @@ def _is_companion(row: dict) -> bool:
 
 
 def _gradient_best(rows: list[dict]) -> dict[str, dict]:
-    """Per training (report.training_key), the run's strongest gradient row."""
+    """Per training (companions.training_key), the run's strongest gradient row."""
     gradient = set(gradient_attacks())
     best: dict[str, dict] = {}
     for r in rows:

@@ -46,7 +46,7 @@ def test_mnist_headline_covers_every_method_with_the_dlg_family_and_its_ig_compa
 def test_every_headline_point_has_an_ig_companion_of_the_same_training(grids):
     from headline_ig import ig_family, is_companion
 
-    from privbench.results.report import training_key
+    from privbench.results.companions import training_key
 
     points = [p for g in grids for p in expand(load_grid(ROOT / "benchmarks" / g))[0]]
     companion = [p for p in points if is_companion(p.attacks)]

@@ -1,0 +1,84 @@
+"""Companion runs: the same training attacked by other attacks in a second run (a grid
+case added to points already measured). The report takes a point's worst case over
+them (:func:`merge_runs`, called by ``report.worst_case_view``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _without_attackers(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row with its config's attack names and parameters left out (the attacked
+    round, batch, steps and victims kept)."""
+    config = dict(row.get("config") or {})
+    attack = config.get("attack") or {}
+    config["attack"] = {k: v for k, v in attack.items() if k not in ("names", "params")}
+    return {**row, "config": config}
+
+
+def training_key(row: Mapping[str, Any]) -> str:
+    """What a run trained and which messages its attacks received, seed included: two
+    runs with the same key trained the same model and attacked the same victims."""
+    seed = (row.get("config") or {}).get("seed")
+    from privbench.results.report import experiment_id
+
+    return f"{experiment_id(_without_attackers(row))}-{seed}"
+
+
+def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str, Any]]:
+    """One worst-case row where several runs of one training (:func:`training_key`)
+    split a point's gradient attacks between them (a grid's companion case adding an
+    attack to points already measured): per victim, the attack that leaked most over
+    all of them, as a run's own worst-case row takes it. Merged only when the runs name
+    different attacks (runs of one attack at other parameters are a comparison, left
+    apart), each attacked one victim (rows keep pooled scores, not each victim's) and
+    every run reports the same accuracy (the trainings really were the same; if not, a
+    warning and the rows as they are). The merged row is the winner's, with ``attack``
+    ``worst-case``, ``worst_of`` its attack and ``merged_runs`` the runs' hashes."""
+    import warnings
+
+    from privbench.adversary import WORST_CASE
+    from privbench.results.report import experiment_id
+
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        attack = str(r.get("attack"))
+        if r.get("status", "ok") != "ok" or r.get("psnr") is None or not r.get("config"):
+            continue
+        if attack == WORST_CASE or attack.partition("@")[0] in gradient:
+            groups.setdefault(training_key(r), []).append(i)
+    merged: dict[int, dict[str, Any] | None] = {}
+    for idx in groups.values():
+        group = [rows[i] for i in idx]
+        by_run = {str(r.get("config_hash")): r for r in group}
+        runs = sorted(by_run)
+        if len(runs) < 2 or any(r.get("victims") != 1 for r in group):
+            continue
+        names = [
+            n for r in by_run.values() for n in (r["config"].get("attack") or {}).get("names", ())
+        ]
+        if len(names) != len(set(names)):  # the same attack at other parameters: compared
+            continue
+        accuracies = {r.get("accuracy") for r in group}
+        if len(accuracies) > 1:
+            warnings.warn(
+                f"runs {', '.join(runs)} share a training configuration but not their "
+                f"accuracy ({', '.join(map(str, sorted(accuracies, key=str)))}): their "
+                "gradient attacks are shown apart, not as one worst case",
+                stacklevel=3,
+            )
+            continue
+        best = max(group, key=lambda r: r["psnr"])  # max keeps the first of equals
+        winner = best.get("worst_of") if best.get("attack") == WORST_CASE else best["attack"]
+        row = {**best, "attack": WORST_CASE, "worst_of": winner, "merged_runs": runs}
+        row["experiment"] = experiment_id(_without_attackers(best))  # the same for every seed
+        merged.update({i: None for i in idx})
+        merged[min(idx)] = row
+    out = []
+    for i, r in enumerate(rows):
+        if i not in merged:
+            out.append(r)
+        elif merged[i] is not None:
+            out.append(merged[i])
+    return out
