@@ -199,8 +199,9 @@ def test_headline_grid_is_valid():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     points, problems = expand(load_grid(os.path.join(root, "benchmarks", "headline.toml")))
     # 5 methods x 4 defenses x 3 seeds, less LocalMix and FedMix under DP-SGD and FedAvg
-    # and LocalMix under artifact noise (they share no artifact)
-    assert problems == [] and len(points) == 48
+    # and LocalMix under artifact noise (they share no artifact): 48 points, each with its
+    # IG companion
+    assert problems == [] and len(points) == 2 * 48
 
 
 def test_the_other_methods_headline_grid_is_valid_and_covers_them_all():
@@ -212,8 +213,8 @@ def test_the_other_methods_headline_grid_is_valid_and_covers_them_all():
     points, problems = expand(load_grid(os.path.join(root, "benchmarks", "headline_more.toml")))
     # 8 methods x 4 defenses x 3 seeds, less Fed-ZDAC/ZDAS under either DP defense (their
     # BatchNorm), FedAvP under DP-SGD (privbench refuses the pair) and the four methods
-    # that share no artifact under artifact noise: 69 points.
-    assert problems == [] and len(points) == 69
+    # that share no artifact under artifact noise: 69 points, each with its IG companion.
+    assert problems == [] and len(points) == 2 * 69
     present = {(p.config.method, p.config.defenses) for p in points}
     assert ("fedavp", ("dp-sgd",)) not in present and ("fedavp", ("client-dp",)) in present
     covered = {p.config.method for p in first} | {p.config.method for p in points}
@@ -221,7 +222,8 @@ def test_the_other_methods_headline_grid_is_valid_and_covers_them_all():
     per_method = {}
     for p in points:
         per_method.setdefault(p.config.method, set()).add(p.attacks)
-    assert all(len(lists) == 1 for lists in per_method.values())  # one attacker per method
+    # one attacker per method: the DLG family, and its IG companion
+    assert all(len(lists) == 2 for lists in per_method.values())
 
 
 def test_cli_rejects_bad_grids_before_running(tmp_path, capsys):
