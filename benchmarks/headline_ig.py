@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 import privbench  # noqa: E402
 from privbench import ResultStore, RunConfig  # noqa: E402
 from privbench.adversary import WORST_CASE, gradient_attacks  # noqa: E402
-from privbench.results.companions import training_key  # noqa: E402
+from privbench.results.companions import gradient_groups, training_key  # noqa: E402
 from privbench.results.report import grid_rows, latest  # noqa: E402
 
 MNIST = (HERE / "results" / "headline_mnist", (HERE / "headline_mnist.toml",))
@@ -70,19 +70,18 @@ def _is_companion(row: dict) -> bool:
 
 
 def _gradient_best(rows: list[dict]) -> dict[str, dict]:
-    """Per training (companions.training_key), the run's strongest gradient row."""
-    gradient = set(gradient_attacks())
-    best: dict[str, dict] = {}
-    for r in rows:
-        attack = str(r.get("attack"))
-        if r.get("status") != "ok" or r.get("psnr") is None:
-            continue
-        if attack != WORST_CASE and attack.partition("@")[0] not in gradient:
-            continue
-        key = training_key(r)
-        if key not in best or r["psnr"] > best[key]["psnr"]:
-            best[key] = r
-    return best
+    """Per training (companions.training_key), the run's strongest gradient row (the
+    first of equals)."""
+    groups = gradient_groups(rows, set(gradient_attacks()))
+    return {
+        key: max((rows[i] for i in idx), key=lambda r: r["psnr"]) for key, idx in groups.items()
+    }
+
+
+def _named(r: dict) -> str:
+    """A gradient row's PSNR and the attack behind it."""
+    attack = r.get("worst_of") if r["attack"] == WORST_CASE else r["attack"]
+    return f"{r['psnr']:.1f} ({attack})"
 
 
 def split(store: Path, grids) -> tuple[list[dict], list[dict]]:
@@ -145,14 +144,9 @@ def table(store: Path, grids) -> str:
     for k in both:
         d, i = dlg[k], ig[k]
         same = "yes" if d["accuracy"] == i["accuracy"] else "no"
-
-        def named(r):
-            attack = r.get("worst_of") if r["attack"] == WORST_CASE else r["attack"]
-            return f"{r['psnr']:.1f} ({attack})"
-
         lines.append(
-            f"| {d['method']} | {d['model']} | {d['defense']} | {d['seed']} | {named(d)} "
-            f"| {named(i)} | {max(d['psnr'], i['psnr']):.1f} | {same} |"
+            f"| {d['method']} | {d['model']} | {d['defense']} | {d['seed']} | {_named(d)} "
+            f"| {_named(i)} | {max(d['psnr'], i['psnr']):.1f} | {same} |"
         )
     return "\n".join(lines)
 

@@ -26,6 +26,21 @@ def training_key(row: Mapping[str, Any]) -> str:
     return f"{experiment_id(_without_attackers(row))}-{seed}"
 
 
+def gradient_groups(rows: list[Mapping[str, Any]], gradient: set[str]) -> dict[str, list[int]]:
+    """The indices of ``rows``' scored gradient rows (a gradient attack's or a
+    worst-case row, ok, with a PSNR) by :func:`training_key`."""
+    from privbench.adversary import WORST_CASE
+
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        attack = str(r.get("attack"))
+        if r.get("status", "ok") != "ok" or r.get("psnr") is None or not r.get("config"):
+            continue
+        if attack == WORST_CASE or attack.partition("@")[0] in gradient:
+            groups.setdefault(training_key(r), []).append(i)
+    return groups
+
+
 def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str, Any]]:
     """One worst-case row where several runs of one training (:func:`training_key`)
     split a point's gradient attacks between them (a grid's companion case adding an
@@ -41,15 +56,8 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
     from privbench.adversary import WORST_CASE
     from privbench.results.report import experiment_id
 
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        attack = str(r.get("attack"))
-        if r.get("status", "ok") != "ok" or r.get("psnr") is None or not r.get("config"):
-            continue
-        if attack == WORST_CASE or attack.partition("@")[0] in gradient:
-            groups.setdefault(training_key(r), []).append(i)
     merged: dict[int, dict[str, Any] | None] = {}
-    for idx in groups.values():
+    for idx in gradient_groups(rows, gradient).values():
         group = [rows[i] for i in idx]
         by_run = {str(r.get("config_hash")): r for r in group}
         runs = sorted(by_run)
