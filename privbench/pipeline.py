@@ -9,12 +9,18 @@ during training or an attack becomes an error row with the message, never silenc
 from __future__ import annotations
 
 import logging
+import random
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import replace
+
+import numpy as np
+import torch
 
 from privbench.adversary import WORST_CASE
 from privbench.config import RunConfig
+from privbench.confighash import config_hash
 from privbench.engine.checkpoint import DEFAULT_EVERY_S, RoundCheckpoint
 from privbench.engine.experiment import Experiment
 from privbench.engine.outcome import TrainingOutcome
@@ -76,8 +82,7 @@ def run(
         exp.checkpoint = RoundCheckpoint.in_store(
             store.directory, cfg.hash(), every=checkpoint_every
         )
-    names = cfg.attack.names or ("none",)
-    rows = Results(base_row(cfg, n) for n in names)
+    rows = _rows(cfg)
     try:
         outcome = exp.train()
     except Exception as err:  # a failed trial is a row, not silence
@@ -87,6 +92,93 @@ def run(
     if exp.checkpoint is not None:  # the rows are stored: the run is over
         exp.checkpoint.remove()
     return rows
+
+
+def training_hash(cfg: RunConfig) -> str:
+    """What a resolved configuration trains and which messages its attacks receive: its
+    hash with the attacks' names and parameters left out. Whether any attack runs stays
+    in (the attacked round forces the victims into its sample); so do the attacked
+    round, the victims, their batch and steps, and the threat model."""
+    d = cfg.to_dict()
+    d["attack"]["names"] = ["*"] if cfg.attack.names else []
+    d["attack"]["params"] = {}
+    return config_hash(d)
+
+
+def run_shared(
+    configs: Sequence[RunConfig],
+    *,
+    store: ResultStore | None = None,
+    checkpoint_every: float | None = DEFAULT_EVERY_S,
+) -> list[Results]:
+    """Configurations that train the same (:func:`training_hash`) and differ in their
+    attacks train once; each one's attacks then run on that training and it gets its
+    own rows: those a separate :func:`run` of it writes, timings aside (the random
+    states training leaves are restored before each one's attacks; a test compares).
+    Each row's ``train_s`` is the shared training's. A configuration the case rejects
+    gets error rows (stored) and the others go on. One result list per configuration,
+    in order."""
+    t0 = time.perf_counter()
+    exp, cfgs, out = None, [], []
+    for config in configs:
+        try:
+            case = Experiment(config)  # the case's own checks, each configuration's
+        except PrivbenchError as err:
+            cfgs.append(None)
+            out.append(fail_rows(_rows(_resolved(config)), err, store, t0))
+            continue
+        exp = exp or case  # the first valid configuration trains; the others' cases go
+        cfgs.append(case.cfg)
+        out.append(_rows(case.cfg))
+    live = [i for i, c in enumerate(cfgs) if c is not None]
+    if exp is None:
+        return out
+    if len({training_hash(cfgs[i]) for i in live}) > 1:
+        raise PrivbenchError(
+            "run_shared: these configurations train differently; only their attacks "
+            "(names and parameters) may differ"
+        )
+    if store is not None and checkpoint_every is not None:
+        exp.checkpoint = RoundCheckpoint.in_store(
+            store.directory, exp.cfg.hash(), every=checkpoint_every
+        )
+    try:
+        outcome = exp.train()
+    except Exception as err:  # a failed trial is a row, not silence
+        for i in live:
+            out[i] = fail_rows(out[i], err, store, t0)
+    else:
+        trained = time.perf_counter() - t0
+        states = _random_states()
+        for i in live:
+            _restore_random_states(states)
+            exp.cfg = cfgs[i]  # only the attacks differ: the trained case is shared
+            out[i] = finish_rows(exp, outcome, out[i], store, time.perf_counter() - trained)
+    if exp.checkpoint is not None:
+        exp.checkpoint.remove()
+    return out
+
+
+def _rows(cfg: RunConfig) -> Results:
+    """One row per attack of ``cfg`` (``none`` without attacks), not yet filled."""
+    return Results(base_row(cfg, n) for n in cfg.attack.names or ("none",))
+
+
+def _resolved(cfg: RunConfig) -> RunConfig:
+    try:
+        return cfg.resolve()
+    except PrivbenchError:  # the error rows name the configuration as given
+        return cfg
+
+
+def _random_states() -> tuple:
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _restore_random_states(states: tuple) -> None:
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
 
 
 def fail_rows(rows: Results, err: Exception, store: ResultStore | None, t0: float) -> Results:

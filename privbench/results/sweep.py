@@ -1,5 +1,6 @@
-"""Sweeps: a TOML grid of ``privbench run`` options, every point its own process, one
-result store, resumable.
+"""Sweeps: a TOML grid of ``privbench run`` options, every point its own process (points
+that differ only in their attacks: one process, one training), one result store,
+resumable.
 
     [sweep]                     # options every point shares (``privbench run`` flags)
     dataset = "digits"
@@ -217,25 +218,38 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
     return points, problems
 
 
-def _run_point(argv: list[str], out: str, threads: int) -> list[str]:
-    """Worker: one point, its rows appended to ``out``; returns the rows' statuses."""
+def together(points: list[Point]) -> list[list[Point]]:
+    """Points that train the same and differ in their attacks (a grid's companion cases),
+    as one task each: trained once (``pipeline.run_shared``), in first-point order."""
+    from privbench.pipeline import training_hash
+
+    groups: dict[str, list[Point]] = {}
+    for p in points:
+        groups.setdefault(training_hash(p.config), []).append(p)
+    return list(groups.values())
+
+
+def _run_points(argvs: list[list[str]], out: str, threads: int) -> list[list[str]]:
+    """Worker: points of one training (:func:`together`), their rows appended to
+    ``out``; returns each point's row statuses."""
     import torch
 
     from privbench import progress
     from privbench.cli.parser import build_parser, config_from_args
-    from privbench.pipeline import run
+    from privbench.pipeline import run_shared
     from privbench.results import ResultStore
 
     torch.set_num_threads(threads)
     progress.set_enabled(False)
-    cfg = config_from_args(build_parser().parse_args(argv), unused=set())
+    cfgs = [config_from_args(build_parser().parse_args(a), unused=set()) for a in argvs]
     store = ResultStore(out, skip_done=True)  # never a second row for what is done
-    resolved = cfg.resolve()
-    names, done = resolved.attack.names or ("none",), resolved.hash()
-    ok = {r["attack"] for r in store.read() if r["config_hash"] == done and settled(r)}
-    if set(names) <= ok:
-        return ["ok"] * len(names)  # finished meanwhile by another sweep
-    return [r.status for r in run(cfg, store=store)]
+    ok, resolved = settled_attacks(out), [c.resolve() for c in cfgs]
+    names = [c.attack.names or ("none",) for c in resolved]
+    todo = [i for i, c in enumerate(resolved) if not set(names[i]) <= ok.get(c.hash(), set())]
+    statuses = [["ok"] * len(n) for n in names]  # finished meanwhile by another sweep
+    for i, rows in zip(todo, run_shared([cfgs[i] for i in todo], store=store), strict=True):
+        statuses[i] = [r.status for r in rows]
+    return statuses
 
 
 def _die_with_parent(parent: int) -> None:
@@ -272,13 +286,20 @@ class SweepSummary:
     failed: int
 
 
-def pending(points: list[Point], out: str) -> list[Point]:
+def settled_attacks(out: str) -> dict[str, set[str]]:
+    """The attacks with a settled row in ``out`` (ok, or diverged: a rerun diverges
+    again), by configuration hash."""
     from privbench.results import ResultStore
 
-    ok: dict[str, set[str]] = {}  # settled rows: ok, or diverged (a rerun diverges again)
+    ok: dict[str, set[str]] = {}
     for r in ResultStore(out).read():
         if settled(r):
             ok.setdefault(r["config_hash"], set()).add(r["attack"])
+    return ok
+
+
+def pending(points: list[Point], out: str) -> list[Point]:
+    ok = settled_attacks(out)
     return [p for p in points if not set(p.attacks) <= ok.get(p.config_hash, set())]
 
 
@@ -331,24 +352,30 @@ def _run_local(todo, *, out, workers, threads, address, on_done) -> int:
             **_one_task_per_child(),
         ) as pool,
     ):
-        futures = {pool.submit(_run_point, p.argv, out, threads): p for p in todo}
+        futures = {
+            pool.submit(_run_points, [p.argv for p in g], out, threads): g for g in together(todo)
+        }
         for fut in as_completed(futures):
             failed += _collect(futures[fut], fut.result, out, pbar, on_done)
     return failed
 
 
-def _collect(point: Point, fetch, out: str, pbar, on_done) -> bool:
-    """One finished point: its statuses, or error rows when its worker died; True when
-    any row failed."""
+def _collect(group: list[Point], fetch, out: str, pbar, on_done) -> int:
+    """One finished task: each point's statuses, or error rows when its worker died;
+    the number of points with a failed row."""
     try:
-        statuses = fetch()
+        per_point = fetch()
     except Exception as err:  # the worker or task died: record it, keep the sweep going
-        _record_crash(point, out, err)
-        statuses = ["error"]
-    pbar.update(1)
-    if on_done:
-        on_done(point, statuses)
-    return any(s != "ok" for s in statuses)
+        for point in group:
+            _record_crash(point, out, err)
+        per_point = [["error"]] * len(group)
+    failed = 0
+    for point, statuses in zip(group, per_point, strict=True):
+        pbar.update(1)
+        if on_done:
+            on_done(point, statuses)
+        failed += any(s != "ok" for s in statuses)
+    return failed
 
 
 def _one_task_per_child() -> dict[str, int]:
@@ -356,35 +383,7 @@ def _one_task_per_child() -> dict[str, int]:
     return {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
 
 
-def _run_ray(todo, *, out, workers, threads, address, on_done) -> int:
-    try:
-        import ray
-    except ImportError as err:
-        raise PrivbenchError(
-            "the ray backend needs Ray: pip install 'privbench[ray]' (or pip install ray)"
-        ) from err
-    from privbench.progress import bar
+def _run_ray(todo, **kw) -> int:
+    from privbench.results.sweep_ray import run_ray
 
-    started_here = not ray.is_initialized()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry calls home
-    if started_here:
-        ray.init(
-            address=address,
-            num_cpus=None if address else workers,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
-    remote = ray.remote(num_cpus=1, max_calls=1)(_run_point)
-    failed = 0
-    try:
-        refs = {remote.remote(p.argv, os.path.abspath(out), threads): p for p in todo}
-        with bar(len(todo), "points", leave=True) as pbar:
-            waiting = list(refs)
-            while waiting:
-                done, waiting = ray.wait(waiting, num_returns=1)
-                ref = done[0]
-                failed += _collect(refs[ref], lambda ref=ref: ray.get(ref), out, pbar, on_done)
-    finally:
-        if started_here:
-            ray.shutdown()
-    return failed
+    return run_ray(todo, **kw)

@@ -1,0 +1,165 @@
+"""Points that differ only in their attacks train once (``pipeline.run_shared``; the
+sweep groups them with ``sweep.together``) and write the rows separate runs write.
+
+A headline grid pairs each case with a companion case (the same training, other
+attacks): trained once, the pair costs one training instead of two. Nothing may move:
+every field of every row but the timings equals the separate run's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+import privbench
+from privbench import AttackConfig, ResultStore
+from privbench.engine.experiment import Experiment
+from privbench.errors import PrivbenchError
+from privbench.pipeline import run_shared, training_hash
+from privbench.testing import tiny_config
+
+TIMINGS = {"wall_s", "train_s", "attack_s", "reconstruction_file"}
+FAST = {"iters": 4, "restarts": 2}
+
+
+CHEAP = {  # each attack at a few iterations
+    **{n: FAST for n in ("dlg", "idlg", "ig")},
+    "generator": {"iters": 3},
+    "bn-inversion": {"iters": 3, "samples_per_class": 1},
+    "policy-inference": {"aux_per_class": 8},
+}
+
+
+def _params(names) -> dict:
+    return {n: dict(CHEAP.get(n.partition("@")[0], {})) for n in names}
+
+
+def _with(cfg, *names: str):
+    """``cfg`` attacked by ``names`` at a few iterations each."""
+    return replace(cfg, attack=replace(cfg.attack, names=names, params=_params(names)))
+
+
+def _comparable(row) -> dict:
+    d = json.loads(json.dumps(row.to_dict(), default=str))
+    return {k: v for k, v in d.items() if k not in TIMINGS}
+
+
+# (the first run's attacks, its companion's): the DLG family and the artifact attacks,
+# then Inverting Gradients in the forms the method's threat model allows.
+CASES = {
+    "fedavg": (tiny_config(), ("dlg", "idlg"), ("ig",)),
+    "fedmix": (tiny_config(method="fedmix"), ("dlg@enumerate", "averaged-data"), ("ig@enumerate",)),
+    "fedavp": (
+        tiny_config(method="fedavp"),
+        ("dlg@identity", "policy-inference"),
+        ("ig@identity", "ig@sample"),
+    ),
+    "cvae-uniform": (
+        tiny_config(method="cvae-uniform", method_params={"cvae_rounds": 1, "cvae_epochs": 1}),
+        ("dlg", "generator"),
+        ("ig",),
+    ),
+    "dp-sgd": (tiny_config(defenses=("dp-sgd",)), ("dlg",), ("ig",)),
+    "zdac": (
+        tiny_config(
+            method="zdac",
+            model="cnn-bn",
+            method_params={"zsdg_iters": 5, "zsdg_per_class": 2},
+            fed=dict(rounds=3),
+            attack=dict(round=2),
+        ),
+        ("idlg", "bn-inversion"),
+        ("ig",),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[] if n == "fedavg" else pytest.mark.slow) for n in CASES],
+)
+def test_runs_that_differ_in_their_attacks_train_once_and_write_the_separate_runs_rows(
+    name, monkeypatch
+):
+    base, first, second = CASES[name]
+    a, b = _with(base, *first), _with(base, *second)
+    assert training_hash(a.resolve()) == training_hash(b.resolve())
+    # The first configuration's attacks run as in a run of its own (same code, same
+    # order); the companion's run after them, on the state they left: compared.
+    apart = privbench.run(b)
+    trainings = []
+    real = Experiment.train
+    monkeypatch.setattr(Experiment, "train", lambda self: trainings.append(1) or real(self))
+    first_rows, companion = run_shared([a, b])
+    assert trainings == [1]
+    for rows in (first_rows, companion):
+        assert [r.status for r in rows] == ["ok"] * len(rows), [r.error for r in rows]
+    assert [_comparable(r) for r in companion] == [_comparable(r) for r in apart]
+    assert {r.accuracy for r in first_rows} == {apart[0].accuracy}
+    assert first_rows[0].train_s == companion[0].train_s  # one training, in both rows
+
+
+def test_the_training_hash_sees_everything_but_the_attacks_names_and_parameters():
+    def h(**kw):
+        return training_hash(tiny_config(**kw).resolve())
+
+    dlg = h(attack=dict(names=("dlg",)))
+    assert dlg == h(attack=dict(names=("ig", "idlg"), params={"ig": {"iters": 3}}))
+    assert dlg != h()  # no attack: no victims forced into the attacked round
+    for other in (
+        dict(attack=dict(names=("dlg",), round=1)),
+        dict(attack=dict(names=("dlg",), victims=2)),
+        dict(attack=dict(names=("dlg",), batch=2)),
+        dict(attack=dict(names=("dlg",)), seed=1),
+        dict(attack=dict(names=("dlg",)), method="fedmix"),
+    ):
+        assert h(**other) != dlg, other
+
+
+def test_configurations_that_train_differently_are_refused():
+    a = tiny_config(attack=dict(names=("dlg",)))
+    with pytest.raises(PrivbenchError, match="train differently"):
+        run_shared([a, replace(a, seed=1)])
+
+
+def test_a_configuration_the_case_rejects_is_an_error_row_and_the_others_run(tmp_path):
+    ok = _with(tiny_config(), "idlg")
+    # BatchNorm inversion needs a BatchNorm model: the case refuses it before training.
+    bad = replace(ok, attack=AttackConfig(names=("bn-inversion",)))
+    store = ResultStore(str(tmp_path))
+    rejected, ran = run_shared([bad, ok], store=store)
+    assert [r.status for r in rejected] == ["error"]
+    assert "BatchNorm" in rejected[0].error and rejected[0].attack == "bn-inversion"
+    assert rejected[0].config_hash == bad.resolve().hash()
+    assert [r.status for r in ran] == ["ok"]
+    assert len(store.read()) == 2
+
+
+def test_a_sweep_runs_a_case_and_its_companion_as_one_training(tmp_path):
+    from privbench.results.sweep import expand, run_sweep, together
+
+    grid = {
+        "sweep": {"dataset": "digits", "rounds": 2, "clients": 4, "partition": "iid"},
+        "grid": {"seed": [0]},
+        "case": [
+            {"method": "fedavg", "attack": ["idlg"], "idlg.iters": 3, "idlg.restarts": 1},
+            {"method": "fedavg", "attack": ["ig"], "ig.iters": 3, "ig.restarts": 1},
+            {"method": "localmix", "attack": ["idlg"], "idlg.iters": 3, "idlg.restarts": 1},
+        ],
+    }
+    points, problems = expand(grid)
+    assert not problems
+    groups = together(points)
+    assert [[p.index for p in g] for g in groups] == [[0, 1], [2]]
+    summary = run_sweep(grid, out=str(tmp_path), workers=1, threads=1)
+    assert (summary.ran, summary.failed) == (3, 0)
+    rows = ResultStore(str(tmp_path)).read()
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    # One training per group: the companions' rows carry the same train_s, the other its own.
+    train_s = {r["config_hash"]: r["train_s"] for r in rows}
+    assert set(train_s) == {p.config_hash for p in points}
+    case, companion, other = (train_s[p.config_hash] for p in points)
+    assert case == companion != other
+    again = run_sweep(grid, out=str(tmp_path), workers=1, threads=1)
+    assert (again.ran, len(ResultStore(str(tmp_path)).read())) == (0, 3)
