@@ -115,9 +115,10 @@ def run_shared(
     attacks train once; each one's attacks then run on that training and it gets its
     own rows: those a separate :func:`run` of it writes, timings aside (the random
     states training leaves are restored before each one's attacks; a test compares).
-    Each row's ``train_s`` is the shared training's. A configuration the case rejects
-    gets error rows (stored) and the others go on. One result list per configuration,
-    in order."""
+    Each row's ``train_s`` is the shared training's; the round checkpoint is keyed by
+    the training, so a rerun of any of them resumes it. A configuration the case
+    rejects gets error rows (stored) and the others go on. One result list per
+    configuration, in order."""
     t0 = time.perf_counter()
     exp, cfgs, out = None, [], []
     for config in configs:
@@ -139,8 +140,9 @@ def run_shared(
             "(names and parameters) may differ"
         )
     if store is not None and checkpoint_every is not None:
+        # Keyed by the training: a rerun of any of these points resumes from it.
         exp.checkpoint = RoundCheckpoint.in_store(
-            store.directory, exp.cfg.hash(), every=checkpoint_every
+            store.directory, training_hash(exp.cfg), every=checkpoint_every
         )
     try:
         outcome = exp.train()

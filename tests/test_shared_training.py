@@ -163,3 +163,22 @@ def test_a_sweep_runs_a_case_and_its_companion_as_one_training(tmp_path):
     assert case == companion != other
     again = run_sweep(grid, out=str(tmp_path), workers=1, threads=1)
     assert (again.ran, len(ResultStore(str(tmp_path)).read())) == (0, 3)
+
+
+def test_a_killed_shared_training_resumes_for_whichever_point_is_rerun(tmp_path, monkeypatch):
+    """The checkpoint is the training's: a sweep killed mid-training whose rerun holds
+    only the companion (the case stored meanwhile by another sweep) resumes it."""
+    from tests.test_checkpoint import Killed, _comparable, _kill_after_first_save
+
+    base = tiny_config(fed=dict(rounds=3))
+    a, b = _with(base, "idlg"), _with(base, "ig")
+    straight = privbench.run(b)
+    store = ResultStore(str(tmp_path))
+    saved = _kill_after_first_save(monkeypatch)
+    with pytest.raises(Killed):
+        run_shared([a, b], store=store, checkpoint_every=0)
+    assert saved == [1] and store.read() == []
+    (resumed,) = run_shared([b], store=store, checkpoint_every=0)
+    assert saved == [1, 2]  # went on from round 1
+    assert [_comparable(r) for r in resumed] == [_comparable(r) for r in straight]
+    assert not list((tmp_path / "checkpoints").iterdir())
