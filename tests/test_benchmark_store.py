@@ -183,6 +183,16 @@ def test_the_fedavp_reproduction_records_curves_and_a_verdict(tmp_path):
     assert "| digits | fedavp | 1 | 2 |" in repro.table(rows)
     (verdict,) = repro.verdicts(rows)
     assert verdict.startswith("- digits: FedAvP")
+    # The why ablation: FedAvP with the scores normalised in the loss, a line of its
+    # own in the table and the curves, no vote in the verdict.
+    (why,) = repro.why_points(1, dataset="digits", rounds=2, train_size=0)
+    assert why[1].resolve().method_params["score_norm"] is True
+    repro.measure([why], store)
+    rows = store.read()
+    assert "| digits | fedavp (score-normalised loss) | 1 | 2 |" in repro.table(rows)
+    assert repro.verdicts(rows) == [verdict]
+    labels = sorted(r["method"] for r in repro.curve_rows(rows))
+    assert labels == sorted([*repro.METHODS, "fedavp (score-normalised loss)"])
 
 
 @pytest.mark.slow
