@@ -27,6 +27,7 @@ from privbench.engine.outcome import TrainingOutcome
 from privbench.errors import PrivbenchError
 from privbench.evaluation.attacking import AttackScores, attack_victims, worst_case
 from privbench.results import Result, Results, ResultStore, versions
+from privbench.results.companions import without_attackers
 
 log = logging.getLogger("privbench")
 
@@ -99,9 +100,8 @@ def training_hash(cfg: RunConfig) -> str:
     hash with the attacks' names and parameters left out. Whether any attack runs stays
     in (the attacked round forces the victims into its sample); so do the attacked
     round, the victims, their batch and steps, and the threat model."""
-    d = cfg.to_dict()
-    d["attack"]["names"] = ["*"] if cfg.attack.names else []
-    d["attack"]["params"] = {}
+    d = without_attackers(cfg.to_dict())
+    d["attack"]["attacked"] = bool(cfg.attack.names)
     return config_hash(d)
 
 

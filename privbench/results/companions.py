@@ -8,13 +8,17 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def _without_attackers(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The row with its config's attack names and parameters left out (the attacked
-    round, batch, steps and victims kept)."""
-    config = dict(row.get("config") or {})
+def without_attackers(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict with the attacks' names and parameters left out (the attacked
+    round, batch, steps, victims and threat kept): what the run trained."""
+    config = dict(config)
     attack = config.get("attack") or {}
     config["attack"] = {k: v for k, v in attack.items() if k not in ("names", "params")}
-    return {**row, "config": config}
+    return config
+
+
+def _without_attackers(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {**row, "config": without_attackers(row.get("config") or {})}
 
 
 def training_key(row: Mapping[str, Any]) -> str:
