@@ -85,23 +85,35 @@ def _headline_rows(store: str = "headline") -> list[dict]:
 
 def headline_progress(store: str) -> Callable[[], str]:
     """How far a headline store is through its grids: points settled of all, the compute
-    they recorded (one ``wall_s`` per run) and the points' seeds."""
+    they recorded (one ``wall_s`` per run; a training a case and its companion shared,
+    which both rows report as ``train_s``, counted once, with the case) and the points'
+    seeds."""
 
     def table() -> str:
         from headline_ig import is_companion
 
+        from privbench.results.companions import training_key
         from privbench.results.sweep import expand, load_grid, pending
 
         points = [p for g in HEADLINE_GRIDS[store] for p in expand(load_grid(str(g)))[0]]
         path = RESULTS / store
         todo = pending(points, str(path)) if (path / "results.jsonl").exists() else points
         done = {p.config_hash for p in points} - {p.config_hash for p in todo}
-        wall = {r["config_hash"]: r["wall_s"] for r in _headline_rows(store)}
+        runs = {r["config_hash"]: r for r in _headline_rows(store)}
+        trainings: set[tuple] = set()  # (training, train_s) counted: a shared one once
+
+        def seconds(h: str) -> float:
+            r = runs.get(h) or {}
+            shared = (training_key(r), r.get("train_s"))
+            again = r.get("train_s") is not None and shared in trainings
+            trainings.add(shared)
+            return (r.get("wall_s") or 0.0) - (r["train_s"] if again else 0.0)
+
         lines = ["| runs | points done | compute recorded | by seed |", "|---|---|---|---|"]
         for label, ig in (("DLG family and artifact attacks", False), ("IG companions", True)):
             part = [p for p in points if is_companion(p.attacks) == ig]
             hashes = {p.config_hash for p in part} & done
-            hours = sum(wall.get(h) or 0.0 for h in hashes) / 3600
+            hours = sum(seconds(h) for h in sorted(hashes)) / 3600
             by_seed: dict[int, tuple[int, int]] = {}
             for p in part:
                 d, n = by_seed.get(p.config.seed, (0, 0))

@@ -152,3 +152,44 @@ def test_the_ig_form_of_a_dlg_family_list_by_hand():
     fedavp = ["dlg@sigmoid", "idlg@sigmoid", "dlg@identity", "dlg@sample", "policy-inference"]
     assert ig_family(fedavp) == ("ig", "ig@identity", "ig@sample")  # IG has its own box
     assert ig_family(["generator", "synthetic-nn"]) == ()
+
+
+def test_the_progress_table_counts_a_training_a_case_and_its_companion_shared_once(
+    tmp_path, monkeypatch
+):
+    """A sweep trains a case and its companion once, and both rows report that
+    training's ``train_s``: the compute column counts it once, with the case."""
+    import pages
+
+    from privbench import ResultStore
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[sweep]\ndataset = "digits"\nrounds = 1\nclients = 4\npartition = "iid"\n'
+        '[grid]\nseed = [0]\n[[case]]\nmethod = "fedavg"\nattack = ["dlg"]\n'
+        '[[case]]\nmethod = "fedavg"\nattack = ["ig"]\n'
+        '[[case]]\nmethod = "localmix"\nattack = ["ig"]\n'
+    )
+    points = expand(load_grid(grid))[0]
+    # hours: (wall, train); the first two shared one training, the third trained alone
+    timings = [(1.0, 0.5), (0.7, 0.5), (0.3, 0.1)]
+    rows = [
+        {
+            "method": p.config.method,
+            "attack": name,
+            "seed": 0,
+            "status": "ok",
+            "config_hash": p.config_hash,
+            "config": p.config.to_dict(),
+            "wall_s": wall * 3600,
+            "train_s": train * 3600,
+        }
+        for p, (wall, train) in zip(points, timings, strict=True)
+        for name in p.attacks
+    ]
+    ResultStore(str(tmp_path / "results" / "mine")).append(rows)
+    monkeypatch.setattr(pages, "RESULTS", tmp_path / "results")
+    monkeypatch.setitem(pages.HEADLINE_GRIDS, "mine", (grid,))
+    table = pages.headline_progress("mine")()
+    assert "| DLG family and artifact attacks | 1 of 1 | 1.0 h |" in table
+    assert "| IG companions | 2 of 2 | 0.5 h |" in table  # 0.7 - 0.5 shared, + 0.3
