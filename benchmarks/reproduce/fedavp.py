@@ -26,8 +26,10 @@ Protocol, the reference code's beside ours (scaled to 2 CPU cores):
 - FedAvP's knobs: privbench's defaults (the code's search space, policy net and Reptile
   server step), listed by ``privbench list``.
 
-Every run is a privbench row in ``benchmarks/results/reproduce/fedavp/`` (resumable;
-seed 0 of every cell first):
+After the grid, a why point on Fashion-MNIST (:data:`WHY`): FedAvP with its scores
+normalised in the loss, to tell its step length from its policy. Every run is a
+privbench row in ``benchmarks/results/reproduce/fedavp/`` (resumable; seed 0 of every
+cell first):
 
     python benchmarks/reproduce/fedavp.py --data-root ../shared/data --seeds 3
 """
