@@ -21,8 +21,9 @@ Protocol, the reference code's beside ours (scaled to 2 CPU cores):
   until every client holds at least 13 images, 10 after its 20% local test split);
   SGD at the learning rate tuned for ``cnn`` on a validation split, the same for every
   method;
-- rounds: as many as ``--rounds`` (default 100) with accuracy every tenth of them, so the
-  page shows whether the policy needs more rounds than FedAvg to pay off;
+- rounds: as many as ``--rounds`` (default 100; the code's default is 1,000) with
+  accuracy every tenth of them, so the page shows whether the policy needs more rounds
+  than FedAvg to pay off;
 - FedAvP's knobs: privbench's defaults (the code's search space, policy net and Reptile
   server step), listed by ``privbench list``.
 
