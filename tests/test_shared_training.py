@@ -182,3 +182,39 @@ def test_a_killed_shared_training_resumes_for_whichever_point_is_rerun(tmp_path,
     assert saved == [1, 2]  # went on from round 1
     assert [_comparable(r) for r in resumed] == [_comparable(r) for r in straight]
     assert not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_each_configurations_attacks_get_the_random_state_training_left():
+    """A plugin attack may draw from torch's global generator: the companion's draws are
+    those a run of its own gets, whatever the attacks before it drew (restored)."""
+    import torch
+
+    from privbench.attacks import Attack, Reconstruction
+
+    @privbench.register_attack(
+        "global-draw",
+        params=(privbench.Param("draws", int, 1, "extra global draws first", low=0),),
+        description="test: noise images from torch's global generator",
+    )
+    class GlobalDraw(Attack):
+        consumes = ("gradient", "update")
+
+        def reconstruct(self, observation, *, generator, seen=()):
+            ctx = observation.context
+            for _ in range(self.params["draws"]):
+                torch.rand(100)
+            lo, hi = ctx.value_range
+            return Reconstruction(lo + (hi - lo) * torch.rand(ctx.num_images, *ctx.input_shape))
+
+    try:
+        base = tiny_config()
+        a = replace(
+            base, attack=AttackConfig(names=("global-draw",), params={"global-draw": {"draws": 7}})
+        )
+        b = replace(base, attack=AttackConfig(names=("global-draw",)))
+        (apart,) = privbench.run(b)
+        (first,), (companion,) = run_shared([a, b])
+        assert companion.psnr == apart.psnr and companion.mse == apart.mse
+        assert first.mse != apart.mse  # a's extra draws moved its own noise
+    finally:
+        privbench.registries()["attack"].entries.pop("global-draw")
