@@ -89,12 +89,17 @@ WHY = {"score-normalised loss": {"score_norm": True}}
 WHY_DATASET = "fashionmnist"
 
 
+def why_label(name: str) -> str:
+    """How a :data:`WHY` variant is named in the table, the curves and the points."""
+    return f"fedavp ({name})"
+
+
 def why_points(seeds: int, dataset: str = WHY_DATASET, **kw) -> list[tuple[tuple, RunConfig]]:
     """FedAvP with each :data:`WHY` change (run after the grid)."""
     out = []
     for seed, (name, params) in product(range(seeds), WHY.items()):
         cfg = replace(config(dataset, "fedavp", seed, **kw), method_params=params)
-        out.append(((dataset, f"fedavp ({name})", seed), cfg))
+        out.append(((dataset, why_label(name), seed), cfg))
     return out
 
 
@@ -103,7 +108,7 @@ def label(row: dict) -> str:
     params = (row.get("config") or {}).get("method_params") or {}
     for name, change in WHY.items():
         if row["method"] == "fedavp" and all(params.get(k) == v for k, v in change.items()):
-            return f"fedavp ({name})"
+            return why_label(name)
     return row["method"]
 
 
@@ -121,7 +126,7 @@ def table(rows: list[dict]) -> str:
         "| best round acc | rounds to 95% of final |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {m: i for i, m in enumerate([*METHODS, *(f"fedavp ({w})" for w in WHY)])}
+    order = {m: i for i, m in enumerate([*METHODS, *map(why_label, WHY)])}
     for (dataset, method), rs in sorted(
         groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9))
     ):
