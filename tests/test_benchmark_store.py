@@ -208,6 +208,9 @@ def test_the_cvae_reproduction_runs_the_thesis_protocols_and_resumes(tmp_path):
     # k as a share of the mean client's real training images (the thesis' 100 / 500 of 600)
     assert sorted(r["k"] for r in uniform) == [48, 240]
     assert all(0 <= r["local_f1"] <= 1 for r in rows if "error" not in r)
+    # each run's compute, for the cost table (the pre-trained model's is in its run's)
+    timed = {r["variant"] for r in rows if r.get("wall_s", -1) > 0}
+    assert timed == variants - {"pre-trained"}
     repro.measure([0.5], 1, store, **kw)  # resumes: nothing to run
     assert len(store.store.read(required=())) == len(rows) == 8
     assert "| digits | 0.5 | local fine-tune |" in repro.table(rows)
@@ -222,6 +225,7 @@ def test_the_fedmix_taylor_diagnostic_records_each_epoch_and_resumes(tmp_path):
     repro.main([*args, "--lambdas", "0.05", "0.2"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["lam"], len(r["history"])) for r in rows] == [(0.05, 3), (0.2, 3)]
+    assert all(r["wall_s"] > 0 for r in rows)
     start = rows[0]["history"][0]
     # At a model's start the surrogate is its mixup loss to first order: they sit close.
     assert abs(start["surrogate"] - start["mixup_loss"]) < 0.05
@@ -352,3 +356,22 @@ def test_the_inversion_reproduction_records_each_victims_message_size(tmp_path, 
         f"{int(rows[0]['victim_psnr'][0] > 30)}/1 | {int(rows[0]['victim_psnr'][1] > 30)}/1 |"
     )
     assert repro.tiny_messages(rows, [kept | {"message_sq_norm": [5.0, 5.0]}]) == []
+
+
+def test_the_cost_table_counts_a_scripts_own_rows_by_the_key_it_stores_them_by(
+    tmp_path, monkeypatch
+):
+    """CVAE rows differ by β, not by a setting: each timed run counts once."""
+    import pages
+
+    monkeypatch.setattr(pages, "RESULTS", tmp_path)
+    (tmp_path / "reproduce").mkdir()
+    base = {"dataset": "mnist", "seed": 0, "method": "fedavg", "k": 0, "variant": "fedavg"}
+    rows = [
+        {**base, "beta": 0.1, "local_f1": 0.5, "wall_s": 60.0},
+        {**base, "beta": 0.3, "local_f1": 0.6, "wall_s": 120.0},
+        {**base, "beta": 0.5, "local_f1": 0.7},  # an early, untimed row
+    ]
+    (tmp_path / "reproduce" / "cvae.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = next(x for x in pages.reproduction_cost().splitlines() if x.startswith("| cvae "))
+    assert line == "| cvae | 2 (+1 untimed rows) | 0.1 | 1.5 |"

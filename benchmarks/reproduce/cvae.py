@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from itertools import product
 from pathlib import Path
 
@@ -197,18 +198,28 @@ def measure(
         exp = Experiment(cfg)
         base["weight_init"] = exp.cfg.model_params["weight_init"]  # the cnn's, as it ran
         kept = capture_pretrained(exp) if method == "cvae-finetune" else {}
+        start = time.perf_counter()
         try:
             exp.train()
             row = {**base, "variant": variant, **scores(exp, exp.global_model)}
         except PrivbenchError as err:  # e.g. diverged: recorded, shown in the table
             row = {**base, "variant": variant, "error": str(err)}
-        store.add(row)
+        # the run's compute (the finetune run's includes its central pre-training)
+        store.add({**row, "wall_s": time.perf_counter() - start})
         if "model" in kept:
             model = kept["model"]
             store.add({**base, "variant": "pre-trained", **scores(exp, model)})
+            start = time.perf_counter()
             own = fine_tuned_locally(exp, model, epochs=rounds * cfg.fed.local_epochs)
             local = {"local_f1": local_f1(exp, own.__getitem__)}
-            store.add({**base, "variant": "local fine-tune", **local})
+            store.add(
+                {
+                    **base,
+                    "variant": "local fine-tune",
+                    **local,
+                    "wall_s": time.perf_counter() - start,
+                }
+            )
         got = f"local macro-F1 {row['local_f1']:.3f}" if "error" not in row else row["error"]
         print(f"  β {beta} {variant} seed {seed}: {got}", flush=True)
 

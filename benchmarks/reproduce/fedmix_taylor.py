@@ -23,6 +23,7 @@ a rerun skips what is there):
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
             if (args.dataset, lam, seed, INIT) in store:
                 continue
             kw = {"train_size": args.train_size, "epochs": args.epochs, "dataset": args.dataset}
-            row = store.add(run(lam, seed, **kw))
+            start = time.perf_counter()
+            row = run(lam, seed, **kw)
+            row = store.add({**row, "wall_s": time.perf_counter() - start})
             print(f"  λ {lam:g} seed {seed}: {row['history'][-1]}", flush=True)
     rows = list(store)
     print(table(rows))
