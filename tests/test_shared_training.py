@@ -218,3 +218,68 @@ def test_each_configurations_attacks_get_the_random_state_training_left():
         assert first.mse != apart.mse  # a's extra draws moved its own noise
     finally:
         privbench.registries()["attack"].entries.pop("global-draw")
+
+
+@pytest.mark.slow
+def test_rejoin_runs_a_pair_that_trained_apart_again_as_one_training(tmp_path, capsys):
+    """A case and its companion run on machines whose float rounding differs train apart
+    (their accuracies differ): the report cannot join their worst cases and says so;
+    ``--rejoin`` runs the pair again as one training, whose rows replace the old."""
+    import warnings
+
+    from privbench.cli.main import main as cli
+    from privbench.results.companions import split_trainings
+    from privbench.results.report import latest, worst_case_view
+    from privbench.results.sweep import expand, load_grid, run_sweep
+
+    grid_text = """
+[sweep]
+dataset = "digits"
+rounds = 2
+clients = 4
+partition = "iid"
+"idlg.iters" = 3
+"idlg.restarts" = 1
+"ig.iters" = 3
+"ig.restarts" = 1
+
+[grid]
+seed = [0]
+
+[[case]]
+method = "fedavg"
+attack = ["idlg"]
+
+[[case]]
+method = "fedavg"
+attack = ["ig"]
+"""
+    (tmp_path / "grid.toml").write_text(grid_text)
+    out = tmp_path / "out"
+    grid = load_grid(tmp_path / "grid.toml")
+    case, companion = expand(grid)[0]
+    # The case ran on one machine, the companion later on another (a changed accuracy).
+    privbench.run(case.config, out=str(out))
+    (row,) = privbench.run(companion.config)
+    store = ResultStore(str(out))
+    store.append([{**row.to_dict(), "accuracy": row.accuracy + 0.01}])
+    assert split_trainings(store.read()) == {case.config_hash, companion.config_hash}
+    with pytest.warns(UserWarning, match="--rejoin"):
+        worst_case_view(store.read())
+    assert run_sweep(grid, out=str(out), workers=1, threads=1).ran == 0  # both settled
+
+    argv = ["sweep", str(tmp_path / "grid.toml"), "--out", str(out), "--dry-run", "--rejoin"]
+    assert cli(argv) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["again"] * 2
+    summary = run_sweep(grid, out=str(out), workers=1, threads=1, rejoin=True)
+    assert (summary.ran, summary.failed) == (2, 0)
+    rows = store.read()
+    assert len(rows) == 4  # the old rows stay in the store; the new ones replace them
+    new = latest(rows)
+    assert len({r["accuracy"] for r in new}) == 1 and len({r["train_s"] for r in new}) == 1
+    assert not split_trainings(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (joined,) = worst_case_view(rows)
+    assert joined["merged_runs"] == sorted([case.config_hash, companion.config_hash])
+    assert run_sweep(grid, out=str(out), workers=1, threads=1, rejoin=True).ran == 0

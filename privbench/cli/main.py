@@ -33,8 +33,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 f"invalid grid ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
             )
         todo = {p.index for p in sweep.pending(points, args.out)}
+        again = {p.index for p in sweep.rejoined(points, args.out)} if args.rejoin else set()
         for p in points:
-            state = "todo" if p.index in todo else "done"
+            state = "todo" if p.index in todo else "again" if p.index in again else "done"
             print(f"{p.index:4d} {state} {p.config_hash} privbench {' '.join(p.argv)}")
         return 0
     summary = sweep.run_sweep(
@@ -44,6 +45,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         address=args.address,
         threads=args.threads,
+        rejoin=args.rejoin,
     )
     print(
         f"{summary.points} points: {summary.skipped} already done, {summary.ran} run, "

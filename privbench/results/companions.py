@@ -4,7 +4,7 @@ them (:func:`merge_runs`, called by ``report.worst_case_view``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -28,6 +28,20 @@ def training_key(row: Mapping[str, Any]) -> str:
     from privbench.results.report import experiment_id
 
     return f"{experiment_id(_without_attackers(row))}-{seed}"
+
+
+def split_trainings(rows: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The configuration hashes of runs of one training (:func:`training_key`) that do
+    not all report the same accuracy: runs made apart on machines whose float rounding
+    differs (training is deterministic on one machine, its CPU, versions and threads),
+    which :func:`merge_runs` cannot join. Latest rows (``report.latest``), ok ones."""
+    from privbench.results.report import latest
+
+    runs: dict[str, dict[str, Any]] = {}
+    for r in latest(rows):
+        if r.get("status", "ok") == "ok" and r.get("accuracy") is not None and r.get("config"):
+            runs.setdefault(training_key(r), {})[str(r.get("config_hash"))] = r["accuracy"]
+    return {h for group in runs.values() if len(set(group.values())) > 1 for h in group}
 
 
 def gradient_groups(rows: list[Mapping[str, Any]], gradient: set[str]) -> dict[str, list[int]]:
@@ -76,8 +90,10 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
         if len(accuracies) > 1:
             warnings.warn(
                 f"runs {', '.join(runs)} share a training configuration but not their "
-                f"accuracy ({', '.join(map(str, sorted(accuracies, key=str)))}): their "
-                "gradient attacks are shown apart, not as one worst case",
+                f"accuracy ({', '.join(map(str, sorted(accuracies, key=str)))}; made on "
+                "machines whose float rounding differs?): their gradient attacks are shown "
+                "apart, not as one worst case; `privbench sweep GRID --rejoin` runs them "
+                "again as one training",
                 stacklevel=3,
             )
             continue

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from privbench.errors import ParameterError, PrivbenchError
-from privbench.results.store import settled
+from privbench.results.sweep_todo import pending, rejoined, settled_attacks, together
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -218,20 +218,12 @@ def expand(grid: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
     return points, problems
 
 
-def together(points: list[Point]) -> list[list[Point]]:
-    """Points that train the same and differ in their attacks (a grid's companion cases),
-    as one task each: trained once (``pipeline.run_shared``), in first-point order."""
-    from privbench.pipeline import training_hash
-
-    groups: dict[str, list[Point]] = {}
-    for p in points:
-        groups.setdefault(training_hash(p.config), []).append(p)
-    return list(groups.values())
-
-
-def _run_points(argvs: list[list[str]], out: str, threads: int) -> list[list[str]]:
+def _run_points(
+    argvs: list[list[str]], out: str, threads: int, again: bool = False
+) -> list[list[str]]:
     """Worker: points of one training (:func:`together`), their rows appended to
-    ``out``; returns each point's row statuses."""
+    ``out``; returns each point's row statuses. ``again`` (``--rejoin``): every point
+    runs, its rows appended beside the ones they replace."""
     import torch
 
     from privbench import progress
@@ -242,10 +234,12 @@ def _run_points(argvs: list[list[str]], out: str, threads: int) -> list[list[str
     torch.set_num_threads(threads)
     progress.set_enabled(False)
     cfgs = [config_from_args(build_parser().parse_args(a), unused=set()) for a in argvs]
-    store = ResultStore(out, skip_done=True)  # never a second row for what is done
+    store = ResultStore(out, skip_done=not again)  # else never a second row for what is done
     ok, resolved = settled_attacks(out), [c.resolve() for c in cfgs]
     names = [c.attack.names or ("none",) for c in resolved]
-    todo = [i for i, c in enumerate(resolved) if not set(names[i]) <= ok.get(c.hash(), set())]
+    todo = [
+        i for i, c in enumerate(resolved) if again or not set(names[i]) <= ok.get(c.hash(), set())
+    ]
     statuses = [["ok"] * len(n) for n in names]  # finished meanwhile by another sweep
     for i, rows in zip(todo, run_shared([cfgs[i] for i in todo], store=store), strict=True):
         statuses[i] = [r.status for r in rows]
@@ -286,23 +280,6 @@ class SweepSummary:
     failed: int
 
 
-def settled_attacks(out: str) -> dict[str, set[str]]:
-    """The attacks with a settled row in ``out`` (ok, or diverged: a rerun diverges
-    again), by configuration hash."""
-    from privbench.results import ResultStore
-
-    ok: dict[str, set[str]] = {}
-    for r in ResultStore(out).read():
-        if settled(r):
-            ok.setdefault(r["config_hash"], set()).add(r["attack"])
-    return ok
-
-
-def pending(points: list[Point], out: str) -> list[Point]:
-    ok = settled_attacks(out)
-    return [p for p in points if not set(p.attacks) <= ok.get(p.config_hash, set())]
-
-
 def run_sweep(
     grid: Mapping[str, Any],
     *,
@@ -312,7 +289,10 @@ def run_sweep(
     address: str | None = None,
     on_done: Callable[[Point, list[str]], None] | None = None,
     threads: int | None = None,
+    rejoin: bool = False,
 ) -> SweepSummary:
+    """Run ``grid``'s pending points into ``out``; ``rejoin``: also run again, as one
+    training, the points of each training whose stored runs disagree (:func:`rejoined`)."""
     if backend not in ("local", "ray"):
         raise ParameterError(f"The 'backend' parameter must be local or ray. Got {backend!r}.")
     if workers < 1:
@@ -324,17 +304,20 @@ def run_sweep(
         raise PrivbenchError(
             f"invalid grid ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
         )
-    todo = pending(points, out)
+    waiting = {p.index for p in pending(points, out)}
+    again = {p.index for p in rejoined(points, out)} if rejoin else set()
+    todo = [p for p in points if p.index in waiting | again]
     if threads is None:  # the machine's cores shared among the workers
         threads = max(1, (os.cpu_count() or 1) // workers)
     runner = _run_local if backend == "local" else _run_ray
+    tasks = [(g, any(p.index in again for p in g)) for g in together(todo)]
     failed = runner(
-        todo, out=out, workers=workers, threads=threads, address=address, on_done=on_done
+        tasks, out=out, workers=workers, threads=threads, address=address, on_done=on_done
     )
     return SweepSummary(len(points), len(points) - len(todo), len(todo), failed)
 
 
-def _run_local(todo, *, out, workers, threads, address, on_done) -> int:
+def _run_local(tasks, *, out, workers, threads, address, on_done) -> int:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -343,7 +326,7 @@ def _run_local(todo, *, out, workers, threads, address, on_done) -> int:
     failed = 0
     ctx = mp.get_context("spawn")  # a fresh interpreter per point: no shared torch state
     with (
-        bar(len(todo), "points", leave=True) as pbar,
+        bar(sum(len(g) for g, _ in tasks), "points", leave=True) as pbar,
         ProcessPoolExecutor(
             workers,
             mp_context=ctx,
@@ -353,7 +336,8 @@ def _run_local(todo, *, out, workers, threads, address, on_done) -> int:
         ) as pool,
     ):
         futures = {
-            pool.submit(_run_points, [p.argv for p in g], out, threads): g for g in together(todo)
+            pool.submit(_run_points, [p.argv for p in g], out, threads, again): g
+            for g, again in tasks
         }
         for fut in as_completed(futures):
             failed += _collect(futures[fut], fut.result, out, pbar, on_done)
@@ -383,7 +367,7 @@ def _one_task_per_child() -> dict[str, int]:
     return {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
 
 
-def _run_ray(todo, **kw) -> int:
+def _run_ray(tasks, **kw) -> int:
     from privbench.results.sweep_ray import run_ray
 
-    return run_ray(todo, **kw)
+    return run_ray(tasks, **kw)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 from privbench.errors import PrivbenchError
-from privbench.results.sweep import _collect, _run_points, together
+from privbench.results.sweep import _collect, _run_points
 
 
-def run_ray(todo, *, out, workers, threads, address, on_done) -> int:
+def run_ray(tasks, *, out, workers, threads, address, on_done) -> int:
     try:
         import ray
     except ImportError as err:
@@ -31,8 +31,8 @@ def run_ray(todo, *, out, workers, threads, address, on_done) -> int:
     failed = 0
     try:
         where = os.path.abspath(out)
-        refs = {remote.remote([p.argv for p in g], where, threads): g for g in together(todo)}
-        with bar(len(todo), "points", leave=True) as pbar:
+        refs = {remote.remote([p.argv for p in g], where, threads, again): g for g, again in tasks}
+        with bar(sum(len(g) for g in refs.values()), "points", leave=True) as pbar:
             waiting = list(refs)
             while waiting:
                 done, waiting = ray.wait(waiting, num_returns=1)
