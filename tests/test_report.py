@@ -298,6 +298,12 @@ def test_runs_that_did_not_train_the_same_model_stay_apart():
     apart = ["averaged-data", "ig", "worst-case"]
     with pytest.warns(UserWarning, match="share a training configuration but not their accuracy"):
         assert attacks(_two_runs(acc=0.5)) == apart
+    # runs made on two CPUs (float rounding): the warning names them and the remedy
+    rows = _two_runs(acc=0.5)
+    for r in rows:
+        r["versions"] = {"cpu": "Intel Xeon" if r["config_hash"] == "ig-run-0" else "AMD EPYC"}
+    with pytest.warns(UserWarning, match=r"made on AMD EPYC and Intel Xeon.*--rejoin"):
+        assert attacks(rows) == apart
     assert attacks(_two_runs(attacked_round=4)) == apart  # another round: another message
     assert (
         attacks(_two_runs(seed=0) + _two_runs(seed=1)) == ["averaged-data"] * 2 + ["worst-case"] * 2

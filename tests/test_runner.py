@@ -233,3 +233,15 @@ def test_other_trainers_run(algorithm, params):
     cfg = tiny_config(fed=dict(algorithm=algorithm, algorithm_params=params, rounds=2))
     (row,) = privbench.run(cfg)
     assert row.status == "ok" and row.algorithm == algorithm and row.accuracy is not None
+
+
+def test_a_row_names_the_machine_its_floats_come_from():
+    """Float results differ from one CPU to another: a row records which it ran on."""
+    import torch
+
+    from privbench.results.store import ISA, cpu, versions
+
+    model, isa = cpu()
+    got = versions()
+    assert got["cpu"].startswith(model) and set(isa.split()) <= set(ISA)
+    assert got["threads"] == str(torch.get_num_threads())

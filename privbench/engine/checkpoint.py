@@ -105,7 +105,8 @@ def _stamp() -> dict[str, Any]:
     return {
         "format": FORMAT,
         "code": code_digest(),
-        "versions": versions(),
+        # not the CPU: resumed on another one a run continues within float rounding
+        "versions": {k: v for k, v in versions().items() if k != "cpu"},
         "threads": torch.get_num_threads(),
     }
 

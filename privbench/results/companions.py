@@ -88,12 +88,17 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
             continue
         accuracies = {r.get("accuracy") for r in group}
         if len(accuracies) > 1:
+            cpus = sorted({str((r.get("versions") or {}).get("cpu", "?")) for r in group})
+            where = (
+                f"made on {' and '.join(cpus)}"
+                if len(cpus) > 1 and "?" not in cpus
+                else "made on machines whose float rounding differs?"
+            )
             warnings.warn(
                 f"runs {', '.join(runs)} share a training configuration but not their "
-                f"accuracy ({', '.join(map(str, sorted(accuracies, key=str)))}; made on "
-                "machines whose float rounding differs?): their gradient attacks are shown "
-                "apart, not as one worst case; `privbench sweep GRID --rejoin` runs them "
-                "again as one training",
+                f"accuracy ({', '.join(map(str, sorted(accuracies, key=str)))}; {where}): "
+                "their gradient attacks are shown apart, not as one worst case; "
+                "`privbench sweep GRID --rejoin` runs them again as one training",
                 stacklevel=3,
             )
             continue

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -23,33 +22,21 @@ HERE = Path(__file__).parent
 LEGACY = HERE / "default_rows.json"
 ROOT = HERE.parents[1]
 UNTIMED = {"wall_s", "train_s", "attack_s", "versions"}  # fields no recording pins
-# The instruction sets that decide which BLAS / oneDNN kernels run.
-ISA = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: the platform's own description stands in
-        return {"model name": platform.processor() or platform.machine()}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    return info
 
 
 def fingerprint() -> dict[str, str]:
-    """What decides float results here: CPU vendor, model and instruction sets, torch's
+    """What decides float results here: CPU vendor, model and instruction sets (the ones
+    that decide which BLAS / oneDNN kernels run, ``privbench.results.store.ISA``), torch's
     version and its thread count (``OMP_NUM_THREADS``, else the core count)."""
     import torch
 
-    cpu = _cpuinfo()
-    flags = set(cpu.get("flags", "").split())
+    from privbench.results.store import cpu
+
+    model, isa = cpu()
     threads = os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
     return {
-        "cpu": f"{cpu.get('vendor_id', '?')} {cpu.get('model name', '?')}",
-        "isa": " ".join(f for f in ISA if f in flags),
+        "cpu": model,
+        "isa": isa,
         "torch": torch.__version__,
         "threads": threads,
     }
