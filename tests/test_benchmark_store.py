@@ -182,7 +182,7 @@ def test_the_fedavp_reproduction_records_curves_and_a_verdict(tmp_path):
     assert all(len(r["history"]) == 2 for r in rows)  # a curve: every round evaluated
     assert "| digits | fedavp | 1 | 2 |" in repro.table(rows)
     (verdict,) = repro.verdicts(rows)
-    assert verdict.startswith("- digits: FedAvP")
+    assert verdict.startswith("- digits, 2 rounds: FedAvP")  # not the grid's budget
     # The why ablation: FedAvP with the scores normalised in the loss, a line of its
     # own in the table and the curves, no vote in the verdict.
     (why,) = repro.why_points(1, dataset="digits", rounds=2, train_size=0)
@@ -192,7 +192,45 @@ def test_the_fedavp_reproduction_records_curves_and_a_verdict(tmp_path):
     assert "| digits | fedavp (score-normalised loss) | 1 | 2 |" in repro.table(rows)
     assert repro.verdicts(rows) == [verdict]
     labels = sorted(r["method"] for r in repro.curve_rows(rows))
-    assert labels == sorted([*repro.METHODS, "fedavp (score-normalised loss)"])
+    assert labels == sorted(
+        f"{m}, 2 rounds" for m in [*repro.METHODS, "fedavp (score-normalised loss)"]
+    )
+
+
+def test_the_fedavp_reproduction_tables_each_budget_apart():
+    """A longer run (``--rounds 1000``) is its own line and its own verdict, never
+    averaged with the grid's 100-round runs."""
+    repro = _reproduction("fedavp")
+
+    def row(method, rounds, acc):
+        history = [{"round": rounds, "accuracy": acc}]
+        config = {"method_params": {}}
+        return {
+            "status": "ok",
+            "dataset": "digits",
+            "method": method,
+            "rounds": rounds,
+            "accuracy": acc,
+            "macro_f1": acc,
+            "history": history,
+            "config": config,
+        }
+
+    rows = [row("fedavg", 100, 0.97), row("fedavp", 100, 0.95)]
+    rows += [row("fedavg", 1000, 0.97), row("fedavp", 1000, 0.98)]
+    table = repro.table(rows)
+    assert "| digits | fedavp | 1 | 100 | 0.95 | -0.020 |" in table
+    assert "| digits | fedavp | 1 | 1000 | 0.98 | +0.010 |" in table
+    assert repro.verdicts(rows) == [
+        "- digits: FedAvP 0.950 vs fedavg 0.970: **does not hold**",
+        "- digits, 1,000 rounds: FedAvP 0.980 vs fedavg 0.970: **holds**",
+    ]
+    assert {r["method"] for r in repro.curve_rows(rows)} == {
+        "fedavg",
+        "fedavp",
+        "fedavg, 1,000 rounds",
+        "fedavp, 1,000 rounds",
+    }
 
 
 @pytest.mark.slow
