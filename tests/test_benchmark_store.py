@@ -225,6 +225,10 @@ def test_the_fedavp_reproduction_tables_each_budget_apart():
         "- digits: FedAvP 0.950 vs fedavg 0.970: **does not hold**",
         "- digits, 1,000 rounds: FedAvP 0.980 vs fedavg 0.970: **holds**",
     ]
+    # --methods splits a long budget over processes: FedAvP alone, seed-major
+    todo = repro.points(["digits"], 2, ("fedavp",), rounds=1000, train_size=0)
+    assert [k for k, _ in todo] == [("digits", "fedavp", 0), ("digits", "fedavp", 1)]
+    assert todo[0][1].fed.rounds == 1000
     assert {r["method"] for r in repro.curve_rows(rows)} == {
         "fedavg",
         "fedavp",

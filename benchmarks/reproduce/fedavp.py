@@ -24,7 +24,9 @@ Protocol, the reference code's beside ours (scaled to 2 CPU cores):
 - rounds: as many as ``--rounds`` (default 100; the code's default is 1,000) with
   accuracy every tenth of them, so the page shows whether the policy needs more rounds
   than FedAvg to pay off; runs at a budget other than :data:`ROUNDS` are tabled, drawn
-  and judged apart (``--datasets digits --rounds 1000``: every method at 1,000 rounds);
+  and judged apart (``--datasets digits --rounds 1000``: every method at 1,000 rounds;
+  ``--methods`` runs some of them, e.g. FedAvP in one process and the baselines in
+  another);
 - FedAvP's knobs: privbench's defaults (the code's search space, policy net and Reptile
   server step), listed by ``privbench list``.
 
@@ -76,9 +78,9 @@ def config(dataset: str, method: str, seed: int, *, rounds: int, train_size: int
     )
 
 
-def points(datasets, seeds: int, **kw) -> list[tuple[tuple, RunConfig]]:
+def points(datasets, seeds: int, methods=METHODS, **kw) -> list[tuple[tuple, RunConfig]]:
     out = [
-        ((d, m, s), config(d, m, s, **kw)) for d, m, s in product(datasets, METHODS, range(seeds))
+        ((d, m, s), config(d, m, s, **kw)) for d, m, s in product(datasets, methods, range(seeds))
     ]
     return seed_major(out)
 
@@ -184,11 +186,13 @@ def verdicts(rows: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__, out=OUT, seeds=3, rounds=ROUNDS, train_size=30000)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    # a long run split over two processes: e.g. FedAvP in one, the baselines in the other
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parse(ap, argv)
     store = ResultStore(args.out)
     kw = {"rounds": args.rounds, "train_size": args.train_size}
-    measure(points(args.datasets, args.seeds, **kw), store)
-    if WHY_DATASET in args.datasets:
+    measure(points(args.datasets, args.seeds, args.methods, **kw), store)
+    if WHY_DATASET in args.datasets and "fedavp" in args.methods:
         measure(why_points(args.seeds, **kw), store)
     rows = current(store.read())
     print(table(rows))
