@@ -239,7 +239,7 @@ def test_a_row_names_the_machine_its_floats_come_from():
     """Float results differ from one CPU to another: a row records which it ran on."""
     import torch
 
-    from privbench.results.store import ISA, cpu, versions
+    from privbench.results.machine import ISA, cpu, versions
 
     model, isa = cpu()
     got = versions()

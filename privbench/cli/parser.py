@@ -213,12 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", default=None, help="Ray cluster address (ray backend)")
     sw.add_argument("--out", default="privbench-results", help="result folder")
     sw.add_argument("--dry-run", action="store_true", help="validate and list the points only")
-    sw.add_argument(
-        "--rejoin",
-        action="store_true",
-        help="also run again, as one training, the points of a training whose stored runs "
-        "disagree on accuracy (companion runs made on machines whose float rounding differs)",
-    )
+    rejoin = "also rerun, as one training, points whose stored runs of one training disagree"
+    sw.add_argument("--rejoin", action="store_true", help=rejoin + " (made on two CPUs)")
 
     from privbench.results.report import DEFAULT_BY, DEFAULT_METRICS, METRICS
 

@@ -100,7 +100,7 @@ def code_digest() -> str:
 
 def _stamp() -> dict[str, Any]:
     """What must match for a saved state to continue bit for bit."""
-    from privbench.results.store import versions
+    from privbench.results.machine import versions
 
     return {
         "format": FORMAT,

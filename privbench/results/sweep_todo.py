@@ -3,12 +3,11 @@ points to run again as one training (``--rejoin``), grouped by training."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from privbench.results.store import settled
 
-if TYPE_CHECKING:
-    from privbench.results.sweep import Point
+Point = Any  # privbench.results.sweep.Point (imported by sweep: no import back)
 
 
 def together(points: list[Point]) -> list[list[Point]]:

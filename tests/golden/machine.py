@@ -26,11 +26,11 @@ UNTIMED = {"wall_s", "train_s", "attack_s", "versions"}  # fields no recording p
 
 def fingerprint() -> dict[str, str]:
     """What decides float results here: CPU vendor, model and instruction sets (the ones
-    that decide which BLAS / oneDNN kernels run, ``privbench.results.store.ISA``), torch's
+    that decide which BLAS / oneDNN kernels run, ``privbench.results.machine.ISA``), torch's
     version and its thread count (``OMP_NUM_THREADS``, else the core count)."""
     import torch
 
-    from privbench.results.store import cpu
+    from privbench.results.machine import cpu
 
     model, isa = cpu()
     threads = os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
