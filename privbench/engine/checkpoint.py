@@ -100,13 +100,13 @@ def code_digest() -> str:
 
 def _stamp() -> dict[str, Any]:
     """What must match for a saved state to continue bit for bit."""
-    from privbench.results.machine import versions
+    from privbench.results.machine import packages
 
     return {
         "format": FORMAT,
         "code": code_digest(),
         # not the CPU: resumed on another one a run continues within float rounding
-        "versions": {k: v for k, v in versions().items() if k != "cpu"},
+        "versions": packages(),
         "threads": torch.get_num_threads(),
     }
 

@@ -12,13 +12,18 @@ def versions() -> dict[str, str]:
     """What produced a row's numbers: the packages' versions, and the machine (``cpu``:
     vendor, model and the instruction sets torch's kernels choose between; ``threads``),
     since float results differ from one CPU to another."""
+    return {**packages(), **machine()}
+
+
+def packages() -> dict[str, str]:
+    """Python's version and those of privbench and the packages its numbers run on."""
     out = {"python": platform.python_version()}
     for pkg in ("privbench", "torch", "torchvision", "numpy", "scipy", "scikit-image", "opacus"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
-    return {**out, **machine()}
+    return out
 
 
 ISA = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
