@@ -121,6 +121,11 @@ def budget(rounds: int) -> str:
     return "" if rounds == ROUNDS else f", {rounds:,} rounds"
 
 
+def cell(row: dict) -> tuple:
+    """A table line and verdict's runs: the same data, budget and method (or variant)."""
+    return (row["dataset"], row["rounds"], label(row))
+
+
 def curve_rows(rows: list[dict]) -> list[dict]:
     """Every run, a :data:`WHY` variant and a run at another budget as lines of their own."""
     return [{**r, "method": label(r) + budget(r["rounds"])} for r in rows]
@@ -129,7 +134,7 @@ def curve_rows(rows: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """Final and best-round accuracy and macro-F1 per dataset and method, the gap to
     FedAvg, and the round at which the run first reached 95% of its final accuracy."""
-    groups = group(rows, lambda r: (r["dataset"], r["rounds"], label(r)))
+    groups = group(rows, cell)
     lines = [
         "| dataset | method | runs | rounds | accuracy | vs FedAvg | macro-F1 "
         "| best round acc | rounds to 95% of final |",
@@ -164,7 +169,7 @@ def verdicts(rows: list[dict]) -> list[str]:
     """FedAvP against each baseline at the same budget: final accuracy, mean over seeds
     (its :data:`WHY` variants are not FedAvP as published: they explain, they do not
     vote). A budget other than :data:`ROUNDS` is a claim of its own line."""
-    groups = group(rows, lambda r: (r["dataset"], r["rounds"], label(r)))
+    groups = group(rows, cell)
     out = []
     for dataset, rounds in sorted({k[:2] for k in groups}):
         mine = groups.get((dataset, rounds, "fedavp"))

@@ -47,5 +47,8 @@ def rejoined(points: list[Point], out: str) -> list[Point]:
     from privbench.results.companions import split_trainings
 
     split = split_trainings(ResultStore(out).read())
-    again = {id(p) for g in together(points) if any(p.config_hash in split for p in g) for p in g}
-    return [p for p in points if id(p) in again]
+    again = set()
+    for group in together(points):
+        if any(p.config_hash in split for p in group):
+            again |= {p.index for p in group}
+    return [p for p in points if p.index in again]
