@@ -112,13 +112,29 @@ def test_the_dp_reproduction_searches_on_validation_then_tests_the_best(tmp_path
     kw = {"rounds": 1, "train_size": 0}
     validation = load_dataset("digits").validation_split(0.1, seed=0)
     repro.measure(repro.search("record", "digits", **kw), store, validation)
+    first = store.read()
+    assert len(first) == 2 and all(r["dataset"] == "digits:validation" for r in first)
+    # The widening: at the first stage's C, the learning rate x batch x rounds; the
+    # point the first stage ran (lr 0.5, batch 32, 1 round) is not run again.
+    monkeypatch.setattr(
+        repro, "WIDE_GRID", {"lr": (0.5,), "batch_size": (32, 64), "rounds": (1, 2)}
+    )
+    wide = repro.widen(first, "digits", **kw)
+    assert [k[2:] for k, _ in wide] == [(0.5, 32, 1), (0.5, 32, 2), (0.5, 64, 1), (0.5, 64, 2)]
+    clip = repro.best(first)[("record", 8.0)][0]
+    assert all(k[:2] == (8.0, clip) for k, _ in wide)
+    repro.measure(wide, store, validation)
     searched = store.read()
-    assert len(searched) == 2 and all(r["dataset"] == "digits:validation" for r in searched)
+    assert len(searched) == 5 and all(r["dataset"] == "digits:validation" for r in searched)
+    scores = {repro._knobs(r)[2:]: r["accuracy"] for r in searched}
     chosen = repro.best(searched)
     assert list(chosen) == [("record", 8.0)]
+    assert scores[chosen[("record", 8.0)]] == max(scores.values())
     repro.measure(repro.finals(searched, 2, "digits", **kw), store, None)
     final = [r for r in store.read() if r["dataset"] == "digits"]
     assert len(final) == 2 and all(r["epsilon_record"] <= 8.0 + 1e-6 for r in final)
+    # the finals run the chosen schedule (rounds are a knob), not ``kw``'s
+    assert {r["rounds"] for r in final} == {chosen[("record", 8.0)][3]}
     assert "| record | target ε 8 |" in repro.table(store.read())
     # Where the accuracy goes at ε 8: no DP, clipping alone, 10 clients, one client at
     # their batch and at the ten clients' batch together.

@@ -3,11 +3,13 @@
 Record level (DP-SGD, Abadi et al. 2016, with Opacus): for each target ε in
 {1, 3, 8} (δ = 1e-5; Opacus picks σ for the schedule that runs), the clip norm C, the
 learning rate and the batch size are searched on a validation split carved from the
-training images (10% per class; the test set is never used in the search); the best
-setting per ε is then trained on all training images and evaluated on the test set over
-``--seeds`` seeds. Client level (DP-FedAvg, McMahan et al. 2018): 100 clients, Poisson
-sampling at q = 0.1, central noise; the clip C is searched on the validation split per
-noise multiplier z, and the reported ε is the accountant's for the schedule that ran.
+training images (10% per class; the test set is never used in the search), then, around
+each ε's winner, larger batches and a longer schedule (the number of rounds) with the
+learning rate again; the best setting per ε is then trained on all training images and
+evaluated on the test set over ``--seeds`` seeds. Client level (DP-FedAvg, McMahan et
+al. 2018): 100 clients, Poisson sampling at q = 0.1, central noise; the clip C is
+searched on the validation split per noise multiplier z, and the reported ε is the
+accountant's for the schedule that ran.
 
 Scaled to 2 CPU cores: a fixed subset of ``--train-size`` MNIST training images, the
 ``cnn`` model, short schedules (``--rounds``). The published DP-SGD MNIST numbers
@@ -42,6 +44,15 @@ RECORD_GRID = {
     "max_grad_norm": (0.1, 1.0),
     "lr": (0.05, 0.2, 0.5, 2.0),
     "batch_size": (32, 128),
+}
+# The widening, around each ε's winner of RECORD_GRID (its C): DP-SGD at a fixed ε gains
+# from larger batches (the noise on a step's mean gradient is σC/B) and may gain from
+# more epochs (more steps, each noisier: Opacus raises σ); a larger batch takes fewer,
+# less noisy steps, so the learning rate is searched again beside it.
+WIDE_GRID = {
+    "lr": (0.5, 2.0, 8.0),
+    "batch_size": (128, 512),
+    "rounds": (5, 15),
 }
 CLIENT_Z = (0.3, 0.5, 1.0)
 CLIENT_CLIP = (0.05, 0.2, 1.0)
@@ -104,7 +115,8 @@ def client_config(
 
 
 def search(level: str, dataset: str = "mnist", **kw) -> list[tuple[tuple, RunConfig]]:
-    """(knobs, config) of the validation search of one level."""
+    """(knobs, config) of the validation search of one level (record level: its first
+    stage, RECORD_GRID at ``rounds``; :func:`widen` is the second)."""
     data = f"{dataset}:validation"
     if level == "record":
         return [
@@ -114,6 +126,22 @@ def search(level: str, dataset: str = "mnist", **kw) -> list[tuple[tuple, RunCon
     return [
         ((z, c), client_config(z, c, 0, data=data, **kw)) for z, c in product(CLIENT_Z, CLIENT_CLIP)
     ]
+
+
+def widen(rows: list[dict], dataset: str = "mnist", **kw) -> list[tuple[tuple, RunConfig]]:
+    """(knobs, config) of the record level's second stage: for each ε, WIDE_GRID at the
+    clip C of the best search row so far (points the first stage ran are skipped by
+    their hash when measured)."""
+    data = f"{dataset}:validation"
+    kw = {k: v for k, v in kw.items() if k != "rounds"}
+    out = []
+    for (level, eps), (clip, *_) in sorted(best(rows).items()):
+        if level != "record":
+            continue
+        for lr, batch, rounds in product(*WIDE_GRID.values()):
+            cfg = record_config(eps, clip, lr, batch, 0, data=data, rounds=rounds, **kw)
+            out.append(((eps, clip, lr, batch, rounds), cfg))
+    return out
 
 
 def _knobs(row: dict) -> tuple:
@@ -128,6 +156,7 @@ def _knobs(row: dict) -> tuple:
             d["max_grad_norm"],
             c["fed"]["lr"],
             c["fed"]["batch_size"],
+            c["fed"]["rounds"],
         )
     d = c["defense_params"]["client-dp"]
     return ("client", d["noise_multiplier"], d["clip"])
@@ -149,11 +178,15 @@ def best(rows: list[dict]) -> dict[tuple, tuple]:
 def finals(
     rows: list[dict], seeds: int, dataset: str = "mnist", **kw
 ) -> list[tuple[tuple, RunConfig]]:
+    """The validation-best knobs per budget on the whole training set, ``seeds`` seeds
+    (record level: the schedule's rounds are one of the knobs)."""
     out = []
     for (level, budget), knobs in sorted(best(rows).items()):
         for seed in range(seeds):
             if level == "record":
-                cfg = record_config(budget, *knobs, seed, data=dataset, **kw)
+                clip, lr, batch, rounds = knobs
+                kw_record = {**kw, "rounds": rounds}
+                cfg = record_config(budget, clip, lr, batch, seed, data=dataset, **kw_record)
             else:
                 cfg = client_config(budget, *knobs, seed, data=dataset, **kw)
             out.append(((level, budget, knobs, seed), cfg))
@@ -192,7 +225,11 @@ def table(rows: list[dict]) -> str:
     for k, rs in sorted(groups.items()):
         level = k[0]
         budget = f"target ε {k[1]:g}" if level == "record" else f"z {k[1]:g}"
-        knobs = f"C {k[2]:g}, lr {k[3]:g}, batch {k[4]}" if level == "record" else f"C {k[2]:g}"
+        knobs = (
+            f"C {k[2]:g}, lr {k[3]:g}, batch {k[4]}, {k[5]} rounds"
+            if level == "record"
+            else f"C {k[2]:g}"
+        )
         eps = [r[f"epsilon_{level}"] for r in rs]
         lines.append(
             f"| {level} | {budget} | {knobs} | {len(rs)} | {ms(r['accuracy'] for r in rs)} "
@@ -243,7 +280,8 @@ def why_points(rows: list[dict], seeds: int, dataset: str = "mnist", **kw):
     knobs = best(rows).get(("record", WHY_EPS))
     if knobs is None:
         return []
-    clip, lr, batch = knobs
+    clip, lr, batch, rounds = knobs
+    kw = {**kw, "rounds": rounds}
     out = []
     for seed in range(seeds):
         base = record_config(WHY_EPS, clip, lr, batch, seed, data=dataset, **kw)
@@ -271,15 +309,16 @@ def why_points(rows: list[dict], seeds: int, dataset: str = "mnist", **kw):
 
 
 def _why_label(r: dict, knobs: tuple) -> str | None:
-    """The ablation line a test run belongs to, for the ε-8 knobs ``knobs`` (C, lr, B)."""
+    """The ablation line a test run belongs to, for the ε-8 knobs ``knobs`` (C, lr, B,
+    rounds)."""
     k = _knobs(r)
-    if not _test_run(r):
+    if not _test_run(r) or r["rounds"] != knobs[3]:
         return None
     batch = r["config"]["fed"]["batch_size"]
     if (
         batch == knobs[2] * WHY_CLIENTS
         and r["clients"] == 1
-        and k[1:] == (WHY_EPS, *knobs[:2], batch)
+        and k[1:] == (WHY_EPS, *knobs[:2], batch, knobs[3])
     ):
         return f"DP-SGD ε {WHY_EPS:g}, 1 client, batch {batch}"
     if batch != knobs[2]:
@@ -308,7 +347,8 @@ def why_table(rows: list[dict]) -> str:
     if len(groups) < 2:
         return ""
     lines = [
-        f"| at ε {WHY_EPS:g} (C {knobs[0]:g}, lr {knobs[1]:g}, batch {knobs[2]} unless named) "
+        f"| at ε {WHY_EPS:g} (C {knobs[0]:g}, lr {knobs[1]:g}, batch {knobs[2]} unless named, "
+        f"{knobs[3]} rounds) "
         "| runs | records per client | SGD steps per client | σ (Opacus) | test accuracy |",
         "|---|---|---|---|---|---|",
     ]
@@ -382,6 +422,9 @@ def main(argv: list[str] | None = None) -> None:
         kw = {"rounds": rounds, "train_size": args.train_size}
         measure(search(level, **kw), store, validation)
         rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
+        if level == "record":
+            measure(widen(rows, **kw), store, validation)
+            rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
         measure(finals(rows, args.seeds, **kw), store, None)
         if level == "record":
             measure(why_points(rows, args.seeds, **kw), store, None)
