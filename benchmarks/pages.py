@@ -474,11 +474,13 @@ def _reproduction_curves(name: str, partition: str | None = None) -> Callable[[s
             for r in rows
             if r.get("status") == "ok" and partition in (None, r["config"]["partition"])
         ]
-        # a script that plots only some of its runs says which with curve_rows()
+        # a script that plots only some of its runs says which with curve_rows(), and
+        # how they are split into lines and panels with CURVE_BY and CURVE_PANELS
         rows = getattr(repro, "curve_rows", lambda rs: rs)(rows)
         if not rows:
             return _placeholder(out, f"no rows yet in {path.relative_to(HERE.parent)}")
-        return curves(rows, out, by=("dataset", "partition", "method"))
+        by = getattr(repro, "CURVE_BY", ("dataset", "partition", "method"))
+        return curves(rows, out, by=by, panels=getattr(repro, "CURVE_PANELS", ()))
 
     return draw
 

@@ -207,9 +207,9 @@ def test_the_fedavp_reproduction_records_curves_and_a_verdict(tmp_path):
     rows = store.read()
     assert "| digits | fedavp (score-normalised loss) | 1 | 2 |" in repro.table(rows)
     assert repro.verdicts(rows) == [verdict]
-    labels = sorted(r["method"] for r in repro.curve_rows(rows))
-    assert labels == sorted(
-        f"{m}, 2 rounds" for m in [*repro.METHODS, "fedavp (score-normalised loss)"]
+    lines = sorted((r["budget"], r["method"]) for r in repro.curve_rows(rows))
+    assert lines == sorted(
+        ("2 rounds", m) for m in [*repro.METHODS, "fedavp (score-normalised loss)"]
     )
 
 
@@ -245,11 +245,12 @@ def test_the_fedavp_reproduction_tables_each_budget_apart():
     todo = repro.points(["digits"], 2, ("fedavp",), rounds=1000, train_size=0)
     assert [k for k, _ in todo] == [("digits", "fedavp", 0), ("digits", "fedavp", 1)]
     assert todo[0][1].fed.rounds == 1000
-    assert {r["method"] for r in repro.curve_rows(rows)} == {
-        "fedavg",
-        "fedavp",
-        "fedavg, 1,000 rounds",
-        "fedavp, 1,000 rounds",
+    # the curves: one panel per budget, the methods' lines in each
+    assert {(r["budget"], r["method"]) for r in repro.curve_rows(rows)} == {
+        ("100 rounds", "fedavg"),
+        ("100 rounds", "fedavp"),
+        ("1,000 rounds", "fedavg"),
+        ("1,000 rounds", "fedavp"),
     }
 
 

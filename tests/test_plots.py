@@ -76,3 +76,36 @@ def test_a_method_on_two_models_is_two_frontier_points(tmp_path, monkeypatch):
     plots.frontier(rows[:2], str(tmp_path / "g.png"))
     labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
     assert "fedavg / none (dlg)" in labels
+
+
+def test_curves_split_into_panels_and_keep_each_lines_colour(tmp_path, monkeypatch):
+    from privbench.results import plots
+
+    def row(method, budget, seed, accs):
+        return {
+            "method": method,
+            "budget": budget,
+            "seed": seed,
+            "status": "ok",
+            "config_hash": f"{method}-{budget}-{seed}",
+            "history": [{"round": 10 * (i + 1), "accuracy": a} for i, a in enumerate(accs)],
+        }
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, plt, out: figures.append(fig) or out)
+    rows = [
+        row("fedavg", "20 rounds", 0, [0.5, 0.7]),
+        row("fedavg", "20 rounds", 1, [0.7, 0.9]),
+        row("fedavp", "20 rounds", 0, [0.4, 0.6]),
+        row("fedavp", "30 rounds", 0, [0.4, 0.6, 0.8]),
+    ]
+    plots.curves(rows, str(tmp_path / "c.png"), by=("method",), panels=("budget",))
+    (fig,) = figures
+    short, long = fig.axes[:2]
+    assert [short.get_title(), long.get_title()] == ["20 rounds", "30 rounds"]
+    lines = {ax.get_title(): {ln.get_label(): ln for ln in ax.get_lines()} for ax in fig.axes}
+    assert list(lines["20 rounds"]["fedavg"].get_ydata()) == pytest.approx([0.6, 0.8])  # mean
+    assert list(lines["30 rounds"]["fedavp"].get_xdata()) == [10, 20, 30]
+    # fedavp is one colour in both panels, another than fedavg's
+    assert lines["30 rounds"]["fedavp"].get_color() == lines["20 rounds"]["fedavp"].get_color()
+    assert lines["20 rounds"]["fedavg"].get_color() != lines["20 rounds"]["fedavp"].get_color()

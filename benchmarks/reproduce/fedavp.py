@@ -126,9 +126,16 @@ def cell(row: dict) -> tuple:
     return (row["dataset"], row["rounds"], label(row))
 
 
+# The curves: one panel per dataset and budget (100 rounds squeezed beside 1,000 would
+# hide the first), one line per method or WHY variant.
+CURVE_BY = ("method",)
+CURVE_PANELS = ("dataset", "budget")
+
+
 def curve_rows(rows: list[dict]) -> list[dict]:
-    """Every run, a :data:`WHY` variant and a run at another budget as lines of their own."""
-    return [{**r, "method": label(r) + budget(r["rounds"])} for r in rows]
+    """Every run, a :data:`WHY` variant as a line of its own, and its budget (the panel
+    it is drawn in)."""
+    return [{**r, "method": label(r), "budget": f"{r['rounds']:,} rounds"} for r in rows]
 
 
 def table(rows: list[dict]) -> str:

@@ -170,33 +170,48 @@ def curves(
     *,
     metric: str = "accuracy",
     by: Sequence[str] = ("method", "defense"),
+    panels: Sequence[str] = (),
 ) -> str:
-    """``metric`` per round, one line per value of the row fields ``by``."""
+    """``metric`` per round, one line per value of the row fields ``by``; with
+    ``panels``, one subplot per value of those fields (a line keeps its colour in every
+    panel)."""
     plt = _pyplot()
-    groups: dict[str, dict[int, list[float]]] = {}
+    groups: dict[str, dict[str, dict[int, list[float]]]] = {}
     for r in latest(rows):
         if r.get("status") != "ok" or not r.get("history"):
             continue
+        panel = " / ".join(str(r[k]) for k in panels)
         label = " / ".join(str(r[k]) for k in by)
         for h in r["history"]:
             if h.get(metric) is not None:
-                groups.setdefault(label, {}).setdefault(int(h["round"]), []).append(h[metric])
+                by_round = groups.setdefault(panel, {}).setdefault(label, {})
+                by_round.setdefault(int(h["round"]), []).append(h[metric])
     if not groups:
         raise ParameterError(f"No per-round '{metric}' history in these rows (--eval-every > 0).")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (label, by_round) in enumerate(groups.items()):
-        rounds = sorted(by_round)
-        mean = np.array([np.mean(by_round[t]) for t in rounds])
-        std = np.array([np.std(by_round[t]) for t in rounds])
-        # matplotlib's colours repeat after 10 lines: the line style tells them apart
-        style = ("-", "--", ":", "-.")[(i // 10) % 4]
-        ax.plot(rounds, mean, marker="o", ms=3, ls=style, label=label)
-        ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"global test {metric}")
-    ax.set_title("Learning curves (mean ± std over seeds, deduplicated runs)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    labels = list(dict.fromkeys(label for lines in groups.values() for label in lines))
+    cols = min(len(groups), 2)
+    nrows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(7 if cols == 1 else 11, 4.5 * nrows))
+    axes = np.atleast_1d(axes).ravel()
+    for ax, (panel, lines) in zip(axes, groups.items(), strict=False):
+        for label, by_round in lines.items():
+            i = labels.index(label)
+            rounds = sorted(by_round)
+            mean = np.array([np.mean(by_round[t]) for t in rounds])
+            std = np.array([np.std(by_round[t]) for t in rounds])
+            # matplotlib's colours repeat after 10 lines: the line style tells them apart
+            style = ("-", "--", ":", "-.")[(i // 10) % 4]
+            ax.plot(rounds, mean, marker="o", ms=3, ls=style, color=f"C{i % 10}", label=label)
+            ax.fill_between(rounds, mean - std, mean + std, color=f"C{i % 10}", alpha=0.15)
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"global test {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if panel:
+            ax.set_title(panel, fontsize=10)
+    for ax in axes[len(groups) :]:
+        ax.axis("off")
+    fig.suptitle("Learning curves (mean ± std over seeds, deduplicated runs)")
     return _save(fig, plt, out)
 
 
