@@ -130,6 +130,12 @@ def test_the_dp_reproduction_searches_on_validation_then_tests_the_best(tmp_path
     chosen = repro.best(searched)
     assert list(chosen) == [("record", 8.0)]
     assert scores[chosen[("record", 8.0)]] == max(scores.values())
+    # before its finals the winner is a table line with no runs, not a missing line
+    assert "| 0 | (test runs to come) | - |" in repro.table(searched)
+    # two learning rates were tried: whichever won sits at an end of the range
+    (edge,) = repro.edges(searched)
+    assert edge.startswith("- record level, target ε 8: ") and "lr " in edge
+    assert "(largest of 0.05, 0.5)" in edge or "(smallest of 0.05, 0.5)" in edge
     repro.measure(repro.finals(searched, 2, "digits", **kw), store, None)
     final = [r for r in store.read() if r["dataset"] == "digits"]
     assert len(final) == 2 and all(r["epsilon_record"] <= 8.0 + 1e-6 for r in final)
@@ -434,3 +440,39 @@ def test_the_cost_table_counts_a_scripts_own_rows_by_the_key_it_stores_them_by(
     (tmp_path / "reproduce" / "cvae.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = next(x for x in pages.reproduction_cost().splitlines() if x.startswith("| cvae "))
     assert line == "| cvae | 2 (+1 untimed rows) | 0.1 | 1.5 |"
+
+
+def test_the_dp_search_walks_past_an_edge_its_winner_sits_on():
+    repro = _reproduction("dp")
+
+    def row(lr, batch, rounds, acc, eps=8.0, status="ok"):
+        fed = {"lr": lr, "batch_size": batch, "rounds": rounds}
+        return {
+            "dataset": "mnist:validation",
+            "status": status,
+            "accuracy": acc,
+            "config": {
+                "defenses": ["dp-sgd"],
+                "defense_params": {"dp-sgd": {"target_epsilon": eps, "max_grad_norm": 1.0}},
+                "fed": fed,
+            },
+        }
+
+    kw = {"rounds": 5, "train_size": 12000}
+    # the longest schedule and the largest lr won: 3x the rounds, 4x the lr, one each
+    rows = [row(0.5, 128, 5, 0.6), row(2.0, 128, 15, 0.8), row(0.5, 128, 15, 0.7)]
+    steps = [k for k, _ in repro.extend(rows, **kw)]
+    assert steps == [(8.0, 1.0, 2.0, 128, 45), (8.0, 1.0, 8.0, 128, 15)]
+    (cfg,) = [c for k, c in repro.extend(rows, **kw) if k[-1] == 45]
+    assert cfg.dataset == "mnist:validation" and cfg.fed.rounds == 45 and cfg.fed.lr == 2.0
+    # both tried and lost (one failed): nothing more to try, the walk ends
+    rows += [row(2.0, 128, 45, 0.75), row(8.0, 128, 15, 0.0, status="error")]
+    assert repro.extend(rows, **kw) == []
+    # ... and the winner is inside every range tried now
+    assert repro.edges(rows) == []
+    # an interior winner proposes nothing; at MAX_ROUNDS the schedule stops growing
+    interior = [row(0.5, 128, 5, 0.5), row(2.0, 128, 15, 0.9), row(8.0, 128, 45, 0.1)]
+    assert repro.extend(interior, **kw) == []
+    longest = [row(0.5, 128, 5, 0.5), row(2.0, 128, 45, 0.9), row(8.0, 128, 15, 0.1)]
+    assert repro.extend(longest, **kw) == []
+    assert repro.edges(longest) == ["- record level, target ε 8: rounds 45 (largest of 5, 15, 45)"]

@@ -5,11 +5,12 @@ Record level (DP-SGD, Abadi et al. 2016, with Opacus): for each target ε in
 learning rate and the batch size are searched on a validation split carved from the
 training images (10% per class; the test set is never used in the search), then, around
 each ε's winner, larger batches and a longer schedule (the number of rounds) with the
-learning rate again; the best setting per ε is then trained on all training images and
-evaluated on the test set over ``--seeds`` seeds. Client level (DP-FedAvg, McMahan et
-al. 2018): 100 clients, Poisson sampling at q = 0.1, central noise; the clip C is
-searched on the validation split per noise multiplier z, and the reported ε is the
-accountant's for the schedule that ran.
+learning rate again, and one step at a time past an edge its winner sits on (longer
+schedule, larger or smaller learning rate); the best setting per ε is then trained on
+all training images and evaluated on the test set over ``--seeds`` seeds. Client level
+(DP-FedAvg, McMahan et al. 2018): 100 clients, Poisson sampling at q = 0.1, central
+noise; the clip C is searched on the validation split per noise multiplier z, and the
+reported ε is the accountant's for the schedule that ran.
 
 Scaled to 2 CPU cores: a fixed subset of ``--train-size`` MNIST training images, the
 ``cnn`` model, short schedules (``--rounds``). The published DP-SGD MNIST numbers
@@ -54,6 +55,10 @@ WIDE_GRID = {
     "batch_size": (128, 512),
     "rounds": (5, 15),
 }
+# The walk along an edge, after the widening: while a budget's winner has the longest
+# schedule tried, the same knobs at 3x the rounds (up to MAX_ROUNDS); while it has the
+# largest (smallest) learning rate tried, 4x (1/4) that rate.
+MAX_ROUNDS = 45
 CLIENT_Z = (0.3, 0.5, 1.0)
 CLIENT_CLIP = (0.05, 0.2, 1.0)
 
@@ -144,6 +149,35 @@ def widen(rows: list[dict], dataset: str = "mnist", **kw) -> list[tuple[tuple, R
     return out
 
 
+def extend(rows: list[dict], dataset: str = "mnist", **kw) -> list[tuple[tuple, RunConfig]]:
+    """(knobs, config) of one step past the edge of the record-level search, for each ε
+    whose winner sits at the longest schedule or at an end of the learning rates tried
+    (:data:`MAX_ROUNDS`); points tried before are not proposed again, so repeating
+    ``measure(extend(rows))`` ends."""
+    data = f"{dataset}:validation"
+    kw = {k: v for k, v in kw.items() if k != "rounds"}
+    tried = {_knobs(r) for r in rows if r["dataset"].endswith(":validation")}
+    out = []
+    for (level, eps), (clip, lr, batch, rounds) in sorted(best(rows).items()):
+        if level != "record":
+            continue
+        mine = [k for k in tried if k[:2] == (level, eps)]
+        steps = []
+        if rounds == max(k[5] for k in mine) and 3 * rounds <= MAX_ROUNDS:
+            steps.append((lr, 3 * rounds))
+        lrs = {k[3] for k in mine}
+        if len(lrs) > 1 and lr == max(lrs):
+            steps.append((4 * lr, rounds))
+        if len(lrs) > 1 and lr == min(lrs):
+            steps.append((lr / 4, rounds))
+        for new_lr, new_rounds in steps:
+            if (level, eps, clip, new_lr, batch, new_rounds) in tried:
+                continue
+            cfg = record_config(eps, clip, new_lr, batch, 0, data=data, rounds=new_rounds, **kw)
+            out.append(((eps, clip, new_lr, batch, new_rounds), cfg))
+    return out
+
+
 def _knobs(row: dict) -> tuple:
     c = row["config"]
     if not c["defenses"]:
@@ -219,7 +253,8 @@ def table(rows: list[dict]) -> str:
         "| level | budget | knobs (validation-best) | runs | test accuracy | ε (Opacus) |",
         "|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple, list[dict]] = {}
+    # every budget's winner, with no runs yet when its finals have not run
+    groups: dict[tuple, list[dict]] = {(lv, b, *k): [] for (lv, b), k in best(rows).items()}
     for r in best_finals(rows):
         groups.setdefault(_knobs(r), []).append(r)
     for k, rs in sorted(groups.items()):
@@ -230,6 +265,9 @@ def table(rows: list[dict]) -> str:
             if level == "record"
             else f"C {k[2]:g}"
         )
+        if not rs:
+            lines.append(f"| {level} | {budget} | {knobs} | 0 | (test runs to come) | - |")
+            continue
         eps = [r[f"epsilon_{level}"] for r in rs]
         lines.append(
             f"| {level} | {budget} | {knobs} | {len(rs)} | {ms(r['accuracy'] for r in rs)} "
@@ -400,8 +438,42 @@ def client_noise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+KNOB_NAMES = {"record": ("C", "lr", "batch", "rounds"), "client": ("C",)}
+
+
+def edges(rows: list[dict]) -> list[str]:
+    """The chosen knobs that sit at an end of what the search tried for their budget
+    (the largest or the smallest of at least two values): the best may lie beyond."""
+    tried: dict[tuple, list[set]] = {}
+    for r in rows:
+        if r["dataset"].endswith(":validation"):
+            k = _knobs(r)
+            sets = tried.setdefault(k[:2], [set() for _ in k[2:]])
+            for values, v in zip(sets, k[2:], strict=True):
+                values.add(v)
+    out = []
+    for (level, budget), knobs in sorted(best(rows).items()):
+        ends = [
+            f"{name} {v:g} ({'largest' if v == max(values) else 'smallest'} of "
+            f"{', '.join(f'{x:g}' for x in sorted(values))})"
+            for name, v, values in zip(
+                KNOB_NAMES[level], knobs, tried[(level, budget)], strict=True
+            )
+            if len(values) > 1 and v in (min(values), max(values))
+        ]
+        if ends:
+            name = f"target ε {budget:g}" if level == "record" else f"z {budget:g}"
+            out.append(f"- {level} level, {name}: {'; '.join(ends)}")
+    return out
+
+
 def page(rows: list[dict]) -> str:
     out = table(rows)
+    if ends := edges(rows):
+        out += (
+            "\n\nKnobs chosen at an end of the searched range (the best may lie beyond):"
+            "\n\n" + "\n".join(ends)
+        )
     if why := why_table(rows):
         out += f"\n\nWhere the record-level accuracy goes:\n\n{why}"
     if noise := client_noise(rows):
@@ -425,6 +497,9 @@ def main(argv: list[str] | None = None) -> None:
         if level == "record":
             measure(widen(rows, **kw), store, validation)
             rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
+            while todo := extend(rows, **kw):
+                measure(todo, store, validation)
+                rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
         measure(finals(rows, args.seeds, **kw), store, None)
         if level == "record":
             measure(why_points(rows, args.seeds, **kw), store, None)
