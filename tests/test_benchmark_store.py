@@ -470,6 +470,18 @@ def test_the_dp_search_walks_past_an_edge_its_winner_sits_on():
     assert repro.extend(rows, **kw) == []
     # ... and the winner is inside every range tried now
     assert repro.edges(rows) == []
+    # client-level rows in the same list are not the record level's to walk
+    client = {
+        "dataset": "mnist:validation",
+        "status": "ok",
+        "accuracy": 0.5,
+        "config": {
+            "defenses": ["client-dp"],
+            "defense_params": {"client-dp": {"noise_multiplier": 1.0, "clip": 0.05}},
+            "fed": {},
+        },
+    }
+    assert repro.extend([*rows, client], **kw) == []
     # an interior winner proposes nothing; at MAX_ROUNDS the schedule stops growing
     interior = [row(0.5, 128, 5, 0.5), row(2.0, 128, 15, 0.9), row(8.0, 128, 45, 0.1)]
     assert repro.extend(interior, **kw) == []

@@ -158,9 +158,10 @@ def extend(rows: list[dict], dataset: str = "mnist", **kw) -> list[tuple[tuple, 
     kw = {k: v for k, v in kw.items() if k != "rounds"}
     tried = {_knobs(r) for r in rows if r["dataset"].endswith(":validation")}
     out = []
-    for (level, eps), (clip, lr, batch, rounds) in sorted(best(rows).items()):
+    for (level, eps), knobs in sorted(best(rows).items()):
         if level != "record":
             continue
+        clip, lr, batch, rounds = knobs
         mine = [k for k in tried if k[:2] == (level, eps)]
         steps = []
         if rounds == max(k[5] for k in mine) and 3 * rounds <= MAX_ROUNDS:
