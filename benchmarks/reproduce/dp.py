@@ -133,20 +133,24 @@ def search(level: str, dataset: str = "mnist", **kw) -> list[tuple[tuple, RunCon
     ]
 
 
+def _search_point(knobs: tuple, dataset: str, kw: dict) -> tuple[tuple, RunConfig]:
+    """(knobs, config) of a record-level validation point at ``knobs`` (ε, C, lr, B,
+    rounds): its own rounds, not the first stage's in ``kw``."""
+    eps, clip, lr, batch, rounds = knobs
+    kw = {**kw, "rounds": rounds}
+    return knobs, record_config(eps, clip, lr, batch, 0, data=f"{dataset}:validation", **kw)
+
+
 def widen(rows: list[dict], dataset: str = "mnist", **kw) -> list[tuple[tuple, RunConfig]]:
     """(knobs, config) of the record level's second stage: for each ε, WIDE_GRID at the
     clip C of the best search row so far (points the first stage ran are skipped by
     their hash when measured)."""
-    data = f"{dataset}:validation"
-    kw = {k: v for k, v in kw.items() if k != "rounds"}
-    out = []
-    for (level, eps), (clip, *_) in sorted(best(rows).items()):
-        if level != "record":
-            continue
-        for lr, batch, rounds in product(*WIDE_GRID.values()):
-            cfg = record_config(eps, clip, lr, batch, 0, data=data, rounds=rounds, **kw)
-            out.append(((eps, clip, lr, batch, rounds), cfg))
-    return out
+    return [
+        _search_point((eps, clip, lr, batch, rounds), dataset, kw)
+        for (level, eps), (clip, *_) in sorted(best(rows).items())
+        if level == "record"
+        for lr, batch, rounds in product(*WIDE_GRID.values())
+    ]
 
 
 def extend(rows: list[dict], dataset: str = "mnist", **kw) -> list[tuple[tuple, RunConfig]]:
@@ -154,28 +158,26 @@ def extend(rows: list[dict], dataset: str = "mnist", **kw) -> list[tuple[tuple, 
     whose winner sits at the longest schedule or at an end of the learning rates tried
     (:data:`MAX_ROUNDS`); points tried before are not proposed again, so repeating
     ``measure(extend(rows))`` ends."""
-    data = f"{dataset}:validation"
-    kw = {k: v for k, v in kw.items() if k != "rounds"}
-    tried = {_knobs(r) for r in rows if r["dataset"].endswith(":validation")}
+    seen = {_knobs(r)[1:] for r in rows if r["dataset"].endswith(":validation")}
+    values = tried(rows)
     out = []
     for (level, eps), knobs in sorted(best(rows).items()):
         if level != "record":
             continue
         clip, lr, batch, rounds = knobs
-        mine = [k for k in tried if k[:2] == (level, eps)]
+        _, lrs, _, schedules = values[(level, eps)]
         steps = []
-        if rounds == max(k[5] for k in mine) and 3 * rounds <= MAX_ROUNDS:
+        if rounds == max(schedules) and 3 * rounds <= MAX_ROUNDS:
             steps.append((lr, 3 * rounds))
-        lrs = {k[3] for k in mine}
         if len(lrs) > 1 and lr == max(lrs):
             steps.append((4 * lr, rounds))
         if len(lrs) > 1 and lr == min(lrs):
             steps.append((lr / 4, rounds))
-        for new_lr, new_rounds in steps:
-            if (level, eps, clip, new_lr, batch, new_rounds) in tried:
-                continue
-            cfg = record_config(eps, clip, new_lr, batch, 0, data=data, rounds=new_rounds, **kw)
-            out.append(((eps, clip, new_lr, batch, new_rounds), cfg))
+        out += [
+            _search_point((eps, clip, new_lr, batch, new_rounds), dataset, kw)
+            for new_lr, new_rounds in steps
+            if (eps, clip, new_lr, batch, new_rounds) not in seen
+        ]
     return out
 
 
@@ -442,23 +444,30 @@ def client_noise(rows: list[dict]) -> str:
 KNOB_NAMES = {"record": ("C", "lr", "batch", "rounds"), "client": ("C",)}
 
 
-def edges(rows: list[dict]) -> list[str]:
-    """The chosen knobs that sit at an end of what the search tried for their budget
-    (the largest or the smallest of at least two values): the best may lie beyond."""
-    tried: dict[tuple, list[set]] = {}
+def tried(rows: list[dict]) -> dict[tuple, list[set]]:
+    """Per budget ((level, ε or z)), the values each knob took in the validation search
+    (failed runs included: they were tried)."""
+    out: dict[tuple, list[set]] = {}
     for r in rows:
         if r["dataset"].endswith(":validation"):
             k = _knobs(r)
-            sets = tried.setdefault(k[:2], [set() for _ in k[2:]])
+            sets = out.setdefault(k[:2], [set() for _ in k[2:]])
             for values, v in zip(sets, k[2:], strict=True):
                 values.add(v)
+    return out
+
+
+def edges(rows: list[dict]) -> list[str]:
+    """The chosen knobs that sit at an end of what the search tried for their budget
+    (the largest or the smallest of at least two values): the best may lie beyond."""
+    values_of = tried(rows)
     out = []
     for (level, budget), knobs in sorted(best(rows).items()):
         ends = [
             f"{name} {v:g} ({'largest' if v == max(values) else 'smallest'} of "
             f"{', '.join(f'{x:g}' for x in sorted(values))})"
             for name, v, values in zip(
-                KNOB_NAMES[level], knobs, tried[(level, budget)], strict=True
+                KNOB_NAMES[level], knobs, values_of[(level, budget)], strict=True
             )
             if len(values) > 1 and v in (min(values), max(values))
         ]

@@ -188,14 +188,18 @@ def curves(
                 by_round.setdefault(int(h["round"]), []).append(h[metric])
     if not groups:
         raise ParameterError(f"No per-round '{metric}' history in these rows (--eval-every > 0).")
-    labels = list(dict.fromkeys(label for lines in groups.values() for label in lines))
+    # a line's index across panels: its colour (and style) in every panel
+    index = {
+        label: i
+        for i, label in enumerate(dict.fromkeys(lb for lines in groups.values() for lb in lines))
+    }
     cols = min(len(groups), 2)
     nrows = -(-len(groups) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(7 if cols == 1 else 11, 4.5 * nrows))
     axes = np.atleast_1d(axes).ravel()
     for ax, (panel, lines) in zip(axes, groups.items(), strict=False):
         for label, by_round in lines.items():
-            i = labels.index(label)
+            i = index[label]
             rounds = sorted(by_round)
             mean = np.array([np.mean(by_round[t]) for t in rounds])
             std = np.array([np.std(by_round[t]) for t in rounds])
