@@ -485,6 +485,32 @@ def test_the_dp_search_walks_past_an_edge_its_winner_sits_on():
     # an interior winner proposes nothing; at MAX_ROUNDS the schedule stops growing
     interior = [row(0.5, 128, 5, 0.5), row(2.0, 128, 15, 0.9), row(8.0, 128, 45, 0.1)]
     assert repro.extend(interior, **kw) == []
+
+    # a clip or batch at the largest tried: 4x C (up to MAX_CLIP), 2x the batch while it
+    # fits in a client's records; a clip at the smallest: 1/4 of it
+    def clipped(clip, batch, acc):
+        r = row(2.0, batch, 15, acc)
+        r["config"]["defense_params"]["dp-sgd"]["max_grad_norm"] = clip
+        return r
+
+    wide = [clipped(0.1, 128, 0.5), clipped(1.0, 512, 0.9), clipped(1.0, 128, 0.6)]
+    steps = [k for k, _ in repro.extend(wide, client_records=1080, **kw)]
+    assert steps == [(8.0, 4.0, 2.0, 512, 15), (8.0, 1.0, 2.0, 1024, 15)]
+    assert [k for k, _ in repro.extend(wide, client_records=1000, **kw)] == steps[:1]
+    assert repro.extend([*wide, clipped(4.0, 512, 0.1)], **kw) == []
+    low = [clipped(0.1, 128, 0.9), clipped(1.0, 128, 0.5)]
+    assert [k for k, _ in repro.extend(low, **kw)] == [(8.0, 0.025, 2.0, 128, 15)]
+    at_top = [clipped(repro.MAX_CLIP / 2, 128, 0.9), clipped(repro.MAX_CLIP, 128, 0.95)]
+    assert repro.extend(at_top, **kw) == []
+    # the client level walks its clip: 1/4 of the smallest, then nothing once it lost
+    other = {**client, "accuracy": 0.4, "config": json.loads(json.dumps(client["config"]))}
+    other["config"]["defense_params"]["client-dp"]["clip"] = 0.2
+    ((knobs, cfg),) = repro.extend([client, other], rounds=30, train_size=12000)
+    assert knobs == (1.0, 0.0125) and cfg.dataset == "mnist:validation"
+    assert cfg.defense_params["client-dp"]["clip"] == 0.0125 and cfg.fed.rounds == 30
+    smaller = {**client, "accuracy": 0.1, "config": json.loads(json.dumps(client["config"]))}
+    smaller["config"]["defense_params"]["client-dp"]["clip"] = 0.0125
+    assert repro.extend([client, other, smaller], rounds=30, train_size=12000) == []
     top = repro.MAX_ROUNDS
     longest = [row(0.5, 128, 5, 0.5), row(2.0, 128, top, 0.9), row(8.0, 128, 15, 0.1)]
     assert repro.extend(longest, **kw) == []

@@ -6,11 +6,13 @@ learning rate and the batch size are searched on a validation split carved from 
 training images (10% per class; the test set is never used in the search), then, around
 each ε's winner, larger batches and a longer schedule (the number of rounds) with the
 learning rate again, and one step at a time past an edge its winner sits on (longer
-schedule, larger or smaller learning rate); the best setting per ε is then trained on
-all training images and evaluated on the test set over ``--seeds`` seeds. Client level
+schedule, larger or smaller learning rate or clip, larger batch); the best setting per
+ε is then trained on all training images and evaluated on the test set over ``--seeds``
+seeds. Client level
 (DP-FedAvg, McMahan et al. 2018): 100 clients, Poisson sampling at q = 0.1, central
-noise; the clip C is searched on the validation split per noise multiplier z, and the
-reported ε is the accountant's for the schedule that ran.
+noise; the clip C is searched on the validation split per noise multiplier z (and
+walked past an end of the grid the same way), and the reported ε is the accountant's
+for the schedule that ran.
 
 Scaled to 2 CPU cores: a fixed subset of ``--train-size`` MNIST training images, the
 ``cnn`` model, short schedules (``--rounds``). The published DP-SGD MNIST numbers
@@ -57,9 +59,12 @@ WIDE_GRID = {
 }
 # The walk along an edge, after the widening: while a budget's winner has the longest
 # schedule tried, the same knobs at 3x the rounds (up to MAX_ROUNDS); while it has the
-# largest (smallest) learning rate tried, 4x (1/4) that rate.
-# 45 rounds won at ε 1 and 3 (seed 0), so the walk goes on to 135 (~13 min a run here).
+# largest (smallest) learning rate or clip C tried, 4x (1/4) of it (C up to MAX_CLIP);
+# while it has the largest batch, 2x that batch if it fits in a client's records. The
+# client level walks its clip the same way. 45 rounds won at ε 1 and 3 (seed 0), so the
+# walk goes on to 135.
 MAX_ROUNDS = 135
+MAX_CLIP = 16.0
 CLIENT_Z = (0.3, 0.5, 1.0)
 CLIENT_CLIP = (0.05, 0.2, 1.0)
 
@@ -154,30 +159,56 @@ def widen(rows: list[dict], dataset: str = "mnist", **kw) -> list[tuple[tuple, R
     ]
 
 
-def extend(rows: list[dict], dataset: str = "mnist", **kw) -> list[tuple[tuple, RunConfig]]:
-    """(knobs, config) of one step past the edge of the record-level search, for each ε
-    whose winner sits at the longest schedule or at an end of the learning rates tried
-    (:data:`MAX_ROUNDS`); points tried before are not proposed again, so repeating
-    ``measure(extend(rows))`` ends."""
-    seen = {_knobs(r)[1:] for r in rows if r["dataset"].endswith(":validation")}
-    values = tried(rows)
+def _beyond(
+    value: float, values: set, factor: float, top: float | None = None, down: bool = True
+) -> list:
+    """The values one step past ``value`` when it is an end of the ``values`` tried (at
+    least two): ``factor`` times the largest (up to ``top``) and, with ``down``,
+    1/``factor`` of the smallest."""
+    if len(values) < 2:
+        return []
     out = []
-    for (level, eps), knobs in sorted(best(rows).items()):
-        if level != "record":
+    if value == max(values) and (top is None or factor * value <= top):
+        out.append(factor * value)
+    if down and value == min(values):
+        out.append(value / factor)
+    return out
+
+
+def extend(
+    rows: list[dict], dataset: str = "mnist", client_records: int | None = None, **kw
+) -> list[tuple[tuple, RunConfig]]:
+    """(knobs, config) of one step past the edge of the search, for each budget whose
+    winner sits at an end of what was tried. Record level: 3x the longest schedule (up
+    to :data:`MAX_ROUNDS`), 4x or 1/4 of the learning rate and of the clip (up to
+    :data:`MAX_CLIP`), 2x the largest batch while it fits in ``client_records``; client
+    level: 4x or 1/4 of the clip. Points tried before are not proposed again, so
+    repeating ``measure(extend(rows))`` ends."""
+    seen = {_knobs(r) for r in rows if r["dataset"].endswith(":validation")}
+    values = tried(rows)
+    validation = f"{dataset}:validation"
+    out = []
+    for (level, budget), knobs in sorted(best(rows).items()):
+        if level == "client":
+            (clip,) = knobs
+            out += [
+                ((budget, c), client_config(budget, c, 0, data=validation, **kw))
+                for c in _beyond(clip, values[(level, budget)][0], 4.0, MAX_CLIP)
+                if (level, budget, c) not in seen
+            ]
             continue
         clip, lr, batch, rounds = knobs
-        _, lrs, _, schedules = values[(level, eps)]
-        steps = []
-        if rounds == max(schedules) and 3 * rounds <= MAX_ROUNDS:
-            steps.append((lr, 3 * rounds))
-        if len(lrs) > 1 and lr == max(lrs):
-            steps.append((4 * lr, rounds))
-        if len(lrs) > 1 and lr == min(lrs):
-            steps.append((lr / 4, rounds))
+        clips, lrs, batches, schedules = values[(level, budget)]
+        steps = [(clip, lr, batch, r) for r in _beyond(rounds, schedules, 3, MAX_ROUNDS, False)]
+        steps += [(clip, x, batch, rounds) for x in _beyond(lr, lrs, 4.0)]
+        steps += [(c, lr, batch, rounds) for c in _beyond(clip, clips, 4.0, MAX_CLIP)]
+        if client_records:
+            top = client_records
+            steps += [(clip, lr, b, rounds) for b in _beyond(batch, batches, 2, top, False)]
         out += [
-            _search_point((eps, clip, new_lr, batch, new_rounds), dataset, kw)
-            for new_lr, new_rounds in steps
-            if (eps, clip, new_lr, batch, new_rounds) not in seen
+            _search_point((budget, *step), dataset, kw)
+            for step in steps
+            if (level, budget, *step) not in seen
         ]
     return out
 
@@ -508,9 +539,10 @@ def main(argv: list[str] | None = None) -> None:
         if level == "record":
             measure(widen(rows, **kw), store, validation)
             rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
-            while todo := extend(rows, **kw):
-                measure(todo, store, validation)
-                rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
+        records = len(validation.y_train) // 10 if level == "record" else None
+        while todo := extend(rows, client_records=records, **kw):
+            measure(todo, store, validation)
+            rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
         measure(finals(rows, args.seeds, **kw), store, None)
         if level == "record":
             measure(why_points(rows, args.seeds, **kw), store, None)
