@@ -511,6 +511,18 @@ def test_the_dp_search_walks_past_an_edge_its_winner_sits_on():
     smaller = {**client, "accuracy": 0.1, "config": json.loads(json.dumps(client["config"]))}
     smaller["config"]["defense_params"]["client-dp"]["clip"] = 0.0125
     assert repro.extend([client, other, smaller], rounds=30, train_size=12000) == []
+    # the batch walk's ceiling is the smallest client training set a run accepts
+    import privbench
+    from privbench.data.datasets import load_dataset
+    from privbench.errors import ParameterError
+
+    validation = load_dataset("digits").validation_split(0.1, seed=0)
+    most = repro.client_records(validation)
+    cfg = repro.record_config(
+        8.0, 1.0, 0.5, most + 1, 0, data="digits:validation", rounds=1, train_size=0
+    )
+    with pytest.raises(ParameterError, match=f"must be <= {most} "):
+        privbench.run(cfg, data=validation)
     top = repro.MAX_ROUNDS
     longest = [row(0.5, 128, 5, 0.5), row(2.0, 128, top, 0.9), row(8.0, 128, 15, 0.1)]
     assert repro.extend(longest, **kw) == []

@@ -37,6 +37,7 @@ from _common import current, measure, parse, parser
 
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.data.datasets import load_dataset
+from privbench.data.partition import partition, split_clients
 from privbench.results.report import mean_std as ms
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "dp"
@@ -523,6 +524,14 @@ def page(rows: list[dict]) -> str:
     return out
 
 
+def client_records(data, clients: int = 10, seed: int = 0) -> int:
+    """The smallest training set of the record level's IID clients on ``data`` (after
+    each client's local test split): the largest batch a run accepts."""
+    parts = partition("iid", data.y_train.numpy(), clients, seed=seed)
+    fraction = FedConfig().local_test_fraction
+    return min(len(c.train) for c in split_clients(parts, test_fraction=fraction, seed=seed))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__, out=OUT, seeds=3, rounds=5)
     ap.add_argument("--client-rounds", type=int, default=30)
@@ -539,7 +548,7 @@ def main(argv: list[str] | None = None) -> None:
         if level == "record":
             measure(widen(rows, **kw), store, validation)
             rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
-        records = len(validation.y_train) // 10 if level == "record" else None
+        records = client_records(validation) if level == "record" else None
         while todo := extend(rows, client_records=records, **kw):
             measure(todo, store, validation)
             rows = [r for r in current(store.read()) if _knobs(r)[0] == level]
