@@ -486,20 +486,28 @@ def test_the_dp_search_walks_past_an_edge_its_winner_sits_on():
     interior = [row(0.5, 128, 5, 0.5), row(2.0, 128, 15, 0.9), row(8.0, 128, 45, 0.1)]
     assert repro.extend(interior, **kw) == []
 
-    # a clip or batch at the largest tried: 4x C (up to MAX_CLIP), 2x the batch while it
-    # fits in a client's records; a clip at the smallest: 1/4 of it
-    def clipped(clip, batch, acc):
-        r = row(2.0, batch, 15, acc)
+    # a clip or batch at the largest tried: 4x C (up to MAX_CLIP) at the same lr and at
+    # the lr that keeps lr * C, 2x the batch while it fits in a client's records; a clip
+    # at the smallest: 1/4 of it, the same two ways
+    def clipped(clip, batch, acc, lr=2.0):
+        r = row(lr, batch, 15, acc)
         r["config"]["defense_params"]["dp-sgd"]["max_grad_norm"] = clip
         return r
 
     wide = [clipped(0.1, 128, 0.5), clipped(1.0, 512, 0.9), clipped(1.0, 128, 0.6)]
     steps = [k for k, _ in repro.extend(wide, client_records=1080, **kw)]
-    assert steps == [(8.0, 4.0, 2.0, 512, 15), (8.0, 1.0, 2.0, 1024, 15)]
-    assert [k for k, _ in repro.extend(wide, client_records=1000, **kw)] == steps[:1]
-    assert repro.extend([*wide, clipped(4.0, 512, 0.1)], **kw) == []
+    clip4 = [(8.0, 4.0, 2.0, 512, 15), (8.0, 4.0, 0.5, 512, 15)]
+    assert steps == [*clip4, (8.0, 1.0, 2.0, 1024, 15)]
+    assert [k for k, _ in repro.extend(wide, client_records=1000, **kw)] == clip4
+    lost = [clipped(4.0, 512, 0.1), clipped(4.0, 512, 0.2, lr=0.5)]
+    # the same-lr step alone lost: its lr * C twin is still owed
+    (owed,) = [k for k, _ in repro.extend([*wide, lost[0]], **kw) if k[1] == 4.0]
+    assert owed == clip4[1]
+    # both lost; lr 0.5 was tried on the way, so lr 2 is now the largest lr tried
+    assert [k for k, _ in repro.extend([*wide, *lost], **kw)] == [(8.0, 1.0, 8.0, 512, 15)]
     low = [clipped(0.1, 128, 0.9), clipped(1.0, 128, 0.5)]
-    assert [k for k, _ in repro.extend(low, **kw)] == [(8.0, 0.025, 2.0, 128, 15)]
+    steps = [k for k, _ in repro.extend(low, **kw)]
+    assert steps == [(8.0, 0.025, 2.0, 128, 15), (8.0, 0.025, 8.0, 128, 15)]
     at_top = [clipped(repro.MAX_CLIP / 2, 128, 0.9), clipped(repro.MAX_CLIP, 128, 0.95)]
     assert repro.extend(at_top, **kw) == []
     # the client level walks its clip: 1/4 of the smallest, then nothing once it lost

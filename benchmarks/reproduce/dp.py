@@ -60,7 +60,8 @@ WIDE_GRID = {
 }
 # The walk along an edge, after the widening: while a budget's winner has the longest
 # schedule tried, the same knobs at 3x the rounds (up to MAX_ROUNDS); while it has the
-# largest (smallest) learning rate or clip C tried, 4x (1/4) of it (C up to MAX_CLIP);
+# largest (smallest) learning rate or clip C tried, 4x (1/4) of it (C up to MAX_CLIP, at
+# the same lr and at the lr that keeps lr * C, the longest clipped step);
 # while it has the largest batch, 2x that batch if it fits in a client's records. The
 # client level walks its clip the same way. 45 rounds won at ε 1 and 3 (seed 0), so the
 # walk goes on to 135.
@@ -176,13 +177,29 @@ def _beyond(
     return out
 
 
+def _clip_steps(clip: float, lr: float, clips: set, rest: tuple) -> list[tuple]:
+    """4x (up to MAX_CLIP) or 1/4 of a clip at an end of the ``clips`` tried, each at
+    the same lr and at the lr that keeps lr * C (the longest clipped step). An end is
+    the largest (smallest) clip tried, or one whose step was tried at one lr only: the
+    step's other lr is still owed."""
+    if len(clips) < 2:
+        return []
+    out = []
+    if (clip == max(clips) or 4 * clip in clips) and 4 * clip <= MAX_CLIP:
+        out += [(4 * clip, lr, *rest), (4 * clip, lr / 4, *rest)]
+    if clip == min(clips) or clip / 4 in clips:
+        out += [(clip / 4, lr, *rest), (clip / 4, 4 * lr, *rest)]
+    return out
+
+
 def extend(
     rows: list[dict], dataset: str = "mnist", client_records: int | None = None, **kw
 ) -> list[tuple[tuple, RunConfig]]:
     """(knobs, config) of one step past the edge of the search, for each budget whose
     winner sits at an end of what was tried. Record level: 3x the longest schedule (up
-    to :data:`MAX_ROUNDS`), 4x or 1/4 of the learning rate and of the clip (up to
-    :data:`MAX_CLIP`), 2x the largest batch while it fits in ``client_records``; client
+    to :data:`MAX_ROUNDS`), 4x or 1/4 of the learning rate, 4x or 1/4 of the clip (up to
+    :data:`MAX_CLIP`) at the same learning rate and at the one that keeps lr * C, 2x the
+    largest batch while it fits in ``client_records``; client
     level: 4x or 1/4 of the clip. Points tried before are not proposed again, so
     repeating ``measure(extend(rows))`` ends."""
     seen = {_knobs(r) for r in rows if r["dataset"].endswith(":validation")}
@@ -202,7 +219,7 @@ def extend(
         clips, lrs, batches, schedules = values[(level, budget)]
         steps = [(clip, lr, batch, r) for r in _beyond(rounds, schedules, 3, MAX_ROUNDS, False)]
         steps += [(clip, x, batch, rounds) for x in _beyond(lr, lrs, 4.0)]
-        steps += [(c, lr, batch, rounds) for c in _beyond(clip, clips, 4.0, MAX_CLIP)]
+        steps += _clip_steps(clip, lr, clips, (batch, rounds))
         if client_records:
             top = client_records
             steps += [(clip, lr, b, rounds) for b in _beyond(batch, batches, 2, top, False)]
