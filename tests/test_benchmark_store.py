@@ -487,7 +487,7 @@ def test_the_dp_search_walks_past_an_edge_its_winner_sits_on():
     assert repro.extend(interior, **kw) == []
 
     # a clip or batch at the largest tried: 4x C (up to MAX_CLIP) at the same lr and at
-    # the lr that keeps lr * C, 2x the batch while it fits in a client's records; a clip
+    # the lr that keeps lr * C, 2x the batch up to a client's records; a clip
     # at the smallest: 1/4 of it, the same two ways
     def clipped(clip, batch, acc, lr=2.0):
         r = row(lr, batch, 15, acc)
@@ -498,7 +498,10 @@ def test_the_dp_search_walks_past_an_edge_its_winner_sits_on():
     steps = [k for k, _ in repro.extend(wide, client_records=1080, **kw)]
     clip4 = [(8.0, 4.0, 2.0, 512, 15), (8.0, 4.0, 0.5, 512, 15)]
     assert steps == [*clip4, (8.0, 1.0, 2.0, 1024, 15)]
-    assert [k for k, _ in repro.extend(wide, client_records=1000, **kw)] == clip4
+    # past the largest batch that fits: a client's whole training set, then nothing
+    capped = [k for k, _ in repro.extend(wide, client_records=1000, **kw)]
+    assert capped == [*clip4, (8.0, 1.0, 2.0, 1000, 15)]
+    assert [k for k, _ in repro.extend(wide, client_records=512, **kw)] == clip4
     lost = [clipped(4.0, 512, 0.1), clipped(4.0, 512, 0.2, lr=0.5)]
     # the same-lr step alone lost: its lr * C twin is still owed
     (owed,) = [k for k, _ in repro.extend([*wide, lost[0]], **kw) if k[1] == 4.0]

@@ -62,7 +62,7 @@ WIDE_GRID = {
 # schedule tried, the same knobs at 3x the rounds (up to MAX_ROUNDS); while it has the
 # largest (smallest) learning rate or clip C tried, 4x (1/4) of it (C up to MAX_CLIP, at
 # the same lr and at the lr that keeps lr * C, the longest clipped step);
-# while it has the largest batch, 2x that batch if it fits in a client's records. The
+# while it has the largest batch, 2x that batch, at most a client's records. The
 # client level walks its clip the same way. 45 rounds won at ε 1 and 3 (seed 0), so the
 # walk goes on to 135.
 MAX_ROUNDS = 135
@@ -199,7 +199,7 @@ def extend(
     winner sits at an end of what was tried. Record level: 3x the longest schedule (up
     to :data:`MAX_ROUNDS`), 4x or 1/4 of the learning rate, 4x or 1/4 of the clip (up to
     :data:`MAX_CLIP`) at the same learning rate and at the one that keeps lr * C, 2x the
-    largest batch while it fits in ``client_records``; client
+    largest batch (at most ``client_records``, a client's whole training set); client
     level: 4x or 1/4 of the clip. Points tried before are not proposed again, so
     repeating ``measure(extend(rows))`` ends."""
     seen = {_knobs(r) for r in rows if r["dataset"].endswith(":validation")}
@@ -220,9 +220,8 @@ def extend(
         steps = [(clip, lr, batch, r) for r in _beyond(rounds, schedules, 3, MAX_ROUNDS, False)]
         steps += [(clip, x, batch, rounds) for x in _beyond(lr, lrs, 4.0)]
         steps += _clip_steps(clip, lr, clips, (batch, rounds))
-        if client_records:
-            top = client_records
-            steps += [(clip, lr, b, rounds) for b in _beyond(batch, batches, 2, top, False)]
+        if client_records and len(batches) > 1 and batch == max(batches) < client_records:
+            steps.append((clip, lr, min(2 * batch, client_records), rounds))
         out += [
             _search_point((budget, *step), dataset, kw)
             for step in steps
