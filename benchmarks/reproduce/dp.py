@@ -8,11 +8,10 @@ each ε's winner, larger batches and a longer schedule (the number of rounds) wi
 learning rate again, and one step at a time past an edge its winner sits on (longer
 schedule, larger or smaller learning rate or clip, larger batch); the best setting per
 ε is then trained on all training images and evaluated on the test set over ``--seeds``
-seeds. Client level
-(DP-FedAvg, McMahan et al. 2018): 100 clients, Poisson sampling at q = 0.1, central
-noise; the clip C is searched on the validation split per noise multiplier z (and
-walked past an end of the grid the same way), and the reported ε is the accountant's
-for the schedule that ran.
+seeds. Client level (DP-FedAvg, McMahan et al. 2018): 100 clients, Poisson sampling at
+q = 0.1, central noise; the clip C is searched on the validation split per noise
+multiplier z (and walked past an end of the grid the same way), and the reported ε is
+the accountant's for the schedule that ran.
 
 Scaled to 2 CPU cores: a fixed subset of ``--train-size`` MNIST training images, the
 ``cnn`` model, short schedules (``--rounds``). The published DP-SGD MNIST numbers
