@@ -36,7 +36,7 @@ from _common import current, measure, parse, parser
 
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.data.datasets import load_dataset
-from privbench.data.partition import partition, split_clients
+from privbench.engine.case import client_splits
 from privbench.results.report import mean_std as ms
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "dp"
@@ -541,10 +541,11 @@ def page(rows: list[dict]) -> str:
 
 def client_records(data, clients: int = 10, seed: int = 0) -> int:
     """The smallest training set of the record level's IID clients on ``data`` (after
-    each client's local test split): the largest batch a run accepts."""
-    parts = partition("iid", data.y_train.numpy(), clients, seed=seed)
-    fraction = FedConfig().local_test_fraction
-    return min(len(c.train) for c in split_clients(parts, test_fraction=fraction, seed=seed))
+    each client's local test split), as a run of ``record_config`` builds them: the
+    largest batch a run accepts."""
+    cfg = record_config(None, 1.0, 1.0, 1, seed, data=data.name, rounds=1, train_size=0)
+    cfg = replace(cfg, fed=replace(cfg.fed, clients=clients))
+    return min(len(c.train) for c in client_splits(cfg, data.y_train.numpy()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,16 @@ log = logging.getLogger("privbench")
 ATTACKER_STREAM = 12  # derive_seed(seed, ATTACKER_STREAM): the public method's seed
 
 
+def client_splits(cfg: RunConfig, labels: np.ndarray) -> list[ClientSplit]:
+    """The clients a run of ``cfg`` builds from its training ``labels``: the seeded
+    partition, then each client's local train/test split. Anything that needs a run's
+    clients before it trains (a batch bound, a size) asks here, not a copy of it."""
+    parts = partition(
+        cfg.partition, labels, cfg.fed.clients, seed=cfg.seed, params=cfg.partition_params
+    )
+    return split_clients(parts, test_fraction=cfg.fed.local_test_fraction, seed=cfg.seed)
+
+
 @dataclass(frozen=True)
 class RunParts:
     """The run's live parts, built once per run (the engine's side; never handed to an
@@ -106,16 +116,7 @@ class Case:
             self.data.num_classes,
             cfg.model,
         )
-        parts = partition(
-            cfg.partition,
-            self.data.y_train.numpy(),
-            cfg.fed.clients,
-            seed=cfg.seed,
-            params=cfg.partition_params,
-        )
-        self.clients: list[ClientSplit] = split_clients(
-            parts, test_fraction=cfg.fed.local_test_fraction, seed=cfg.seed
-        )
+        self.clients: list[ClientSplit] = client_splits(cfg, self.data.y_train.numpy())
         self._check_sizes()
         # Threat models are validated against the run (a curious client must exist).
         self.threat = self.regs["threat"].build(cfg.attack.threat, cfg.attack.threat_params)
