@@ -243,7 +243,7 @@ def grid_figure(rows: list[dict], folder: Path, out: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(parser(__doc__, out=OUT, seeds=2, train_size=None), argv)
+    args = parse(parser(__doc__, out=OUT, seeds=3, train_size=None), argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = measure(
