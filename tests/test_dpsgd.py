@@ -240,6 +240,35 @@ def test_sigma_for_target_epsilon_is_opacus_choice():
     assert d.sigma(95) == pytest.approx(want)
 
 
+@pytest.mark.parametrize("records", [50, 800, 5000])
+def test_target_epsilon_is_tight_on_a_wider_grid_of_rdp_orders(records, recwarn):
+    """Opacus warns "Optimal order is the largest alpha" while it bisects for sigma (its
+    trial sigmas below the answer); the epsilon of the sigma it returns has its best
+    order inside the default grid, and a far wider, finer grid of orders does not
+    tighten it: the row's epsilon is the accountant's best bound, not a loose one."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    d = DPSGD(target_epsilon=8.0)  # the headline's budget, batch 50, 2 epochs, 10 rounds
+    d.setup(
+        num_clients=4, clients_per_round=4, rounds=10, seed=0, lr=0.1, batch_size=50, local_epochs=2
+    )
+    sigma = d.sigma(records)
+    assert not [w for w in recwarn if "Optimal order" in str(w.message)]
+    q, steps = d.schedule(records)
+
+    def rdp(orders):
+        return compute_rdp(q=q, noise_multiplier=sigma, steps=10 * steps, orders=orders)
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    eps, best = get_privacy_spent(orders=orders, rdp=rdp(orders), delta=1e-5)
+    wide = [1 + k / 100 for k in range(1, 1000)] + list(range(11, 2048))
+    eps_wide, _ = get_privacy_spent(orders=wide, rdp=rdp(wide), delta=1e-5)
+    assert min(orders) < best < max(orders)
+    assert eps == pytest.approx(8.0, abs=0.01)
+    assert eps - 0.01 < eps_wide <= eps
+
+
 @pytest.mark.parametrize(
     "defense, params, attack",
     [
