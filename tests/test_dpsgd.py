@@ -269,6 +269,24 @@ def test_target_epsilon_is_tight_on_a_wider_grid_of_rdp_orders(records, recwarn)
     assert eps - 0.01 < eps_wide <= eps
 
 
+@pytest.mark.parametrize("rounds, q", [(10, 1.0), (30, 0.1)])
+def test_client_level_calibration_is_tight_on_a_wider_grid_of_rdp_orders(rounds, q, recwarn):
+    """The client level's own bisection (several (q, steps) parts) likewise: no warning
+    from its trial z, and the z it returns has its best order inside Opacus' grid."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    from privbench.defenses.dp import calibrate_noise
+
+    z = calibrate_noise(8.0, 1e-5, lambda z: [(z, q, rounds)])
+    assert not [w for w in recwarn if "Optimal order" in str(w.message)]
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = compute_rdp(q=q, noise_multiplier=z, steps=rounds, orders=orders)
+    eps, best = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
+    assert min(orders) < best < max(orders)
+    assert 7.99 <= eps <= 8.0
+
+
 @pytest.mark.parametrize(
     "defense, params, attack",
     [
