@@ -299,6 +299,14 @@ def test_the_fedmix_taylor_diagnostic_records_each_epoch_and_resumes(tmp_path):
     lines = repro.verdicts(rows)
     assert len(lines) == 2 and "dead network" in lines[1]
     assert "| 0.2 | 0 | 2 |" in repro.table(rows)  # the last epoch always shows
+    # Hand-worked: an input gradient 2.0 -> 0.5 -> 1.0 ends at 0.5x its start, 2x its low.
+    norms = [2.0, 0.5, 1.0]
+    hist = [
+        {"epoch": e, "surrogate": 0.1, "taylor": -0.2, "input_grad_norm": n, "mixup_loss": 0.4}
+        for e, n in enumerate(norms)
+    ]
+    (line,) = repro.verdicts([{**rows[0], "history": hist}])
+    assert "sits 0.300 below" in line and "0.5× its initial norm and 2× its lowest" in line
 
 
 def test_reproductions_table_the_runs_of_todays_defaults_only(tmp_path):
@@ -359,6 +367,12 @@ def test_a_diverged_fedmix_run_makes_its_cell_not_hold():
     assert lines[1] == (
         "- fashionmnist, dirichlet-0.5, λ = 0.2: FedMix diverged in 1 of 2 runs, "
         "NaiveMix 0.820, FedAvg 0.800: **does not hold**"
+    )
+    # A baseline's diverged run is left out of its mean, and the line says so.
+    lines = repro.verdicts([*rows, row("fedavg", None, None, "error", diverged, seed=1)])
+    assert lines[0] == (
+        "- fashionmnist, dirichlet-0.5, λ = 0.05: FedMix 0.830, NaiveMix 0.810, "
+        "FedAvg 0.800 (diverged in 1 of 2 runs, left out): **holds**"
     )
 
 

@@ -201,7 +201,8 @@ def verdicts(rows: list[dict]) -> list[str]:
     seeds), per dataset, partition and λ: holds when both inequalities hold, partly when
     FedMix beats FedAvg alone. A FedMix run whose training diverged (at the learning rate
     tuned for FedAvg, the same for every method) left no model: its cell does not hold,
-    and says how many of its runs diverged."""
+    and says how many of its runs diverged. A baseline's diverged runs are left out of its
+    mean, and the line says how many."""
     main_grid = [r for r in rows if not variant(r)]
 
     def key(r):
@@ -218,6 +219,12 @@ def verdicts(rows: list[dict]) -> list[str]:
     for r in main_grid:
         if diverged(r):
             lost_runs[key(r)] = lost_runs.get(key(r), 0) + 1
+
+    def also_lost(k: tuple) -> str:
+        """A baseline's diverged runs, named beside its mean over the runs that finished."""
+        n = lost_runs.get(k, 0)
+        return f" (diverged in {n} of {n + len(acc.get(k, []))} runs, left out)" if n else ""
+
     out = []
     cells = {k for k in list(acc) + list(lost_runs) if k[2] == "fedmix"}
     for dataset, part, _, lam in sorted(cells):
@@ -226,6 +233,8 @@ def verdicts(rows: list[dict]) -> list[str]:
         if nm is None or fa is None:
             continue
         nm, fa = float(np.mean(nm)), float(np.mean(fa))
+        nm_lost = also_lost((dataset, part, "naivemix", lam))
+        fa_lost = also_lost((dataset, part, "fedavg", None))
         fms = acc.get((dataset, part, "fedmix", lam), [])
         lost = lost_runs.get((dataset, part, "fedmix", lam), 0)
         if lost:
@@ -237,8 +246,8 @@ def verdicts(rows: list[dict]) -> list[str]:
             fm = f"{mean:.3f}"
             verdict = "holds" if mean >= nm >= fa else "partly" if mean >= fa else "does not hold"
         out.append(
-            f"- {dataset}, {part}, λ = {lam:g}: FedMix {fm}, NaiveMix {nm:.3f}, "
-            f"FedAvg {fa:.3f}: **{verdict}**"
+            f"- {dataset}, {part}, λ = {lam:g}: FedMix {fm}, NaiveMix {nm:.3f}{nm_lost}, "
+            f"FedAvg {fa:.3f}{fa_lost}: **{verdict}**"
         )
     return out + collapsed(main_grid)
 

@@ -149,7 +149,8 @@ def table(rows: list[dict]) -> str:
 
 def verdicts(rows: list[dict]) -> list[str]:
     """Per λ, at the last epoch (means over seeds): how far the surrogate sits below the
-    mixup loss it stands for, how much the input gradient grew from the start, and in how
+    mixup loss it stands for, how much the input gradient grew from the start and from its
+    lowest over the epochs (He init starts it large, then training shrinks it), and in how
     many seeds the model ended constant (its output no longer depends on its input)."""
     out, rows = [], today(rows)
     for lam in sorted({r["lam"] for r in rows}):
@@ -158,12 +159,20 @@ def verdicts(rows: list[dict]) -> list[str]:
         grow = np.mean(
             [r["history"][-1]["input_grad_norm"] / r["history"][0]["input_grad_norm"] for r in rs]
         )
+        rebound = np.mean(
+            [
+                r["history"][-1]["input_grad_norm"]
+                / max(min(h["input_grad_norm"] for h in r["history"]), 1e-12)
+                for r in rs
+            ]
+        )
         taylor = np.mean([r["history"][-1]["taylor"] for r in rs])
         dead = sum(r["history"][-1]["input_grad_norm"] < 1e-8 for r in rs)
         out.append(
             f"- λ = {lam:g} ({len(rs)} seeds, {rs[0]['history'][-1]['epoch']} epochs): the "
             f"surrogate sits {gap:.3f} below the mixup loss; Taylor term {taylor:.3f}; "
-            f"input gradient {grow:.0f}× its initial norm; the model ended constant (zero "
+            f"input gradient {grow:.2g}× its initial norm and {rebound:.2g}× its lowest; "
+            f"the model ended constant (zero "
             f"input gradient: a dead network) in {dead} of {len(rs)} seeds"
         )
     return out
