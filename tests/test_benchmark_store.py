@@ -376,6 +376,63 @@ def test_a_diverged_fedmix_run_makes_its_cell_not_hold():
     )
 
 
+def test_fedavp_and_fedzda_reproductions_count_diverged_runs_not_drop_them():
+    """A diverged run left no model: it is out of every mean, but the table's runs cell
+    and the verdict say how many there were; the method's own diverged run fails its
+    claim, a baseline's is named beside the baseline's mean."""
+    diverged = "DivergedError: Training diverged in round 3"
+
+    def avp(method, acc, status="ok", seed=0):
+        return {
+            "dataset": "digits",
+            "rounds": 100,
+            "method": method,
+            "status": status,
+            "error": diverged if status == "error" else None,
+            "accuracy": acc,
+            "macro_f1": acc,
+            "seed": seed,
+            "history": [{"round": 100, "accuracy": acc}] if acc else [],
+            "config": {"method_params": {}},
+        }
+
+    fedavp = _reproduction("fedavp")
+    rows = [avp("fedavg", 0.9), avp("fedavg", None, "error", 1), avp("fedavp", 0.8)]
+    (line,) = fedavp.verdicts(rows)
+    assert line == (
+        "- digits: FedAvP 0.800 vs fedavg 0.900 (diverged in 1 of 2 runs, left out): "
+        "**does not hold**"
+    )
+    assert "| digits | fedavg | 1 + 1 diverged | 100 | 0.90 |" in fedavp.table(rows)
+    (line,) = fedavp.verdicts([*rows, avp("fedavp", None, "error", 1)])
+    assert line.startswith("- digits: FedAvP diverged in 1 of 2 runs vs fedavg 0.900")
+    assert line.endswith("**does not hold**")
+
+    def zda(method, var, status="ok", seed=0):
+        return {
+            "dataset": "mnist",
+            "method": method,
+            "status": status,
+            "error": diverged if status == "error" else None,
+            "seed": seed,
+            "client_acc_var": var,
+            "client_acc_mean": 0.9 if var is not None else None,
+            "accuracy": 0.9 if var is not None else None,
+            "class_acc_var": var,
+            "config": {"partition": "multimodal", "partition_params": {"classes_per_client": 2}},
+        }
+
+    fedzda = _reproduction("fedzda")
+    rows = [zda("fedavg", 0.02), zda("zdac", 0.01), zda("zdas", None, "error")]
+    lines = fedzda.verdicts(rows)
+    assert lines == [
+        "- mnist, multimodal, zdac: client variance 100.0 vs FedAvg 200.0 %², local "
+        "accuracy 90.00 vs 90.00 % (1 vs 1 runs): **holds**",
+        "- mnist, multimodal, zdas: diverged in 1 of 1 runs (1 FedAvg runs): **does not hold**",
+    ]
+    assert "| mnist | multimodal | zdas | 0 + 1 diverged | - |" in fedzda.table(rows)
+
+
 def test_the_inversion_reproduction_keeps_reconstructions_and_draws_their_grid(
     tmp_path, monkeypatch
 ):

@@ -12,6 +12,7 @@ import numpy as np
 import privbench
 from privbench import ResultStore, RunConfig
 from privbench.results.report import is_default_run
+from privbench.results.store import diverged
 
 
 def add_data_root(ap: argparse.ArgumentParser) -> None:
@@ -104,6 +105,27 @@ def group(rows: Iterable[dict], key: Callable[[dict], tuple]) -> dict[tuple, lis
         if r["status"] == "ok":
             out.setdefault(key(r), []).append(r)
     return out
+
+
+def lost_runs(rows: Iterable[dict], key: Callable[[dict], tuple]) -> dict[tuple, int]:
+    """How many runs per ``key(row)`` diverged (NaN or infinite weights at the learning
+    rate every method shares): they left no model, so no mean holds them, and a table or
+    verdict that drops them must say how many it dropped (:func:`runs`, :func:`lost`)."""
+    out: dict[tuple, int] = {}
+    for r in rows:
+        if diverged(r):
+            out[key(r)] = out.get(key(r), 0) + 1
+    return out
+
+
+def runs(finished: int, lost: int) -> str:
+    """A table's runs cell: the runs its means hold, and any that diverged beside them."""
+    return f"{finished} + {lost} diverged" if lost else str(finished)
+
+
+def lost(finished: int, n: int) -> str:
+    """A verdict's note on a mean that leaves ``n`` diverged runs out ("" for none)."""
+    return f" (diverged in {n} of {n + finished} runs, left out)" if n else ""
 
 
 def mean_std(values: Iterable[float | None], digits: int = 2) -> str:

@@ -45,7 +45,18 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import current, group, measure, parse, parser, seed_major, verdict
+from _common import (
+    current,
+    group,
+    lost,
+    lost_runs,
+    measure,
+    parse,
+    parser,
+    runs,
+    seed_major,
+    verdict,
+)
 from _common import mean_std as ms
 
 from privbench import FedConfig, ResultStore, RunConfig
@@ -142,6 +153,9 @@ def table(rows: list[dict]) -> str:
     """Final and best-round accuracy and macro-F1 per dataset and method, the gap to
     FedAvg, and the round at which the run first reached 95% of its final accuracy."""
     groups = group(rows, cell)
+    gone = lost_runs(rows, cell)
+    for k in gone:
+        groups.setdefault(k, [])
     lines = [
         "| dataset | method | runs | rounds | accuracy | vs FedAvg | macro-F1 "
         "| best round acc | rounds to 95% of final |",
@@ -152,10 +166,9 @@ def table(rows: list[dict]) -> str:
         groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 9))
     ):
         base = groups.get((dataset, rounds, "fedavg"), [])
-        acc = np.mean([r["accuracy"] for r in rs])
         gap = (
-            f"{acc - np.mean([b['accuracy'] for b in base]):+.3f}"
-            if base and method != "fedavg"
+            f"{np.mean([r['accuracy'] for r in rs]) - np.mean([b['accuracy'] for b in base]):+.3f}"
+            if rs and base and method != "fedavg"
             else "-"
         )
         best = [max(h["accuracy"] for h in r["history"]) for r in rs if r.get("history")]
@@ -165,7 +178,8 @@ def table(rows: list[dict]) -> str:
             if r.get("history")
         ]
         lines.append(
-            f"| {dataset} | {method} | {len(rs)} | {rs[0]['rounds']} | "
+            f"| {dataset} | {method} | {runs(len(rs), gone.get((dataset, rounds, method), 0))} "
+            f"| {rounds} | "
             f"{ms(r['accuracy'] for r in rs)} | {gap} | {ms(r['macro_f1'] for r in rs)} "
             f"| {ms(best)} | {ms(reach, 0) if reach else '-'} |"
         )
@@ -175,23 +189,31 @@ def table(rows: list[dict]) -> str:
 def verdicts(rows: list[dict]) -> list[str]:
     """FedAvP against each baseline at the same budget: final accuracy, mean over seeds
     (its :data:`WHY` variants are not FedAvP as published: they explain, they do not
-    vote). A budget other than :data:`ROUNDS` is a claim of its own line."""
+    vote). A budget other than :data:`ROUNDS` is a claim of its own line. A FedAvP run
+    that diverged left no model: its line does not hold and counts it; a baseline's
+    diverged runs are left out of its mean, and the line says how many."""
     groups = group(rows, cell)
+    gone = lost_runs(rows, cell)
     out = []
-    for dataset, rounds in sorted({k[:2] for k in groups}):
-        mine = groups.get((dataset, rounds, "fedavp"))
-        if not mine:
-            continue
-        acc = np.mean([r["accuracy"] for r in mine])
+    for dataset, rounds in sorted({k[:2] for k in [*groups, *gone]}):
+        mine = groups.get((dataset, rounds, "fedavp"), [])
         beaten = []
         for base in METHODS[:-1]:
             rs = groups.get((dataset, rounds, base))
             if rs:
                 other = np.mean([r["accuracy"] for r in rs])
-                beaten.append((base, other, acc >= other))
-        passed = verdict(sum(b for *_, b in beaten), len(beaten))
-        detail = ", ".join(f"{b} {o:.3f}" for b, o, _ in beaten)
-        out.append(f"- {dataset}{budget(rounds)}: FedAvP {acc:.3f} vs {detail}: **{passed}**")
+                note = lost(len(rs), gone.get((dataset, rounds, base), 0))
+                beaten.append((f"{base} {other:.3f}{note}", other))
+        detail = ", ".join(text for text, _ in beaten)
+        if n := gone.get((dataset, rounds, "fedavp"), 0):
+            mine_text, passed = f"diverged in {n} of {n + len(mine)} runs", "does not hold"
+        elif mine:
+            acc = np.mean([r["accuracy"] for r in mine])
+            mine_text = f"{acc:.3f}"
+            passed = verdict(sum(acc >= o for _, o in beaten), len(beaten))
+        else:
+            continue
+        out.append(f"- {dataset}{budget(rounds)}: FedAvP {mine_text} vs {detail}: **{passed}**")
     return out
 
 

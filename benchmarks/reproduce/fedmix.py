@@ -33,11 +33,21 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import current, group, measure, parse, parser, partition_name, seed_major
+from _common import (
+    current,
+    group,
+    lost,
+    lost_runs,
+    measure,
+    parse,
+    parser,
+    partition_name,
+    runs,
+    seed_major,
+)
 
 from privbench import FedConfig, ResultStore, RunConfig
 from privbench.results.report import mean_std as ms
-from privbench.results.store import diverged
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "fedmix"
 DATASETS = ("mnist", "fashionmnist")
@@ -163,15 +173,16 @@ def curve_rows(rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Final accuracy mean ± std per dataset, partition, method and λ, with the gap to
-    FedAvg and the number of runs."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["status"] != "ok":
-            continue
+    FedAvg and the number of runs (those that diverged beside them, out of the means)."""
+
+    def key(r):
         c = r["config"]
-        lam = c["method_params"].get("lam")
-        part = _partition(c)
-        groups.setdefault((r["dataset"], part, r["method"], lam, variant(r)), []).append(r)
+        return (r["dataset"], _partition(c), r["method"], c["method_params"].get("lam"), variant(r))
+
+    groups = group(rows, key)
+    gone = lost_runs(rows, key)
+    for k in gone:
+        groups.setdefault(k, [])
     lines = [
         "| dataset | partition | method | λ | sweep | runs | accuracy | vs FedAvg "
         "| best round acc |",
@@ -184,13 +195,13 @@ def table(rows: list[dict]) -> str:
         base = groups.get((dataset, part, "fedavg", None, ""), [])
         gap = (
             f"{np.mean([r['accuracy'] for r in rs]) - np.mean([b['accuracy'] for b in base]):+.3f}"
-            if base and method != "fedavg"
+            if rs and base and method != "fedavg"
             else "-"
         )
         best = [max(h["accuracy"] for h in r["history"]) for r in rs if r.get("history")]
         lines.append(
             f"| {dataset} | {part} | {method} | {'-' if lam is None else lam} "
-            f"| {swept or '-'} | {len(rs)} "
+            f"| {swept or '-'} | {runs(len(rs), gone.get((dataset, part, method, lam, swept), 0))} "
             f"| {ms(r['accuracy'] for r in rs)} | {gap} | {ms(best)} |"
         )
     return "\n".join(lines)
@@ -213,20 +224,15 @@ def verdicts(rows: list[dict]) -> list[str]:
             r["config"]["method_params"].get("lam"),
         )
 
-    runs = group(main_grid, key)
-    acc = {k: [r["accuracy"] for r in rs] for k, rs in runs.items()}
-    lost_runs: dict[tuple, int] = {}
-    for r in main_grid:
-        if diverged(r):
-            lost_runs[key(r)] = lost_runs.get(key(r), 0) + 1
+    acc = {k: [r["accuracy"] for r in rs] for k, rs in group(main_grid, key).items()}
+    lost_by = lost_runs(main_grid, key)
 
     def also_lost(k: tuple) -> str:
         """A baseline's diverged runs, named beside its mean over the runs that finished."""
-        n = lost_runs.get(k, 0)
-        return f" (diverged in {n} of {n + len(acc.get(k, []))} runs, left out)" if n else ""
+        return lost(len(acc.get(k, [])), lost_by.get(k, 0))
 
     out = []
-    cells = {k for k in list(acc) + list(lost_runs) if k[2] == "fedmix"}
+    cells = {k for k in list(acc) + list(lost_by) if k[2] == "fedmix"}
     for dataset, part, _, lam in sorted(cells):
         nm = acc.get((dataset, part, "naivemix", lam))
         fa = acc.get((dataset, part, "fedavg", None))
@@ -236,10 +242,10 @@ def verdicts(rows: list[dict]) -> list[str]:
         nm_lost = also_lost((dataset, part, "naivemix", lam))
         fa_lost = also_lost((dataset, part, "fedavg", None))
         fms = acc.get((dataset, part, "fedmix", lam), [])
-        lost = lost_runs.get((dataset, part, "fedmix", lam), 0)
-        if lost:
-            of = lost + len(fms)
-            fm = f"diverged in {lost} of {of} run{'s' * (of > 1)}"
+        gone = lost_by.get((dataset, part, "fedmix", lam), 0)
+        if gone:
+            of = gone + len(fms)
+            fm = f"diverged in {gone} of {of} run{'s' * (of > 1)}"
             verdict = "does not hold"
         else:
             mean = float(np.mean(fms))

@@ -35,7 +35,18 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-from _common import current, group, measure, parse, parser, partition_name, seed_major, verdict
+from _common import (
+    current,
+    group,
+    lost_runs,
+    measure,
+    parse,
+    parser,
+    partition_name,
+    runs,
+    seed_major,
+    verdict,
+)
 from _common import mean_std as ms
 
 from privbench import FedConfig, ResultStore, RunConfig
@@ -125,11 +136,18 @@ def _paper(dataset: str, partition: str, method: str, i: int) -> str:
     return f"{p[i][0]:g} ± {p[i][1]:g}" if p else "-"
 
 
+def _cell(r: dict) -> tuple:
+    return (r["dataset"], _partition(r), r["method"])
+
+
 def table(rows: list[dict]) -> str:
     """Per dataset, split and method: ours next to the paper's Table 1 (local test
     accuracy, client variance) and Table 2 (external accuracy, class variance), accuracy
     in % and variances in %² as the paper prints them."""
-    groups = group(rows, lambda r: (r["dataset"], _partition(r), r["method"]))
+    groups = group(rows, _cell)
+    gone = lost_runs(rows, _cell)
+    for k in gone:
+        groups.setdefault(k, [])
     lines = [
         "| dataset | split | method | runs | local acc % | paper | client var %² | paper "
         "| external acc % | paper | class var %² | paper |",
@@ -144,7 +162,8 @@ def table(rows: list[dict]) -> str:
             return ms((r[key] * scale for r in rs), 2)
 
         lines.append(
-            f"| {dataset} | {part} | {method} | {len(rs)} "
+            f"| {dataset} | {part} | {method} "
+            f"| {runs(len(rs), gone.get((dataset, part, method), 0))} "
             f"| {col('client_acc_mean', 100)} | {_paper(dataset, part, method, 0)} "
             f"| {col('client_acc_var', 1e4)} | {_paper(dataset, part, method, 1)} "
             f"| {col('accuracy', 100)} | {_paper(dataset, part, method, 2)} "
@@ -155,26 +174,38 @@ def table(rows: list[dict]) -> str:
 
 def verdicts(rows: list[dict]) -> list[str]:
     """The claim per dataset and split: a Fed-ZDA variant lowers client variance against
-    FedAvg without losing more than one point of local accuracy (means over seeds)."""
-    groups = group(rows, lambda r: (r["dataset"], _partition(r), r["method"]))
+    FedAvg without losing more than one point of local accuracy (means over seeds). A
+    variant's run that diverged (at the learning rate every method shares) left no model:
+    its line does not hold and counts it; a baseline's diverged runs are counted too."""
+    groups = group(rows, _cell)
+    gone = lost_runs(rows, _cell)
     out = []
-    for dataset, part in sorted({k[:2] for k in groups}):
+    for dataset, part in sorted({k[:2] for k in [*groups, *gone]}):
         base = groups.get((dataset, part, "fedavg"))
         if not base:
             continue
         b_var = np.mean([r["client_acc_var"] for r in base])
         b_acc = np.mean([r["client_acc_mean"] for r in base])
+        b_runs = runs(len(base), gone.get((dataset, part, "fedavg"), 0))
         for method in ("zdac", "zdas"):
-            rs = groups.get((dataset, part, method))
+            rs = groups.get((dataset, part, method), [])
+            lost = gone.get((dataset, part, method), 0)
+            if lost:
+                out.append(
+                    f"- {dataset}, {part}, {method}: diverged in {lost} of {lost + len(rs)} "
+                    f"runs ({b_runs} FedAvg runs): **does not hold**"
+                )
+                continue
             if not rs:
                 continue
             var = np.mean([r["client_acc_var"] for r in rs])
             acc = np.mean([r["client_acc_mean"] for r in rs])
-            fairer, kept = var < b_var, acc >= b_acc - 0.01
+            # bool(): numpy's bools add as a logical or (True + True is True, not 2)
+            fairer, kept = bool(var < b_var), bool(acc >= b_acc - 0.01)
             out.append(
                 f"- {dataset}, {part}, {method}: client variance {var * 1e4:.1f} vs FedAvg "
                 f"{b_var * 1e4:.1f} %², local accuracy {acc * 100:.2f} vs {b_acc * 100:.2f} % "
-                f"({len(rs)} vs {len(base)} runs): **{verdict(fairer + kept, 2)}**"
+                f"({len(rs)} vs {b_runs} runs): **{verdict(fairer + kept, 2)}**"
             )
     return out
 
