@@ -431,6 +431,12 @@ def test_fedavp_and_fedzda_reproductions_count_diverged_runs_not_drop_them():
         "- mnist, multimodal, zdas: diverged in 1 of 1 runs (1 FedAvg runs): **does not hold**",
     ]
     assert "| mnist | multimodal | zdas | 0 + 1 diverged | - |" in fedzda.table(rows)
+    # A baseline with no finished run: named (no ordering to read), never dropped.
+    assert fedzda.verdicts([zda("fedavg", None, "error"), zda("zdac", 0.01)]) == [
+        "- mnist, multimodal: FedAvg diverged in 1 of 1 runs"
+    ]
+    (line,) = fedavp.verdicts([avp("fedavg", None, "error"), avp("fedavp", 0.8)])
+    assert line == "- digits: FedAvP 0.800 vs fedavg diverged in 1 of 1 runs: **not measured**"
 
 
 def test_the_inversion_reproduction_keeps_reconstructions_and_draws_their_grid(

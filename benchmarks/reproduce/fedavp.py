@@ -200,17 +200,22 @@ def verdicts(rows: list[dict]) -> list[str]:
         beaten = []
         for base in METHODS[:-1]:
             rs = groups.get((dataset, rounds, base))
+            n_base = gone.get((dataset, rounds, base), 0)
             if rs:
                 other = np.mean([r["accuracy"] for r in rs])
-                note = lost(len(rs), gone.get((dataset, rounds, base), 0))
-                beaten.append((f"{base} {other:.3f}{note}", other))
+                beaten.append((f"{base} {other:.3f}{lost(len(rs), n_base)}", other))
+            elif n_base:  # no model to compare with: named, not counted
+                beaten.append((f"{base} diverged in {n_base} of {n_base} runs", None))
         detail = ", ".join(text for text, _ in beaten)
+        checks = [o for _, o in beaten if o is not None]
         if n := gone.get((dataset, rounds, "fedavp"), 0):
             mine_text, passed = f"diverged in {n} of {n + len(mine)} runs", "does not hold"
         elif mine:
             acc = np.mean([r["accuracy"] for r in mine])
             mine_text = f"{acc:.3f}"
-            passed = verdict(sum(acc >= o for _, o in beaten), len(beaten))
+            passed = (
+                verdict(sum(acc >= o for o in checks), len(checks)) if checks else "not measured"
+            )
         else:
             continue
         out.append(f"- {dataset}{budget(rounds)}: FedAvP {mine_text} vs {detail}: **{passed}**")

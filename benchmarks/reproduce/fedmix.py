@@ -237,6 +237,14 @@ def verdicts(rows: list[dict]) -> list[str]:
         nm = acc.get((dataset, part, "naivemix", lam))
         fa = acc.get((dataset, part, "fedavg", None))
         if nm is None or fa is None:
+            missing = [
+                f"{name} diverged in {n} of {n} runs"
+                for name, k in (("NaiveMix", "naivemix"), ("FedAvg", "fedavg"))
+                if (n := lost_by.get((dataset, part, k, lam if k == "naivemix" else None)))
+                and acc.get((dataset, part, k, lam if k == "naivemix" else None)) is None
+            ]
+            if missing:  # a baseline left no model: the ordering cannot be read
+                out.append(f"- {dataset}, {part}, λ = {lam:g}: {', '.join(missing)}")
             continue
         nm, fa = float(np.mean(nm)), float(np.mean(fa))
         nm_lost = also_lost((dataset, part, "naivemix", lam))

@@ -183,6 +183,8 @@ def verdicts(rows: list[dict]) -> list[str]:
     for dataset, part in sorted({k[:2] for k in [*groups, *gone]}):
         base = groups.get((dataset, part, "fedavg"))
         if not base:
+            if n := gone.get((dataset, part, "fedavg")):  # no baseline model to compare with
+                out.append(f"- {dataset}, {part}: FedAvg diverged in {n} of {n} runs")
             continue
         b_var = np.mean([r["client_acc_var"] for r in base])
         b_acc = np.mean([r["client_acc_mean"] for r in base])
