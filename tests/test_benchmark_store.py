@@ -368,6 +368,11 @@ def test_a_diverged_fedmix_run_makes_its_cell_not_hold():
         "- fashionmnist, dirichlet-0.5, λ = 0.2: FedMix diverged in 1 of 2 runs, "
         "NaiveMix 0.820, FedAvg 0.800: **does not hold**"
     )
+    # A baseline with no finished run: named, no ordering read.
+    alone = [row("fedavg", None, None, "error", diverged), row("naivemix", 0.05, 0.81)]
+    assert repro.verdicts([*alone, row("fedmix", 0.05, 0.83)]) == [
+        "- fashionmnist, dirichlet-0.5, λ = 0.05: FedAvg diverged in 1 of 1 runs"
+    ]
     # A baseline's diverged run is left out of its mean, and the line says so.
     lines = repro.verdicts([*rows, row("fedavg", None, None, "error", diverged, seed=1)])
     assert lines[0] == (

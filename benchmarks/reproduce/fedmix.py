@@ -237,11 +237,14 @@ def verdicts(rows: list[dict]) -> list[str]:
         nm = acc.get((dataset, part, "naivemix", lam))
         fa = acc.get((dataset, part, "fedavg", None))
         if nm is None or fa is None:
+            bases = {
+                "NaiveMix": (dataset, part, "naivemix", lam),
+                "FedAvg": (dataset, part, "fedavg", None),
+            }
             missing = [
                 f"{name} diverged in {n} of {n} runs"
-                for name, k in (("NaiveMix", "naivemix"), ("FedAvg", "fedavg"))
-                if (n := lost_by.get((dataset, part, k, lam if k == "naivemix" else None)))
-                and acc.get((dataset, part, k, lam if k == "naivemix" else None)) is None
+                for name, k in bases.items()
+                if k not in acc and (n := lost_by.get(k))
             ]
             if missing:  # a baseline left no model: the ordering cannot be read
                 out.append(f"- {dataset}, {part}, λ = {lam:g}: {', '.join(missing)}")
