@@ -371,7 +371,7 @@ def test_a_diverged_fedmix_run_makes_its_cell_not_hold():
     # A baseline with no finished run: named, no ordering read.
     alone = [row("fedavg", None, None, "error", diverged), row("naivemix", 0.05, 0.81)]
     assert repro.verdicts([*alone, row("fedmix", 0.05, 0.83)]) == [
-        "- fashionmnist, dirichlet-0.5, λ = 0.05: FedAvg diverged in 1 of 1 runs"
+        "- fashionmnist, dirichlet-0.5, λ = 0.05: FedAvg diverged in 1 of 1 run"
     ]
     # A baseline's diverged run is left out of its mean, and the line says so.
     lines = repro.verdicts([*rows, row("fedavg", None, None, "error", diverged, seed=1)])
@@ -433,15 +433,15 @@ def test_fedavp_and_fedzda_reproductions_count_diverged_runs_not_drop_them():
     assert lines == [
         "- mnist, multimodal, zdac: client variance 100.0 vs FedAvg 200.0 %², local "
         "accuracy 90.00 vs 90.00 % (1 vs 1 runs): **holds**",
-        "- mnist, multimodal, zdas: diverged in 1 of 1 runs (1 FedAvg runs): **does not hold**",
+        "- mnist, multimodal, zdas: diverged in 1 of 1 run (1 FedAvg runs): **does not hold**",
     ]
     assert "| mnist | multimodal | zdas | 0 + 1 diverged | - |" in fedzda.table(rows)
     # A baseline with no finished run: named (no ordering to read), never dropped.
     assert fedzda.verdicts([zda("fedavg", None, "error"), zda("zdac", 0.01)]) == [
-        "- mnist, multimodal: FedAvg diverged in 1 of 1 runs"
+        "- mnist, multimodal: FedAvg diverged in 1 of 1 run"
     ]
     (line,) = fedavp.verdicts([avp("fedavg", None, "error"), avp("fedavp", 0.8)])
-    assert line == "- digits: FedAvP 0.800 vs fedavg diverged in 1 of 1 runs: **not measured**"
+    assert line == "- digits: FedAvP 0.800 vs fedavg diverged in 1 of 1 run: **not measured**"
 
 
 def test_the_inversion_reproduction_keeps_reconstructions_and_draws_their_grid(

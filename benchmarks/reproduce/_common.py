@@ -118,6 +118,24 @@ def lost_runs(rows: Iterable[dict], key: Callable[[dict], tuple]) -> dict[tuple,
     return out
 
 
+def tabled(
+    rows: Iterable[dict], key: Callable[[dict], tuple]
+) -> tuple[dict[tuple, list[dict]], dict[tuple, int]]:
+    """A table's lines: the ok rows by ``key`` (:func:`group`), with an empty line for a
+    key whose every run diverged, and the diverged runs by key (:func:`lost_runs`)."""
+    rows = list(rows)
+    groups, gone = group(rows, key), lost_runs(rows, key)
+    for k in gone:
+        groups.setdefault(k, [])
+    return groups, gone
+
+
+def diverged_in(n: int, finished: int = 0) -> str:
+    """'diverged in n of m runs': ``n`` diverged runs among ``n + finished``."""
+    of = n + finished
+    return f"diverged in {n} of {of} run{'s' * (of > 1)}"
+
+
 def runs(finished: int, lost: int) -> str:
     """A table's runs cell: the runs its means hold, and any that diverged beside them."""
     return f"{finished} + {lost} diverged" if lost else str(finished)
@@ -125,7 +143,7 @@ def runs(finished: int, lost: int) -> str:
 
 def lost(finished: int, n: int) -> str:
     """A verdict's note on a mean that leaves ``n`` diverged runs out ("" for none)."""
-    return f" (diverged in {n} of {n + finished} runs, left out)" if n else ""
+    return f" ({diverged_in(n, finished)}, left out)" if n else ""
 
 
 def mean_std(values: Iterable[float | None], digits: int = 2) -> str:

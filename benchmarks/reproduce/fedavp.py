@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     current,
+    diverged_in,
     group,
     lost,
     lost_runs,
@@ -55,6 +56,7 @@ from _common import (
     parser,
     runs,
     seed_major,
+    tabled,
     verdict,
 )
 from _common import mean_std as ms
@@ -152,10 +154,7 @@ def curve_rows(rows: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """Final and best-round accuracy and macro-F1 per dataset and method, the gap to
     FedAvg, and the round at which the run first reached 95% of its final accuracy."""
-    groups = group(rows, cell)
-    gone = lost_runs(rows, cell)
-    for k in gone:
-        groups.setdefault(k, [])
+    groups, gone = tabled(rows, cell)
     lines = [
         "| dataset | method | runs | rounds | accuracy | vs FedAvg | macro-F1 "
         "| best round acc | rounds to 95% of final |",
@@ -205,11 +204,11 @@ def verdicts(rows: list[dict]) -> list[str]:
                 other = np.mean([r["accuracy"] for r in rs])
                 beaten.append((f"{base} {other:.3f}{lost(len(rs), n_base)}", other))
             elif n_base:  # no model to compare with: named, not counted
-                beaten.append((f"{base} diverged in {n_base} of {n_base} runs", None))
+                beaten.append((f"{base} {diverged_in(n_base)}", None))
         detail = ", ".join(text for text, _ in beaten)
         checks = [o for _, o in beaten if o is not None]
         if n := gone.get((dataset, rounds, "fedavp"), 0):
-            mine_text, passed = f"diverged in {n} of {n + len(mine)} runs", "does not hold"
+            mine_text, passed = diverged_in(n, len(mine)), "does not hold"
         elif mine:
             acc = np.mean([r["accuracy"] for r in mine])
             mine_text = f"{acc:.3f}"

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     current,
+    diverged_in,
     group,
     lost,
     lost_runs,
@@ -44,6 +45,7 @@ from _common import (
     partition_name,
     runs,
     seed_major,
+    tabled,
 )
 
 from privbench import FedConfig, ResultStore, RunConfig
@@ -179,10 +181,7 @@ def table(rows: list[dict]) -> str:
         c = r["config"]
         return (r["dataset"], _partition(c), r["method"], c["method_params"].get("lam"), variant(r))
 
-    groups = group(rows, key)
-    gone = lost_runs(rows, key)
-    for k in gone:
-        groups.setdefault(k, [])
+    groups, gone = tabled(rows, key)
     lines = [
         "| dataset | partition | method | λ | sweep | runs | accuracy | vs FedAvg "
         "| best round acc |",
@@ -242,7 +241,7 @@ def verdicts(rows: list[dict]) -> list[str]:
                 "FedAvg": (dataset, part, "fedavg", None),
             }
             missing = [
-                f"{name} diverged in {n} of {n} runs"
+                f"{name} {diverged_in(n)}"
                 for name, k in bases.items()
                 if k not in acc and (n := lost_by.get(k))
             ]
@@ -255,8 +254,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         fms = acc.get((dataset, part, "fedmix", lam), [])
         gone = lost_by.get((dataset, part, "fedmix", lam), 0)
         if gone:
-            of = gone + len(fms)
-            fm = f"diverged in {gone} of {of} run{'s' * (of > 1)}"
+            fm = diverged_in(gone, len(fms))
             verdict = "does not hold"
         else:
             mean = float(np.mean(fms))

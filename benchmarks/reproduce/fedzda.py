@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from _common import (
     current,
+    diverged_in,
     group,
     lost_runs,
     measure,
@@ -45,6 +46,7 @@ from _common import (
     partition_name,
     runs,
     seed_major,
+    tabled,
     verdict,
 )
 from _common import mean_std as ms
@@ -144,10 +146,7 @@ def table(rows: list[dict]) -> str:
     """Per dataset, split and method: ours next to the paper's Table 1 (local test
     accuracy, client variance) and Table 2 (external accuracy, class variance), accuracy
     in % and variances in %² as the paper prints them."""
-    groups = group(rows, _cell)
-    gone = lost_runs(rows, _cell)
-    for k in gone:
-        groups.setdefault(k, [])
+    groups, gone = tabled(rows, _cell)
     lines = [
         "| dataset | split | method | runs | local acc % | paper | client var %² | paper "
         "| external acc % | paper | class var %² | paper |",
@@ -184,7 +183,7 @@ def verdicts(rows: list[dict]) -> list[str]:
         base = groups.get((dataset, part, "fedavg"))
         if not base:
             if n := gone.get((dataset, part, "fedavg")):  # no baseline model to compare with
-                out.append(f"- {dataset}, {part}: FedAvg diverged in {n} of {n} runs")
+                out.append(f"- {dataset}, {part}: FedAvg {diverged_in(n)}")
             continue
         b_var = np.mean([r["client_acc_var"] for r in base])
         b_acc = np.mean([r["client_acc_mean"] for r in base])
@@ -194,8 +193,8 @@ def verdicts(rows: list[dict]) -> list[str]:
             lost = gone.get((dataset, part, method), 0)
             if lost:
                 out.append(
-                    f"- {dataset}, {part}, {method}: diverged in {lost} of {lost + len(rs)} "
-                    f"runs ({b_runs} FedAvg runs): **does not hold**"
+                    f"- {dataset}, {part}, {method}: {diverged_in(lost, len(rs))} "
+                    f"({b_runs} FedAvg runs): **does not hold**"
                 )
                 continue
             if not rs:
