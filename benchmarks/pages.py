@@ -243,6 +243,13 @@ def _reproduction(name: str):
     return importlib.import_module(module), rows, path
 
 
+def _held(repro, rows: list[dict]) -> list[dict]:
+    """The rows a reproduction's verdicts and curves read: a script that keeps runs out
+    of them (FedMix: its learning-rate search, runs at a rate it did not choose) says
+    which with in_grid()."""
+    return getattr(repro, "in_grid", lambda rs: rs)(rows)
+
+
 def _reproduction_table(name: str) -> Callable[[], str]:
     def render() -> str:
         repro, rows, path = _reproduction(name)
@@ -291,6 +298,7 @@ def reproduction_cost() -> str:
 def _reproduction_verdicts(name: str) -> Callable[[], str]:
     def render() -> str:
         repro, rows, path = _reproduction(name)
+        rows = _held(repro, rows)
         lines = repro.verdicts(rows) if rows else []
         if lines:
             return "\n".join(lines)
@@ -330,6 +338,7 @@ def readme_verdicts() -> str:
     ]
     for name, (label, anchor) in README_SOURCES.items():
         repro, rows, _ = _reproduction(name)
+        rows = _held(repro, rows)
         said = repro.verdicts(rows) if rows else []
         counts = [sum(f"**{v}**" in line for line in said) for v in VERDICTS]
         seeds = [r["seed"] for r in rows if not str(r.get("dataset", "")).endswith(":validation")]
@@ -472,7 +481,7 @@ def _reproduction_curves(name: str, partition: str | None = None) -> Callable[[s
         repro, rows, path = _reproduction(name)
         rows = [
             r
-            for r in rows
+            for r in _held(repro, rows)
             if r.get("status") == "ok" and partition in (None, r["config"]["partition"])
         ]
         # a script that plots only some of its runs says which with curve_rows(), and

@@ -327,6 +327,33 @@ def test_reproductions_table_the_runs_of_todays_defaults_only(tmp_path):
     assert taylor.today(mine) == mine[:1]
 
 
+@pytest.mark.slow
+def test_the_fedmix_search_runs_on_validation_to_its_end_then_sets_the_grids_rate(
+    tmp_path, monkeypatch
+):
+    from privbench import ResultStore
+    from privbench.data.datasets import load_dataset
+
+    repro = _reproduction("fedmix")
+    monkeypatch.setattr(repro, "SEARCH_LRS", (0.03, 0.1))
+    monkeypatch.setattr(repro, "SEARCH_SEEDS", 1)
+    store = ResultStore(str(tmp_path))
+    validation = load_dataset("digits").validation_split(0.1, seed=0)
+    kw = {"rounds": 2, "train_size": 0, "clients": 4}
+    steps = 0
+    while todo := repro.search_points(["digits"], ["shards-2"], store.read(), **kw):
+        repro.measure(todo, store, validation)
+        steps += 1
+        assert steps <= len(repro.LR_LADDER)  # the walk ends
+    rows = store.read()
+    assert {r["dataset"] for r in rows} == {"digits:validation"}
+    (lr,) = repro.chosen_lrs(rows).values()
+    grid = repro.points(["digits"], ["shards-2"], 1, repro.chosen_lrs(rows), **kw)
+    assert {cfg.fed.lr for _, cfg in grid} == {lr}
+    assert repro.search_points(["digits"], ["shards-2"], rows, **kw) == []
+    assert "| digits | shards-2 |" in repro.page(rows)
+
+
 def test_a_diverged_fedmix_run_makes_its_cell_not_hold():
     """FedMix that diverged at the shared learning rate left no model: its cell does not
     hold and says how many runs diverged; NaiveMix and FedAvg keep their means."""
@@ -379,6 +406,76 @@ def test_a_diverged_fedmix_run_makes_its_cell_not_hold():
         "- fashionmnist, dirichlet-0.5, λ = 0.05: FedMix 0.830, NaiveMix 0.810, "
         "FedAvg 0.800 (diverged in 1 of 2 runs, left out): **holds**"
     )
+
+
+def test_the_fedmix_learning_rate_search_walks_past_an_edge_and_picks_per_cell():
+    """Hand-worked: per (dataset, partition), mean final validation accuracy over two
+    seeds, a diverged run scoring 0, a tie to the smaller rate, one ladder rung past a
+    winner at an end; the tables then hold each cell's runs at its chosen rate only."""
+    repro = _reproduction("fedmix")
+    parts = {
+        "shards-2": ("shards", {"classes_per_client": 2}),
+        "dirichlet-0.5": ("dirichlet", {"alpha": 0.5}),
+    }
+
+    def row(dataset, part, lr, seed, acc, method="fedavg"):
+        kind, params = parts[part]
+        return {
+            "dataset": dataset,
+            "method": method,
+            "seed": seed,
+            "status": "ok" if acc is not None else "error",
+            "error": None if acc is not None else "DivergedError: Training diverged in round 3",
+            "accuracy": acc,
+            "config": {
+                "partition": kind,
+                "partition_params": params,
+                "method_params": {},
+                "fed": {"algorithm": "fedavg", "lr": lr},
+            },
+        }
+
+    def search(part, scores, dataset="mnist"):
+        return [
+            row(f"{dataset}:validation", part, lr, seed, acc)
+            for lr, accs in scores.items()
+            for seed, acc in enumerate(accs)
+        ]
+
+    # shards: 0.01 -> 0.55, 0.03 -> 0.75, 0.1 -> (0.8 + diverged 0) / 2 = 0.4: 0.03 inside
+    shards = search("shards-2", {0.01: [0.5, 0.6], 0.03: [0.7, 0.8], 0.1: [0.8, None]})
+    assert repro.lrs_to_try(repro.search_scores(shards)[("mnist", "shards-2")]) == []
+    # dirichlet: 0.01 ties 0.03 at the top, so 0.01 wins and 0.003 is owed below it
+    tie = search("dirichlet-0.5", {0.01: [0.7, 0.8], 0.03: [0.8, 0.7], 0.1: [0.6, 0.6]})
+    assert repro.lrs_to_try(repro.search_scores(tie)[("mnist", "dirichlet-0.5")]) == [0.003]
+    one_seed = search("dirichlet-0.5", {0.003: [0.9]})  # one of its two seeds: still owed
+    assert repro.lrs_to_try(repro.search_scores(tie + one_seed)[("mnist", "dirichlet-0.5")]) == [
+        0.003
+    ]
+    todo = repro.search_points(
+        ["mnist"], ["shards-2", "dirichlet-0.5"], shards + tie, rounds=2, train_size=0
+    )
+    assert [(label[1], label[3], cfg.dataset, cfg.fed.lr) for label, cfg in todo] == [
+        ("dirichlet-0.5", 0.003, "mnist:validation", 0.003)
+    ] * 2
+    done = tie + search("dirichlet-0.5", {0.003: [0.6, 0.5]})
+    assert repro.chosen_lrs(shards + done) == {
+        ("mnist", "shards-2"): 0.03,
+        ("mnist", "dirichlet-0.5"): 0.01,
+    }
+    assert "| mnist | shards-2 | 0.01: 0.550, 0.03: 0.750, 0.1: 0.400 | 0.03 |" in (
+        repro.search_table(shards)
+    )
+    # the grid: runs at the chosen rate stay, runs at another rate and the search go out;
+    # a cell whose search has not ended keeps the dataset's tuned default
+    grid = [row("mnist", "shards-2", lr, 0, 0.9) for lr in (0.03, 0.1)]
+    unsearched = [row("fashionmnist", "shards-2", lr, 0, 0.8) for lr in (0.03, 0.1)]
+    held = repro.in_grid(shards + done + grid + unsearched)
+    default = repro.default_lr("fashionmnist", "cnn")[0]
+    assert [(r["dataset"], r["config"]["fed"]["lr"]) for r in held] == [
+        ("mnist", 0.03),
+        ("fashionmnist", default),
+    ]
 
 
 def test_fedavp_and_fedzda_reproductions_count_diverged_runs_not_drop_them():

@@ -13,11 +13,18 @@ Here, scaled to 2 CPU cores and stated beside the paper's setting:
   ``fraction`` 0.1), and Dirichlet 0.2 / 0.5;
 - model: a ReLU CNN in the paper; ``cnn`` here;
 - rounds: 500 (CIFAR-10) in the paper; ``--rounds`` (default 50) here;
-- local training: E = 2, batch 10; the learning rate tuned for FedAvg on a validation
-  split (``privbench/tuned.json``), the same for every method;
+- local training: E = 2, batch 10; the learning rate searched for FedAvg at this
+  protocol (100 clients, the cell's partition, ``--rounds``) on a validation split of
+  each dataset, per dataset and partition, the same for every method of the cell;
 - λ = 0.05 and 0.2 (the paper tunes λ per dataset in that range); M_k = all.
 
 The side-by-side table is in ``docs/reproductions.md``.
+
+The search comes first: FedAvg at learning rates 0.01, 0.03 and 0.1 on 10% of each
+class held out of the training subset (the test set is not loaded), two seeds each; the
+highest mean final validation accuracy wins (a diverged run scores 0, a tie goes to the
+smaller rate); while the winner is the largest or smallest rate tried, the next rate
+of the half-decade ladder past it is tried too.
 
 Every run is a privbench row in ``benchmarks/results/reproduce/fedmix/`` (resumable:
 a rerun skips configurations that have an ok row); the accuracy of every round is in
@@ -49,7 +56,10 @@ from _common import (
 )
 
 from privbench import FedConfig, ResultStore, RunConfig
+from privbench.data.datasets import load_dataset
 from privbench.results.report import mean_std as ms
+from privbench.results.store import diverged
+from privbench.tuning import default_lr
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "fedmix"
 DATASETS = ("mnist", "fashionmnist")
@@ -75,6 +85,13 @@ SWEEP_LAMBDAS = (0.02, 0.1)
 SWEEP_MEAN_SIZES = (60, 10)
 FEDPROX_MU = 0.01
 
+# The learning-rate search (FedAvg on a validation split, per dataset and partition):
+# SEARCH_LRS first, SEARCH_SEEDS seeds each, then one rung of LR_LADDER past the winner
+# while it is the largest or smallest rate tried.
+LR_LADDER = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+SEARCH_LRS = (0.01, 0.03, 0.1)
+SEARCH_SEEDS = 2
+
 
 def config(
     dataset: str,
@@ -90,11 +107,15 @@ def config(
     model: str = "cnn",
     mean_size: int | None = None,
     mu: float | None = None,
+    lr: float | None = None,
 ) -> RunConfig:
+    """One run; ``dataset`` may name a validation split (``mnist:validation``), and
+    ``lr`` None is the dataset's tuned default."""
     kind, params = PARTITIONS[partition]
     params = dict(params)
-    if kind == "dirichlet" and dataset in MIN_SIZE:
-        params["min_size"] = MIN_SIZE[dataset]
+    base = dataset.partition(":")[0]
+    if kind == "dirichlet" and base in MIN_SIZE:
+        params["min_size"] = MIN_SIZE[base]
     size = {"train_size": train_size} if dataset in DATASETS else {}
     method_params = {} if method == "fedavg" else {"lam": lam}
     if mean_size is not None:
@@ -114,28 +135,36 @@ def config(
             rounds=rounds,
             local_epochs=2,
             batch_size=10,
+            lr=lr,
             eval_every=max(1, rounds // 10),
             **({"algorithm": "fedprox", "algorithm_params": {"mu": mu}} if mu else {}),
         ),
     )
 
 
-def points(datasets, partitions, seeds: int, **kw) -> list[tuple[tuple, RunConfig]]:
-    """(label, config) of every run: FedAvg once per seed, every other method per λ."""
+def points(
+    datasets, partitions, seeds: int, lrs: dict | None = None, **kw
+) -> list[tuple[tuple, RunConfig]]:
+    """(label, config) of every run: FedAvg once per seed, every other method per λ, at
+    the cell's learning rate in ``lrs`` ({(dataset, partition): lr}; a cell not in it:
+    the dataset's tuned default)."""
     out = []
     for dataset, partition, seed in product(datasets, partitions, range(seeds)):
+        lr = (lrs or {}).get((dataset, partition))
         for method in METHODS:
             for lam in (None,) if method == "fedavg" else LAMBDAS:
-                cfg = config(dataset, partition, method, lam or 0.0, seed, **kw)
+                cfg = config(dataset, partition, method, lam or 0.0, seed, lr=lr, **kw)
                 out.append(((dataset, partition, method, lam, seed), cfg))
     return seed_major(out)
 
 
-def sweep_points(seeds: int, **kw) -> list[tuple[tuple, RunConfig]]:
-    """(label, config) of the λ, M_k and FedProx sweeps on MNIST, 2-class shards; labels
-    (dataset, partition, method, λ, seed, what is swept)."""
+def sweep_points(seeds: int, lrs: dict | None = None, **kw) -> list[tuple[tuple, RunConfig]]:
+    """(label, config) of the λ, M_k and FedProx sweeps on MNIST, 2-class shards, at that
+    cell's learning rate in ``lrs``; labels (dataset, partition, method, λ, seed, what is
+    swept)."""
     out = []
     base = ("mnist", "shards-2")
+    kw = {**kw, "lr": (lrs or {}).get(base)}
     for seed in range(seeds):
         for method, lam in product(("naivemix", "fedmix"), SWEEP_LAMBDAS):
             out.append(((*base, method, lam, seed, "λ"), config(*base, method, lam, seed, **kw)))
@@ -161,6 +190,129 @@ def variant(row: dict) -> str:
     if c["fed"].get("algorithm", "fedavg") == "fedprox":
         parts.append(f"FedProx μ {c['fed']['algorithm_params']['mu']:g}")
     return ", ".join(parts)
+
+
+def _validation(row: dict) -> bool:
+    return row["dataset"].endswith(":validation")
+
+
+def search_scores(rows: list[dict]) -> dict[tuple, dict[float, dict[int, float]]]:
+    """{(dataset, partition): {lr: {seed: final validation accuracy}}} of the search's
+    settled runs (FedAvg on a validation split); a diverged run scores 0."""
+    out: dict[tuple, dict[float, dict[int, float]]] = {}
+    for r in rows:
+        if not _validation(r) or r["method"] != "fedavg" or variant(r):
+            continue
+        if r["status"] != "ok" and not diverged(r):
+            continue  # a run that failed otherwise is run again
+        cell = (r["dataset"].removesuffix(":validation"), _partition(r["config"]))
+        acc = r["accuracy"] if r["status"] == "ok" else 0.0
+        out.setdefault(cell, {}).setdefault(r["config"]["fed"]["lr"], {})[r["seed"]] = acc
+    return out
+
+
+def _searched(by_lr: dict[float, dict[int, float]]) -> dict[float, float]:
+    """Mean validation accuracy of each learning rate that has all its seeds."""
+    return {
+        lr: float(np.mean(list(s.values()))) for lr, s in by_lr.items() if len(s) >= SEARCH_SEEDS
+    }
+
+
+def _winner(means: dict[float, float]) -> float:
+    """The highest mean; a tie goes to the smaller rate."""
+    return max(sorted(means), key=lambda lr: round(means[lr], 9))
+
+
+def lrs_to_try(by_lr: dict[float, dict[int, float]]) -> list[float]:
+    """The rates a cell's search still owes: SEARCH_LRS first; then, while the winner is
+    the largest (smallest) rate tried, the next rung of LR_LADDER above (below) it."""
+    means = _searched(by_lr)
+    owed = [lr for lr in SEARCH_LRS if lr not in means]
+    if owed:
+        return owed
+    best = _winner(means)
+    i = LR_LADDER.index(best)
+    step = []
+    if best == min(means) and i > 0:
+        step.append(LR_LADDER[i - 1])
+    if best == max(means) and i + 1 < len(LR_LADDER):
+        step.append(LR_LADDER[i + 1])
+    return [lr for lr in step if lr not in means]
+
+
+def chosen_lrs(rows: list[dict]) -> dict[tuple, float]:
+    """{(dataset, partition): learning rate} of every cell whose search has ended."""
+    return {
+        cell: _winner(_searched(by_lr))
+        for cell, by_lr in search_scores(rows).items()
+        if not lrs_to_try(by_lr)
+    }
+
+
+def search_points(datasets, partitions, rows: list[dict], **kw) -> list[tuple[tuple, RunConfig]]:
+    """(label, config) of the search's next runs: each cell's owed rates, SEARCH_SEEDS
+    seeds, FedAvg on the dataset's validation split."""
+    scores = search_scores(rows)
+    out = []
+    for dataset, partition in product(datasets, partitions):
+        for lr in lrs_to_try(scores.get((dataset, partition), {})):
+            for seed in range(SEARCH_SEEDS):
+                cfg = config(f"{dataset}:validation", partition, "fedavg", 0.0, seed, lr=lr, **kw)
+                out.append(((dataset, partition, "search", lr, seed), cfg))
+    return out
+
+
+def lr_of(dataset: str, partition: str, lrs: dict[tuple, float]) -> float:
+    """A cell's learning rate: its search's winner, or (search not ended) the dataset's
+    tuned default, at which the grid ran before the search."""
+    return lrs.get((dataset, partition), default_lr(dataset, "cnn")[0])
+
+
+def in_grid(rows: list[dict]) -> list[dict]:
+    """The test-set runs the tables, verdicts and curves hold: each at its cell's
+    learning rate (:func:`lr_of`); the search's runs and runs at a rate the search did
+    not choose stay in the store, out of them."""
+    lrs = chosen_lrs(rows)
+    return [
+        r
+        for r in rows
+        if not _validation(r)
+        and r["config"]["fed"]["lr"] == lr_of(r["dataset"], _partition(r["config"]), lrs)
+    ]
+
+
+def search_table(rows: list[dict]) -> str:
+    """Per dataset and partition: each rate's mean final validation accuracy over
+    SEARCH_SEEDS seeds (a diverged run scores 0), the rate chosen, and the CLI's tuned
+    default at which the grid first ran."""
+    scores = search_scores(rows)
+    lines = [
+        "| dataset | partition | validation accuracy by learning rate | chosen | CLI default |",
+        "|---|---|---|---|---|",
+    ]
+    for (dataset, part), by_lr in sorted(scores.items()):
+        means = _searched(by_lr)
+        chosen = "searching" if lrs_to_try(by_lr) else f"{_winner(means):g}"
+        tried = ", ".join(
+            f"{lr:g}: {means[lr]:.3f}"
+            if lr in means
+            else f"{lr:g}: {len(by_lr[lr])} of {SEARCH_SEEDS} seeds"
+            for lr in sorted(by_lr)
+        )
+        lines.append(
+            f"| {dataset} | {part} | {tried} | {chosen} | {default_lr(dataset, 'cnn')[0]:g} |"
+        )
+    return "\n".join(lines)
+
+
+def page(rows: list[dict]) -> str:
+    """The page's FedMix tables: the grid at each cell's searched learning rate, then the
+    search."""
+    searched = search_table(rows) if search_scores(rows) else "*The search has not run yet.*"
+    return (
+        f"{table(in_grid(rows))}\n\nThe learning-rate search (FedAvg, validation split):"
+        f"\n\n{searched}"
+    )
 
 
 def curve_rows(rows: list[dict]) -> list[dict]:
@@ -299,11 +451,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(ap, argv)
     store = ResultStore(args.out)
     kw = {"rounds": args.rounds, "train_size": args.train_size}
-    todo = points(args.datasets, args.partitions, args.seeds, **kw)
+    for dataset in args.datasets:  # the learning-rate search, to its end, first
+        full = load_dataset(dataset, {"train_size": args.train_size}, root=args.data_root)
+        validation = full.validation_split(0.1, seed=0)
+        while todo := search_points([dataset], args.partitions, current(store.read()), **kw):
+            measure(todo, store, validation)
+    lrs = chosen_lrs(current(store.read()))
+    todo = points(args.datasets, args.partitions, args.seeds, lrs, **kw)
     if not args.no_sweeps:  # after the main grid: its cells come first
-        todo += sweep_points(args.seeds, **kw)
+        todo += sweep_points(args.seeds, lrs, **kw)
     measure(todo, store)
-    print(table(current(store.read())))
+    print(page(current(store.read())))
 
 
 if __name__ == "__main__":
