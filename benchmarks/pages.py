@@ -9,6 +9,7 @@ figures the same way. A page asks for a table with a line ``<!-- privbench:NAME 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,9 +52,31 @@ def headline_table(store: str) -> Callable[[], str]:
             return f"*No rows of {grids}'s points yet: the grid has not run.*"
         by = ["method", "model", "defense", "attack"]
         summary = summarize(rows, by=by, metrics=HEADLINE_METRICS)
+        summary.insert(len(by), REBUILT, rebuilt(rows, by, summary))
         return format_table(summary, HEADLINE_METRICS, "md")
 
     return table
+
+
+REBUILT = "victims > 30 dB"
+
+
+def rebuilt(rows: list[dict], by: list[str], summary) -> list[str]:
+    """Per line of ``summary``: how many of its runs' victims the attack rebuilt above 30
+    dB (PSNR, the gradient-inversion papers' success), of the runs that report a PSNR.
+    A headline run attacks one victim, so a cell's PSNR is bimodal (rebuilt, or near
+    noise) and its mean ± std over few seeds reads better beside this count."""
+    from privbench.results.report import worst_case_view
+
+    counts: dict[tuple, list[int]] = {}
+    for r in worst_case_view(rows):
+        psnr = r.get("psnr")
+        if r.get("status") == "ok" and psnr is not None and math.isfinite(psnr):
+            k = counts.setdefault(tuple(r.get(c) for c in by), [0, 0])
+            k[0] += psnr > 30
+            k[1] += 1
+    keys = summary[by].itertuples(index=False, name=None)
+    return [f"{counts[k][0]}/{counts[k][1]}" if k in counts else "-" for k in keys]
 
 
 # Each headline store and the grids whose points it tables: the digits store also holds

@@ -193,3 +193,42 @@ def test_the_progress_table_counts_a_training_a_case_and_its_companion_shared_on
     table = pages.headline_progress("mine")()
     assert "| DLG family and artifact attacks | 1 of 1 | 1.0 h |" in table
     assert "| IG companions | 2 of 2 | 0.5 h |" in table  # 0.7 - 0.5 shared, + 0.3
+
+
+def test_the_headline_table_counts_the_victims_each_cell_rebuilt_above_30_db(tmp_path, monkeypatch):
+    """One victim per run: a cell of three seeds at 40, 10 and 31 dB rebuilt two; a run
+    whose attack reports no PSNR is out of the count, and a cell of none says '-'."""
+    import pages
+
+    from privbench import ResultStore
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[sweep]\ndataset = "digits"\nrounds = 1\nclients = 4\npartition = "iid"\n'
+        '[grid]\nseed = [0, 1, 2]\n[[case]]\nmethod = "fedavg"\nattack = ["dlg"]\n'
+        '[[case]]\nmethod = "localmix"\nattack = ["dlg"]\n'
+    )
+    points = expand(load_grid(grid))[0]
+    psnr = {("fedavg", 0): 40.0, ("fedavg", 1): 10.0, ("fedavg", 2): 31.0}
+    rows = [
+        {
+            "method": p.config.method,
+            "model": p.config.model,
+            "defense": "none",
+            "attack": "dlg",
+            "seed": p.config.seed,
+            "status": "ok",
+            "config_hash": p.config_hash,
+            "config": p.config.to_dict(),
+            "accuracy": 0.5,
+            "psnr": psnr.get((p.config.method, p.config.seed)),
+        }
+        for p in points
+    ]
+    ResultStore(str(tmp_path / "results" / "mine")).append(rows)
+    monkeypatch.setattr(pages, "RESULTS", tmp_path / "results")
+    monkeypatch.setitem(pages.HEADLINE_GRIDS, "mine", (grid,))
+    lines = pages.headline_table("mine")().splitlines()
+    assert "| victims > 30 dB | runs |" in lines[0]
+    assert lines[2].startswith("| fedavg | lenet-sigmoid | none | dlg | 2/3 | 3 | 0 |")
+    assert lines[3].startswith("| localmix | lenet-sigmoid | none | dlg | - | 3 | 0 |")
