@@ -458,6 +458,14 @@ def test_the_fedmix_learning_rate_search_walks_past_an_edge_and_picks_per_cell()
     assert [(label[1], label[3], cfg.dataset, cfg.fed.lr) for label, cfg in todo] == [
         ("dirichlet-0.5", 0.003, "mnist:validation", 0.003)
     ] * 2
+    # a searched Dirichlet split (90% of the images) is redrawn to 13 images a client;
+    # the grid's MNIST partitions keep their draws (and the hashes of their runs)
+    kw = {"rounds": 2, "train_size": 0}
+    searched = repro.config("mnist:validation", "dirichlet-0.2", "fedavg", 0.0, 0, **kw)
+    assert searched.partition_params == {"alpha": 0.2, "min_size": 13}
+    assert repro.config("mnist", "dirichlet-0.2", "fedavg", 0.0, 0, **kw).partition_params == {
+        "alpha": 0.2
+    }
     done = tie + search("dirichlet-0.5", {0.003: [0.6, 0.5]})
     assert repro.chosen_lrs(shards + done) == {
         ("mnist", "shards-2"): 0.03,
