@@ -284,6 +284,8 @@ def test_the_cvae_reproduction_runs_the_thesis_protocols_and_resumes(tmp_path):
 
 
 def test_the_fedmix_taylor_diagnostic_records_each_epoch_and_resumes(tmp_path):
+    from privbench.tuning import default_lr
+
     repro = _reproduction("fedmix_taylor")
     out = tmp_path / "taylor.jsonl"
     args = ["--dataset", "digits", "--seeds", "1", "--epochs", "2", "--out", str(out)]
@@ -298,7 +300,15 @@ def test_the_fedmix_taylor_diagnostic_records_each_epoch_and_resumes(tmp_path):
     assert len(out.read_text().splitlines()) == 2
     lines = repro.verdicts(rows)
     assert len(lines) == 2 and "dead network" in lines[1]
-    assert "| 0.2 | 0 | 2 |" in repro.table(rows)  # the last epoch always shows
+    # the rate of the FedMix reproduction's digits shards: never searched, the default
+    assert {r["lr"] for r in rows} == {default_lr("digits", "cnn")[0]}
+    assert f"| {rows[0]['lr']:g} | 0.2 | 0 | 2 |" in repro.table(rows)  # the last epoch shows
+    repro.main([*args, "--lambdas", "0.05", "--lr", "0.01"])  # another rate: a row of its own
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["lam"], r["lr"]) for r in again[2:]] == [(0.05, 0.01)]
+    assert (
+        len(repro.verdicts(again)) == 3 and "λ = 0.05, lr 0.01 (1 seed," in repro.verdicts(again)[0]
+    )
     # Hand-worked: an input gradient 2.0 -> 0.5 -> 1.0 ends at 0.5x its start, 2x its low.
     norms = [2.0, 0.5, 1.0]
     hist = [

@@ -8,11 +8,15 @@ expansion around (1-λ)x_i (the paper's eq. 5, ``privbench.augmenters.fedmix.Fed
 The last term is linear in the model's input gradient and bounded by nothing: a model
 can lower the surrogate by growing input gradients that point away from x̄_j instead of
 fitting the labels. This script trains one 2-class MNIST client (the reproduction's
-``shards`` partition and ``cnn``, SGD at the tuned learning rate, batch 10) on FedMix's
+``shards`` partition and ``cnn``, SGD at the reproduction's learning rate on 2-class
+shards, batch 10) on FedMix's
 loss from the same initialisation at several λ, and records at every epoch the
 surrogate, its Taylor term, the norm of the input gradient, and the loss it stands for:
 the mixup loss at (1-λ)x_i + λx̄_j with the same X_g entry (NaiveMix's loss). The gap
-between the two is how far the first-order approximation has drifted.
+between the two is how far the first-order approximation has drifted. The learning
+rate (``--lr``) defaults to the FedMix reproduction's on the dataset's 2-class shards:
+its search's winner once that search has ended, the CLI's tuned rate before; rows at
+another rate stay in the table and verdicts, labelled with theirs.
 
 Rows go to ``benchmarks/results/reproduce/fedmix_taylor.jsonl`` (one per λ and seed;
 a rerun skips what is there):
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import parse, parser
+from _common import current, parse, parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ (run as a file)
 
@@ -39,7 +43,6 @@ from privbench.augmenters.fedmix import FedMix, NaiveMix  # noqa: E402
 from privbench.data.datasets import load_dataset  # noqa: E402
 from privbench.data.partition import partition  # noqa: E402
 from privbench.models import MODELS, cnn  # noqa: E402
-from privbench.tuning import default_lr  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "fedmix_taylor.jsonl"
 LAMBDAS = (0.05, 0.1, 0.2)
@@ -81,12 +84,25 @@ def components(model, method: FedMix, x, y, xbar, ybar) -> dict[str, float]:
     }
 
 
-def run(lam: float, seed: int, *, train_size: int, epochs: int, dataset: str = "mnist") -> dict:
+def grid_lr(dataset: str) -> float:
+    """The FedMix reproduction's learning rate on ``dataset``'s 2-class shards: its
+    search's winner once that search has ended, else the dataset's tuned default."""
+    import fedmix
+
+    from privbench import ResultStore
+
+    found = (fedmix.OUT / "results.jsonl").exists()
+    rows = current(ResultStore(str(fedmix.OUT)).read()) if found else []
+    return fedmix.lr_of(dataset, "shards-2", fedmix.chosen_lrs(rows))
+
+
+def run(
+    lam: float, seed: int, *, train_size: int, epochs: int, lr: float, dataset: str = "mnist"
+) -> dict:
     x, y, xg, yg = client_and_means(train_size, seed, dataset)
     torch.manual_seed(seed)
     model = cnn(tuple(x.shape[1:]), 10, weight_init=INIT)
     method = FedMix(lam=lam)
-    lr = default_lr(dataset, "cnn")[0]
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     probe = torch.randint(len(yg), (len(y),), generator=torch.Generator().manual_seed(99))
@@ -122,7 +138,8 @@ def run(lam: float, seed: int, *, train_size: int, epochs: int, dataset: str = "
 
 def key(row: dict) -> tuple:
     # early rows: MNIST, and the cnn's PyTorch init (its default then)
-    return (row.get("dataset", "mnist"), row["lam"], row["seed"], row.get("weight_init", "pytorch"))
+    init = row.get("weight_init", "pytorch")
+    return (row.get("dataset", "mnist"), row["lam"], row["seed"], init, row["lr"])
 
 
 def today(rows: list[dict]) -> list[dict]:
@@ -133,28 +150,30 @@ def today(rows: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     rows = today(rows)
     lines = [
-        "| λ | seed | epoch | FedMix surrogate | its Taylor term | ‖∂ℓ/∂x‖ "
+        "| lr | λ | seed | epoch | FedMix surrogate | its Taylor term | ‖∂ℓ/∂x‖ "
         "| mixup loss it approximates |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r["lam"], r["seed"])):
+    for r in sorted(rows, key=lambda r: (r["lr"], r["lam"], r["seed"])):
         for h in r["history"]:
             if h["epoch"] in (0, 10, 20) or h is r["history"][-1]:
                 lines.append(
-                    f"| {r['lam']:g} | {r['seed']} | {h['epoch']} | {h['surrogate']:.3f} "
+                    f"| {r['lr']:g} | {r['lam']:g} | {r['seed']} | {h['epoch']} "
+                    f"| {h['surrogate']:.3f} "
                     f"| {h['taylor']:.3f} | {h['input_grad_norm']:.3g} | {h['mixup_loss']:.3f} |"
                 )
     return "\n".join(lines)
 
 
 def verdicts(rows: list[dict]) -> list[str]:
-    """Per λ, at the last epoch (means over seeds): how far the surrogate sits below the
-    mixup loss it stands for, how much the input gradient grew from the start and from its
-    lowest over the epochs (He init starts it large, then training shrinks it), and in how
-    many seeds the model ended constant (its output no longer depends on its input)."""
+    """Per learning rate and λ, at the last epoch (means over seeds): how far the
+    surrogate sits below the mixup loss it stands for, how much the input gradient grew
+    from the start and from its lowest over the epochs (He init starts it large, then
+    training shrinks it), and in how many seeds the model ended constant (its output no
+    longer depends on its input)."""
     out, rows = [], today(rows)
-    for lam in sorted({r["lam"] for r in rows}):
-        rs = [r for r in rows if r["lam"] == lam]
+    for lr, lam in sorted({(r["lr"], r["lam"]) for r in rows}):
+        rs = [r for r in rows if (r["lr"], r["lam"]) == (lr, lam)]
         gap = np.mean([r["history"][-1]["mixup_loss"] - r["history"][-1]["surrogate"] for r in rs])
         grow = np.mean(
             [r["history"][-1]["input_grad_norm"] / r["history"][0]["input_grad_norm"] for r in rs]
@@ -168,12 +187,13 @@ def verdicts(rows: list[dict]) -> list[str]:
         )
         taylor = np.mean([r["history"][-1]["taylor"] for r in rs])
         dead = sum(r["history"][-1]["input_grad_norm"] < 1e-8 for r in rs)
+        seeds = f"{len(rs)} seed{'s' * (len(rs) > 1)}"
         out.append(
-            f"- λ = {lam:g} ({len(rs)} seeds, {rs[0]['history'][-1]['epoch']} epochs): the "
-            f"surrogate sits {gap:.3f} below the mixup loss; Taylor term {taylor:.3f}; "
+            f"- λ = {lam:g}, lr {lr:g} ({seeds}, {rs[0]['history'][-1]['epoch']} epochs): "
+            f"the surrogate sits {gap:.3f} below the mixup loss; Taylor term {taylor:.3f}; "
             f"input gradient {grow:.2g}× its initial norm and {rebound:.2g}× its lowest; "
-            f"the model ended constant (zero "
-            f"input gradient: a dead network) in {dead} of {len(rs)} seeds"
+            f"the model ended constant (zero input gradient: a dead network) in {dead} of "
+            f"{len(rs)} seeds"
         )
     return out
 
@@ -183,13 +203,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
     ap.add_argument("--dataset", default="mnist", choices=("mnist", "fashionmnist", "digits"))
+    ap.add_argument("--lr", type=float, help="default: the FedMix reproduction's (grid_lr)")
     args = parse(ap, argv)
+    lr = args.lr if args.lr is not None else grid_lr(args.dataset)
     store = RowStore(Path(args.out), key)
     for seed in range(args.seeds):
         for lam in args.lambdas:
-            if (args.dataset, lam, seed, INIT) in store:
+            if (args.dataset, lam, seed, INIT, lr) in store:
                 continue
             kw = {"train_size": args.train_size, "epochs": args.epochs, "dataset": args.dataset}
+            kw["lr"] = lr
             start = time.perf_counter()
             row = run(lam, seed, **kw)
             row = store.add({**row, "wall_s": time.perf_counter() - start})
