@@ -353,8 +353,9 @@ VERDICTS = ("holds", "partly", "does not hold")
 
 def readme_verdicts() -> str:
     """Per reproduction, how many of its claims hold, partly hold or do not, as its
-    page's verdict lines say, and its recorded runs per seed (validation-split runs
-    left out): the README's summary, regenerated with the stores so it cannot go stale."""
+    page's verdict lines say, and the runs they read per seed (validation-split runs,
+    and runs a script keeps out with in_grid, left out): the README's summary,
+    regenerated with the stores so it cannot go stale."""
     lines = [
         "| source | holds | partly | does not hold | runs by seed (0 · 1 · 2) |",
         "|---|---|---|---|---|",
