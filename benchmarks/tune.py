@@ -32,6 +32,7 @@ from privbench import FedConfig, ResultStore, RunConfig, registries
 from privbench.data.datasets import load_dataset
 from privbench.results import write_json_atomic
 from privbench.results.report import is_default_run
+from privbench.tuning import best_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "tuning"
@@ -105,7 +106,7 @@ def choose(rows: list[dict]) -> dict[str, dict]:
         setup.setdefault(key, set()).add((fed.get("clients", PROTOCOL["clients"]), part))
     out = {}
     for key, by_lr in sorted(search.items()):
-        best = max(sorted(by_lr), key=lambda lr, by_lr=by_lr: round(float(np.mean(by_lr[lr])), 9))
+        best = best_lr({lr: float(np.mean(accs)) for lr, accs in by_lr.items()})
         out[key] = {
             "lr": best,
             "rounds": sorted(n for n in rounds[key] if n is not None),

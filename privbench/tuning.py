@@ -24,6 +24,13 @@ EMBEDDED = frozenset({"digits", "photos", "faces", "lfw"})
 SAME_DATA = {"lfw": "faces"}  # a dataset registered under a second name shares its tuning
 
 
+def best_lr(means: dict[float, float]) -> float:
+    """A search's winner: the highest mean validation accuracy (rounded to 9 digits, so
+    float noise is not a win); a tie goes to the smaller rate. ``benchmarks/tune.py`` and
+    the FedMix reproduction's own search both choose by this rule."""
+    return max(sorted(means), key=lambda lr: round(float(means[lr]), 9))
+
+
 @lru_cache(maxsize=1)
 def tuned() -> dict[str, Any]:
     """The committed tuning record: ``{"protocol": ..., "lr": {"dataset/model": {...}}}``."""

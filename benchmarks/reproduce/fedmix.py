@@ -59,7 +59,7 @@ from privbench import FedConfig, ResultStore, RunConfig
 from privbench.data.datasets import load_dataset
 from privbench.results.report import mean_std as ms
 from privbench.results.store import diverged
-from privbench.tuning import default_lr
+from privbench.tuning import best_lr, default_lr
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "fedmix"
 DATASETS = ("mnist", "fashionmnist")
@@ -222,11 +222,6 @@ def _searched(by_lr: dict[float, dict[int, float]]) -> dict[float, float]:
     }
 
 
-def _winner(means: dict[float, float]) -> float:
-    """The highest mean; a tie goes to the smaller rate."""
-    return max(sorted(means), key=lambda lr: round(means[lr], 9))
-
-
 def lrs_to_try(by_lr: dict[float, dict[int, float]]) -> list[float]:
     """The rates a cell's search still owes: SEARCH_LRS first; then, while the winner is
     the largest (smallest) rate tried, the next rung of LR_LADDER above (below) it."""
@@ -234,7 +229,7 @@ def lrs_to_try(by_lr: dict[float, dict[int, float]]) -> list[float]:
     owed = [lr for lr in SEARCH_LRS if lr not in means]
     if owed:
         return owed
-    best = _winner(means)
+    best = best_lr(means)
     i = LR_LADDER.index(best)
     step = []
     if best == min(means) and i > 0:
@@ -247,7 +242,7 @@ def lrs_to_try(by_lr: dict[float, dict[int, float]]) -> list[float]:
 def chosen_lrs(rows: list[dict]) -> dict[tuple, float]:
     """{(dataset, partition): learning rate} of every cell whose search has ended."""
     return {
-        cell: _winner(_searched(by_lr))
+        cell: best_lr(_searched(by_lr))
         for cell, by_lr in search_scores(rows).items()
         if not lrs_to_try(by_lr)
     }
@@ -296,7 +291,7 @@ def search_table(rows: list[dict]) -> str:
     ]
     for (dataset, part), by_lr in sorted(scores.items()):
         means = _searched(by_lr)
-        chosen = "searching" if lrs_to_try(by_lr) else f"{_winner(means):g}"
+        chosen = "searching" if lrs_to_try(by_lr) else f"{best_lr(means):g}"
         tried = ", ".join(
             f"{lr:g}: {means[lr]:.3f}"
             if lr in means
