@@ -196,7 +196,8 @@ def test_the_progress_table_counts_a_training_a_case_and_its_companion_shared_on
 
 
 def test_the_headline_table_counts_the_victims_each_cell_rebuilt_above_30_db(tmp_path, monkeypatch):
-    """One victim per run: a cell of three seeds at 40, 10 and 31 dB rebuilt two; a run
+    """One victim per run: a cell of three seeds at 40, 10 and 31 dB rebuilt two; a victim
+    rebuilt as the augmented view it trained on (12 dB as is, 45 dB so) counts; a run
     whose attack reports no PSNR is out of the count, and a cell of none says '-'."""
     import pages
 
@@ -207,9 +208,12 @@ def test_the_headline_table_counts_the_victims_each_cell_rebuilt_above_30_db(tmp
         '[sweep]\ndataset = "digits"\nrounds = 1\nclients = 4\npartition = "iid"\n'
         '[grid]\nseed = [0, 1, 2]\n[[case]]\nmethod = "fedavg"\nattack = ["dlg"]\n'
         '[[case]]\nmethod = "localmix"\nattack = ["dlg"]\n'
+        '[[case]]\nmethod = "randaugment"\nattack = ["dlg"]\n'
     )
     points = expand(load_grid(grid))[0]
     psnr = {("fedavg", 0): 40.0, ("fedavg", 1): 10.0, ("fedavg", 2): 31.0}
+    psnr.update({("randaugment", s): 12.0 for s in range(3)})
+    seen = {("randaugment", 0): 45.0, ("randaugment", 1): 14.0, ("randaugment", 2): 9.0}
     rows = [
         {
             "method": p.config.method,
@@ -222,6 +226,7 @@ def test_the_headline_table_counts_the_victims_each_cell_rebuilt_above_30_db(tmp
             "config": p.config.to_dict(),
             "accuracy": 0.5,
             "psnr": psnr.get((p.config.method, p.config.seed)),
+            "psnr_augmented": seen.get((p.config.method, p.config.seed)),
         }
         for p in points
     ]
@@ -232,3 +237,4 @@ def test_the_headline_table_counts_the_victims_each_cell_rebuilt_above_30_db(tmp
     assert "| victims > 30 dB | runs |" in lines[0]
     assert lines[2].startswith("| fedavg | lenet-sigmoid | none | dlg | 2/3 | 3 | 0 |")
     assert lines[3].startswith("| localmix | lenet-sigmoid | none | dlg | - | 3 | 0 |")
+    assert lines[4].startswith("| randaugment | lenet-sigmoid | none | dlg | 1/3 | 3 |")
