@@ -737,3 +737,25 @@ def test_the_dp_search_walks_past_an_edge_its_winner_sits_on():
     assert repro.edges(longest) == [
         f"- record level, target ε 8: rounds {top} (largest of 5, 15, {top})"
     ]
+
+
+def test_the_defense_curves_mnist_setup_leaves_the_committed_setups_rows_in_place():
+    """Adding the MNIST setup changes no embedded setup's configuration: every committed
+    photos row is still one of the curve's points; the MNIST points train on the
+    reproductions' 12,000-image subset at the tuned rate, and no --setup runs only the
+    setups that need no data root."""
+    bench = _reproduction("defense_curve")
+
+    from privbench import ResultStore
+    from privbench.tuning import default_lr
+
+    store = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "defense_curve"
+    photos = {r["config_hash"] for r in ResultStore(str(store)).read() if r["dataset"] == "photos"}
+    points = {
+        bench.config("photos", p, seed).resolve().hash() for p in bench.POINTS for seed in range(3)
+    }
+    assert photos and photos <= points
+    cfg = bench.config("mnist", bench.POINTS[0], 0)
+    assert cfg.dataset_params == {"train_size": 12000} and cfg.model == "lenet-sigmoid"
+    assert cfg.resolve().fed.lr == default_lr("mnist", "lenet-sigmoid")[0]
+    assert "mnist" not in bench.EMBEDDED and set(bench.EMBEDDED) < set(bench.SETUPS)
