@@ -117,6 +117,17 @@ def measure(setup: str, seeds: int, store: ResultStore) -> None:
             )
 
 
+def up_mib(runs: list[dict[str, dict]]) -> str:
+    """Mean upload per run in MiB, over the runs that trained (a diverged run, an error
+    row, sent no measured upload)."""
+    ups = [
+        next(x["bytes_up"] for x in r.values() if x.get("bytes_up") is not None)
+        for r in runs
+        if any(x.get("bytes_up") is not None for x in r.values())
+    ]
+    return f"{np.mean(ups) / 2**20:.2f}" if ups else "-"
+
+
 def table(seeds: int, store: ResultStore) -> str:
     rows = store.read()
     by_hash: dict[str, dict[str, dict]] = {}
@@ -143,9 +154,17 @@ def table(seeds: int, store: ResultStore) -> str:
                     r[attack][field] for r in runs if r.get(attack, {}).get(field) is not None
                 )
 
-            first = [next(iter(r.values())) for r in runs]
+            # per run that trained, one of its rows (a diverged training has no model,
+            # accuracy or ε: it is in the errors column only)
+            first = [
+                next(x for x in r.values() if x.get("accuracy") is not None)
+                for r in runs
+                if any(x.get("accuracy") is not None for x in r.values())
+            ]
 
             def eps_text(level, first=first):
+                if not first:
+                    return "-"
                 eps = [f.get(f"epsilon_{level}") for f in first]
                 if all(e is None for e in eps):
                     return "none"
@@ -153,8 +172,7 @@ def table(seeds: int, store: ResultStore) -> str:
 
             # one gradient attack: its own row is the worst case
             worst = WORST_CASE if any(WORST_CASE in r for r in runs) else "dlg"
-            errors = sum(x["status"] != "ok" for r in runs for x in r.values())
-            any_attack = next(iter(runs[0]))
+            errors = sum(any(x["status"] != "ok" for x in r.values()) for r in runs)
             lines.append(
                 "| "
                 + " | ".join(
@@ -165,7 +183,7 @@ def table(seeds: int, store: ResultStore) -> str:
                         knob(point),
                         eps_text("record"),
                         eps_text("client"),
-                        ms(f["accuracy"] for f in first),
+                        ms(f["accuracy"] for f in first) if first else "-",
                         col(worst, "psnr"),
                         col(worst, "psnr_affine"),
                         col(worst, "ssim"),
@@ -173,7 +191,7 @@ def table(seeds: int, store: ResultStore) -> str:
                         col("idlg", "psnr"),
                         col("ig", "psnr"),
                         col("averaged-data", "psnr"),
-                        f"{np.mean([r[any_attack]['bytes_up'] for r in runs]) / 2**20:.2f}",
+                        up_mib(runs),
                         f"{errors} / {len(runs)} seeds" if errors else "0",
                     ]
                 )

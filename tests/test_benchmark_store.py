@@ -759,3 +759,33 @@ def test_the_defense_curves_mnist_setup_leaves_the_committed_setups_rows_in_plac
     assert cfg.dataset_params == {"train_size": 12000} and cfg.model == "lenet-sigmoid"
     assert cfg.resolve().fed.lr == default_lr("mnist", "lenet-sigmoid")[0]
     assert "mnist" not in bench.EMBEDDED and set(bench.EMBEDDED) < set(bench.SETUPS)
+
+
+def test_the_defense_curve_tables_a_diverged_training_as_an_error_not_a_crash(tmp_path):
+    """A point whose training diverged has error rows only (no model, accuracy, ε or
+    upload): its line says so in the errors column and '-' elsewhere; a point that trained
+    beside it keeps its numbers."""
+    bench = _reproduction("defense_curve")
+
+    from privbench import ResultStore
+
+    none_pt, dp_pt = bench.POINTS[0], next(p for p in bench.POINTS if p[0] == "client-dp")
+    trained = bench.config("digits", none_pt, 0).resolve().hash()
+    diverged = bench.config("digits", dp_pt, 0).resolve().hash()
+    rows = [
+        {"method": "fedavg", "config_hash": trained, "attack": a, "status": "ok",
+         "accuracy": 0.9, "psnr": 40.0,
+         "epsilon_record": None, "epsilon_client": None, "bytes_up": 2**20}
+        for a in ("dlg", "idlg", "ig")
+    ] + [
+        {"method": "fedavg", "config_hash": diverged, "attack": a, "status": "error",
+         "accuracy": None,
+         "epsilon_record": None, "epsilon_client": None, "bytes_up": None,
+         "error": "DivergedError: Training diverged in round 2"}
+        for a in ("dlg", "idlg", "ig")
+    ]  # fmt: skip
+    store = ResultStore(str(tmp_path))
+    store.append(rows)
+    lines = {line.split(" | ")[2]: line for line in bench.table(1, store).splitlines()[2:]}
+    assert lines["none"].endswith("| 0.90 | 40.00 | - | - | 40.00 | 40.00 | 40.00 | - | 1.00 | 0 |")
+    assert lines["client-dp"].endswith(" -" + " | -" * 10 + " | 1 / 1 seeds |")
