@@ -134,10 +134,10 @@ def table(seeds: int, store: ResultStore) -> str:
     for r in rows:
         by_hash.setdefault(r["config_hash"], {})[r["attack"]] = r
     lines = [
-        "| data / model | method | defense | knob | ε record | ε client | accuracy "
+        "| data / model | method | defense | knob | seeds | ε record | ε client | accuracy "
         "| worst-case PSNR dB | worst-case PSNR-affine dB | worst-case SSIM | DLG PSNR dB "
         "| iDLG PSNR dB | IG PSNR dB | averaged-data PSNR dB | up MiB | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setup in SETUPS:
         for point in POINTS:
@@ -181,6 +181,7 @@ def table(seeds: int, store: ResultStore) -> str:
                         point[1],
                         point[0],
                         knob(point),
+                        str(len(runs)),
                         eps_text("record"),
                         eps_text("client"),
                         ms(f["accuracy"] for f in first) if first else "-",

@@ -787,5 +787,6 @@ def test_the_defense_curve_tables_a_diverged_training_as_an_error_not_a_crash(tm
     store = ResultStore(str(tmp_path))
     store.append(rows)
     lines = {line.split(" | ")[2]: line for line in bench.table(1, store).splitlines()[2:]}
-    assert lines["none"].endswith("| 0.90 | 40.00 | - | - | 40.00 | 40.00 | 40.00 | - | 1.00 | 0 |")
-    assert lines["client-dp"].endswith(" -" + " | -" * 10 + " | 1 / 1 seeds |")
+    trained_cells = "| 1 | none | none | 0.90 | 40.00 | - | - | 40.00 | 40.00 | 40.00 | - | 1.00 |"
+    assert lines["none"].endswith(trained_cells + " 0 |")
+    assert lines["client-dp"].endswith("| 1 |" + " - |" * 11 + " 1 / 1 seeds |")
