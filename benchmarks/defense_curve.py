@@ -28,12 +28,17 @@ and the setups can run as separate processes:
 from __future__ import annotations
 
 import argparse
-import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import privbench
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reproduce"))
+from _common import add_data_root, use_data_root  # noqa: E402
+
+import privbench  # noqa: E402
+import privbench.tuning  # noqa: E402
 from privbench import AttackConfig, FedConfig, ResultStore, RunConfig
 from privbench.adversary import WORST_CASE
 from privbench.results.report import mean_std as ms
@@ -51,7 +56,8 @@ SETUPS = {
     ),
 }
 
-EMBEDDED = ("digits", "photos")  # without --setup: the setups that need no --data-root
+# without --setup: the setups on embedded data, which need no --data-root
+EMBEDDED = tuple(s for s in sorted(SETUPS) if s in privbench.tuning.EMBEDDED)
 
 # (label, method, defenses, defense params, attacks override)
 POINTS = [
@@ -117,15 +123,10 @@ def measure(setup: str, seeds: int, store: ResultStore) -> None:
             )
 
 
-def up_mib(runs: list[dict[str, dict]]) -> str:
-    """Mean upload per run in MiB, over the runs that trained (a diverged run, an error
-    row, sent no measured upload)."""
-    ups = [
-        next(x["bytes_up"] for x in r.values() if x.get("bytes_up") is not None)
-        for r in runs
-        if any(x.get("bytes_up") is not None for x in r.values())
-    ]
-    return f"{np.mean(ups) / 2**20:.2f}" if ups else "-"
+def up_mib(trained: list[dict]) -> str:
+    """Mean upload per run in MiB, one row per run that trained (a diverged training
+    sent no measured upload)."""
+    return f"{np.mean([r['bytes_up'] for r in trained]) / 2**20:.2f}" if trained else "-"
 
 
 def table(seeds: int, store: ResultStore) -> str:
@@ -192,7 +193,7 @@ def table(seeds: int, store: ResultStore) -> str:
                         col("idlg", "psnr"),
                         col("ig", "psnr"),
                         col("averaged-data", "psnr"),
-                        up_mib(runs),
+                        up_mib(first),
                         f"{errors} / {len(runs)} seeds" if errors else "0",
                     ]
                 )
@@ -213,14 +214,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/defense_curve")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--table-only", action="store_true")
-    ap.add_argument(
-        "--data-root",
-        default=os.environ.get("PRIVBENCH_DATA_ROOT"),
-        help="the folder holding MNIST/ (setup mnist; default: PRIVBENCH_DATA_ROOT)",
-    )
+    add_data_root(ap)  # setup mnist
     args = ap.parse_args()
-    if args.data_root:
-        os.environ["PRIVBENCH_DATA_ROOT"] = args.data_root
+    use_data_root(args.data_root)
     torch.set_num_threads(args.threads)
     store = ResultStore(args.out)
     if not args.table_only:
