@@ -24,7 +24,14 @@ class IncompatibleError(PrivbenchError):
 
 
 class DivergedError(PrivbenchError):
-    """Training produced non-finite weights: the run ends as an error row, not a score."""
+    """Training produced non-finite weights: the run ends as an error row, not a score.
+
+    ``outcome``: when the attacked round came before the divergence, what the run had
+    produced up to it (a :class:`~privbench.engine.outcome.TrainingOutcome` without
+    utility): the victims' messages were sent, so the attacks still run on them; None
+    otherwise."""
+
+    outcome = None
 
 
 class UserCodeError(PrivbenchError):

@@ -24,10 +24,11 @@ from privbench.confighash import config_hash
 from privbench.engine.checkpoint import DEFAULT_EVERY_S, RoundCheckpoint
 from privbench.engine.experiment import Experiment
 from privbench.engine.outcome import TrainingOutcome
-from privbench.errors import PrivbenchError
+from privbench.errors import DivergedError, PrivbenchError
 from privbench.evaluation.attacking import AttackScores, attack_victims, worst_case
 from privbench.results import Result, Results, ResultStore, versions
 from privbench.results.companions import without_attackers
+from privbench.results.store import ATTACKED_BEFORE
 
 log = logging.getLogger("privbench")
 
@@ -87,7 +88,7 @@ def run(
     try:
         outcome = exp.train()
     except Exception as err:  # a failed trial is a row, not silence
-        rows = fail_rows(rows, err, store, t0)
+        rows = training_failed(exp, err, rows, store, t0)
     else:
         rows = finish_rows(exp, outcome, rows, store, t0)
     if exp.checkpoint is not None:  # the rows are stored: the run is over
@@ -145,17 +146,21 @@ def run_shared(
             store.directory, training_hash(exp.cfg), every=checkpoint_every
         )
     try:
-        outcome = exp.train()
+        outcome, failure = exp.train(), None
     except Exception as err:  # a failed trial is a row, not silence
-        for i in live:
-            out[i] = fail_rows(out[i], err, store, t0)
-    else:
+        outcome, failure = attackable(err), err
+        if outcome is None:
+            for i in live:
+                out[i] = fail_rows(out[i], err, store, t0)
+    if outcome is not None:
         trained = time.perf_counter() - t0
         states = _random_states()
         for i in live:
             _restore_random_states(states)
             exp.cfg = cfgs[i]  # only the attacks differ: the trained case is shared
-            out[i] = finish_rows(exp, outcome, out[i], store, time.perf_counter() - trained)
+            out[i] = finish_rows(
+                exp, outcome, out[i], store, time.perf_counter() - trained, diverged=failure
+            )
     if exp.checkpoint is not None:
         exp.checkpoint.remove()
     return out
@@ -183,6 +188,23 @@ def _restore_random_states(states: tuple) -> None:
     random.setstate(states[2])
 
 
+def attackable(err: BaseException) -> TrainingOutcome | None:
+    """What a failed training still gives the attacks: the outcome up to the round that
+    diverged when the attacked round came before it (its messages were sent), else
+    None."""
+    return err.outcome if isinstance(err, DivergedError) else None
+
+
+def training_failed(
+    exp: Experiment, err: Exception, rows: Results, store: ResultStore | None, t0: float
+) -> Results:
+    """The rows of a training that raised ``err``: the attacks' rows of a run that
+    diverged after its attacked round (:func:`finish_rows`), else error rows."""
+    if (outcome := attackable(err)) is not None:
+        return finish_rows(exp, outcome, rows, store, t0, diverged=err)
+    return fail_rows(rows, err, store, t0)
+
+
 def fail_rows(rows: Results, err: Exception, store: ResultStore | None, t0: float) -> Results:
     """Training failed: every row becomes an error row with the message (and is stored)."""
     for row in rows:
@@ -200,11 +222,22 @@ def finish_rows(
     rows: Results,
     store: ResultStore | None,
     t0: float,
+    diverged: DivergedError | None = None,
 ) -> Results:
-    """Fill the rows from a finished training run, run each attack, store the rows."""
+    """Fill the rows from a finished training run, run each attack, store the rows.
+
+    ``diverged``: the training diverged after its attacked round (``outcome`` is what it
+    produced until then). The adversary received the victims' messages, so the attacks
+    run on them as on any run's; every row is an error row that says so, with no
+    accuracy, and carries the attack's scores."""
     u = outcome.utility
     achieved: dict[str, AttackScores] = {}
     for row in rows:
+        if diverged is not None:
+            row.status, row.error = "error", diverged_text(diverged, row.attack_round)
+            if row.attack != "none":
+                achieved_scores(exp, row, outcome, store, achieved)
+            continue
         row.accuracy, row.client_acc_mean, row.client_acc_var = (
             u.accuracy,
             u.client_acc_mean,
@@ -219,27 +252,46 @@ def finish_rows(
         row.history = outcome.history
         row.synthetic_share = outcome.synthetic_share
         row.train_s = outcome.seconds
-        if row.attack == "none":
-            continue
-        ta = time.perf_counter()
-        try:
-            got = achieved[row.attack] = attack_victims(exp, row.attack, outcome, store)
-            row.label_dist_error, row.guess_identified = got.label_error, got.identified
-            if got.score is not None:  # None: a label-distribution attack, no images
-                _set_score(row, got.score)
-            row.reconstruction_file = got.path
-        except Exception as err:  # record the failed attack as an error row
-            row.status, row.error = "error", _error_text(err)
-            _log_traceback(err)
-        row.attack_s = time.perf_counter() - ta
+        if row.attack != "none":
+            achieved_scores(exp, row, outcome, store, achieved)
     if (worst := worst_case(achieved)) is not None:
         rows.append(_worst_case_row(rows, *worst))
+        if diverged is not None:
+            rows[-1].status, rows[-1].error = "error", rows[0].error
     wall = time.perf_counter() - t0
     for row in rows:
         row.wall_s = wall
     if store is not None:
         store.append(rows)
     return rows
+
+
+def achieved_scores(
+    exp: Experiment,
+    row: Result,
+    outcome: TrainingOutcome,
+    store: ResultStore | None,
+    achieved: dict[str, AttackScores],
+) -> None:
+    """Run ``row``'s attack on the outcome's observations and fill its scores (into
+    ``achieved`` too); an attack that fails makes ``row`` an error row that says why,
+    after any error it already states."""
+    ta = time.perf_counter()
+    try:
+        got = achieved[row.attack] = attack_victims(exp, row.attack, outcome, store)
+        row.label_dist_error, row.guess_identified = got.label_error, got.identified
+        if got.score is not None:  # None: a label-distribution attack, no images
+            _set_score(row, got.score)
+        row.reconstruction_file = got.path
+    except Exception as err:  # record the failed attack as an error row
+        text = _error_text(err)
+        row.status, row.error = "error", f"{row.error}; then {text}" if row.error else text
+        _log_traceback(err)
+    row.attack_s = time.perf_counter() - ta
+
+
+def diverged_text(err: DivergedError, attack_round: int | None) -> str:
+    return f"{_error_text(err)} ({ATTACKED_BEFORE} {attack_round}, sent before it)"
 
 
 def _set_score(row: Result, score) -> None:

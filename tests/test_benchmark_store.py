@@ -764,7 +764,8 @@ def test_the_defense_curves_mnist_setup_leaves_the_committed_setups_rows_in_plac
 def test_the_defense_curve_tables_a_diverged_training_as_an_error_not_a_crash(tmp_path):
     """A point whose training diverged has error rows only (no model, accuracy, ε or
     upload): its line says so in the errors column and '-' elsewhere; a point that trained
-    beside it keeps its numbers."""
+    beside it keeps its numbers. Where it diverged after the attacked round, its rows
+    carry the attacks' scores (``pipeline.finish_rows``), and the line shows them."""
     bench = _reproduction("defense_curve")
 
     from privbench import ResultStore
@@ -772,6 +773,8 @@ def test_the_defense_curve_tables_a_diverged_training_as_an_error_not_a_crash(tm
     none_pt, dp_pt = bench.POINTS[0], next(p for p in bench.POINTS if p[0] == "client-dp")
     trained = bench.config("digits", none_pt, 0).resolve().hash()
     diverged = bench.config("digits", dp_pt, 0).resolve().hash()
+    prune_pt = next(p for p in bench.POINTS if p[0] == "prune")
+    attacked = bench.config("digits", prune_pt, 0).resolve().hash()
     rows = [
         {"method": "fedavg", "config_hash": trained, "attack": a, "status": "ok",
          "accuracy": 0.9, "psnr": 40.0,
@@ -783,6 +786,13 @@ def test_the_defense_curve_tables_a_diverged_training_as_an_error_not_a_crash(tm
          "epsilon_record": None, "epsilon_client": None, "bytes_up": None,
          "error": "DivergedError: Training diverged in round 2"}
         for a in ("dlg", "idlg", "ig")
+    ] + [
+        {"method": "fedavg", "config_hash": attacked, "attack": a, "status": "error",
+         "accuracy": None, "psnr": psnr,
+         "epsilon_record": None, "epsilon_client": None, "bytes_up": None,
+         "error": "DivergedError: Training diverged in round 2 (the attacks ran on the "
+                  "messages of round 0, sent before it)"}
+        for a, psnr in (("dlg", 30.0), ("idlg", 20.0), ("ig", 50.0), ("worst-case", 50.0))
     ]  # fmt: skip
     store = ResultStore(str(tmp_path))
     store.append(rows)
@@ -790,3 +800,5 @@ def test_the_defense_curve_tables_a_diverged_training_as_an_error_not_a_crash(tm
     trained_cells = "| 1 | none | none | 0.90 | 40.00 | - | - | 40.00 | 40.00 | 40.00 | - | 1.00 |"
     assert lines["none"].endswith(trained_cells + " 0 |")
     assert lines["client-dp"].endswith("| 1 |" + " - |" * 11 + " 1 / 1 seeds |")
+    leak = "| 50.00 | - | - | 30.00 | 20.00 | 50.00 | - | - | 1 / 1 seeds |"
+    assert lines["prune"].endswith("| 1 | - | - | - " + leak)

@@ -129,6 +129,65 @@ def test_a_diverged_run_is_an_error_row_not_an_accuracy(tmp_path):
     assert [r["status"] for r in stored] == ["error"]
 
 
+def test_a_run_that_diverges_after_its_attacked_round_still_records_the_attacks(
+    tmp_path, monkeypatch
+):
+    """The adversary received round 0's messages before training diverged in round 1:
+    the attacks run on them and score what the same run that did not diverge scores;
+    every row stays an error row (no accuracy) that says so, and settles its point, as
+    does the same run through ``run_shared``."""
+    import privbench.engine.experiment as experiment
+    from privbench.errors import DivergedError
+    from privbench.pipeline import run_shared
+    from privbench.results.store import settled
+
+    cfg = tiny_config(attack=dict(names=("idlg", "dlg"), params={"iters": 2}))
+    clean = {r.attack: r for r in privbench.run(cfg)}
+    assert set(clean) == {"idlg", "dlg", "worst-case"} and clean["dlg"].status == "ok"
+
+    def diverge_in_round_1(state, rnd, lr):
+        if rnd == 1:
+            raise DivergedError("Training diverged in round 1: (a test's)")
+
+    monkeypatch.setattr(experiment, "check_finite_state", diverge_in_round_1)
+    out = tmp_path / "run"
+    rows = {r.attack: r for r in privbench.run(cfg, out=str(out))}
+    assert set(rows) == set(clean)
+    for name, row in rows.items():
+        assert row.status == "error" and row.accuracy is None and row.bytes_up is None
+        assert row.error.startswith("DivergedError: Training diverged in round 1")
+        assert "the attacks ran on the messages of round 0, sent before it" in row.error
+        assert row.psnr == clean[name].psnr and row.ssim == clean[name].ssim
+    assert rows["worst-case"].worst_of == clean["worst-case"].worst_of
+    stored = privbench.ResultStore(str(out)).read()
+    assert len(stored) == 3 and all(settled(r) for r in stored)
+    assert privbench.ResultStore(str(out)).finished_hashes() == {cfg.resolve().hash()}
+    [shared] = run_shared([cfg], store=privbench.ResultStore(str(tmp_path / "shared")))
+    assert [(r.attack, r.status, r.psnr) for r in shared] == [
+        (r.attack, r.status, r.psnr) for r in rows.values()
+    ]
+    # No attack: no victim's message to attack, an error row as before.
+    [row] = privbench.run(tiny_config(), out=str(tmp_path / "none"))
+    assert row.status == "error" and "attacks ran" not in row.error
+
+
+def test_a_diverged_attack_row_from_before_attacks_ran_on_it_is_retried():
+    """Rows written before a run that diverged after its attacked round got its attacks'
+    scores do not settle their point (a rerun scores them); the rest still do."""
+    from privbench.results.store import settled
+
+    old = "DivergedError: Training diverged in round 2: the aggregated model ..."
+    row = {"status": "error", "attack": "dlg", "attack_round": 0, "error": old}
+    assert not settled(row)
+    assert not settled({**row, "attack_round": 2})  # diverged after the upload
+    assert settled({**row, "attack_round": 3})  # diverged before the attacked round
+    assert settled({**row, "attack": "none"})  # no attack to run
+    assert settled({**row, "attack_round": None})  # a row that does not say
+    new = old + " (the attacks ran on the messages of round 0, sent before it)"
+    assert settled({**row, "error": new})
+    assert settled({**row, "error": new + "; then PrivbenchError: NaN or infinite"})
+
+
 @SETTINGS
 @given(NON_FINITE, st.integers(0, 3))
 def test_an_attack_refuses_a_non_finite_update(value, where):

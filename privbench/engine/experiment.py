@@ -19,6 +19,7 @@ from privbench.engine.federated import check_finite_state, clone_state
 from privbench.engine.method import PREPARE_ROUND, ClientState, Reply, run_prepare_phase
 from privbench.engine.outcome import TrainingOutcome, Victim
 from privbench.engine.seeding import derive_seed, torch_generator
+from privbench.errors import DivergedError
 from privbench.progress import bar
 
 
@@ -105,7 +106,20 @@ class Experiment(ClientWork):
                 )
                 for d in defenses:
                     new_state = d.privatize_aggregate(rnd, global_state, new_state, len(results))
-                check_finite_state(new_state, rnd, fed.lr)
+                try:
+                    check_finite_state(new_state, rnd, fed.lr)
+                except DivergedError as err:  # the victims' messages, once sent, stay attackable
+                    if victims:
+                        err.outcome = TrainingOutcome.finish(
+                            channel,
+                            victims,
+                            None,
+                            history,
+                            defenses,
+                            time.perf_counter() - t0,
+                            self._training_sets,
+                        )
+                    raise
                 global_model.load_state_dict(new_state)
                 server.after_aggregate(
                     rnd,

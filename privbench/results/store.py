@@ -13,6 +13,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -218,11 +219,25 @@ def diverged(row: Any) -> bool:
     return _error_starts(row, DIVERGED)
 
 
+# What the rows of a run that diverged after its attacked round add to the divergence
+# (the attacks ran on the messages sent before it).
+ATTACKED_BEFORE = "the attacks ran on the messages of round"
+
+
 def settled(row: Any) -> bool:
     """Whether ``row`` settles its (configuration, attack): ok, or an error that a rerun
-    reproduces (:data:`REPRODUCIBLE_ERRORS`)."""
+    reproduces (:data:`REPRODUCIBLE_ERRORS`). An attack's row of a run that diverged in
+    or after its attacked round, written before such attacks ran, does not: a rerun
+    gives the attack's scores."""
     ok = isinstance(row, dict) and row.get("status") == "ok"
-    return ok or _error_starts(row, REPRODUCIBLE_ERRORS)
+    return ok or (_error_starts(row, REPRODUCIBLE_ERRORS) and not _unattacked(row))
+
+
+def _unattacked(row: dict) -> bool:
+    error, attacked = str(row["error"]), row.get("attack_round")
+    found = re.search(r"diverged in round (\d+)", error)
+    late = found is not None and attacked is not None and int(found[1]) >= attacked
+    return late and row.get("attack") not in (None, "none") and ATTACKED_BEFORE not in error
 
 
 def _ok_keys(data: bytes) -> set[tuple[Any, Any]]:
