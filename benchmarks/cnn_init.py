@@ -24,12 +24,15 @@ there); the tables print at the end:
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from _store import RESULTS, RowStore  # run as a script: benchmarks/ is on sys.path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reproduce"))
+from _common import add_data_root, use_data_root  # noqa: E402
 
 import privbench
 from privbench import FedConfig, RunConfig
@@ -126,10 +129,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--data-root", default=None)
+    add_data_root(ap)
     args = ap.parse_args()
-    if args.data_root:
-        os.environ["PRIVBENCH_DATA_ROOT"] = args.data_root
+    use_data_root(args.data_root)
     store = RowStore(
         Path(RESULTS) / "cnn_init.jsonl",
         lambda r: (
