@@ -164,3 +164,28 @@ def test_a_node_keeps_its_private_state_and_received_messages_in_its_context():
     node.keep(again, context)
     node.restore(1, context)
     assert node.parts.client.synthetic(1) is None
+
+
+@pytest.mark.slow
+def test_a_flower_run_that_diverges_is_an_error_row_with_the_attacks_it_allowed(monkeypatch):
+    """On Flower as in the built-in loop: non-finite weights after round 1 end the run as
+    error rows (no accuracy), and the DLG attack on round 0's message, sent before it,
+    still scores what it scores there."""
+    import privbench.engine.experiment as experiment
+    import privbench.integrations.flower as flower
+    from privbench.errors import DivergedError
+
+    def diverge_in_round_1(state, rnd, lr):
+        if rnd == 1:
+            raise DivergedError(f"Training diverged in round {rnd}: (a test's)")
+
+    monkeypatch.setattr(experiment, "check_finite_state", diverge_in_round_1)
+    monkeypatch.setattr(flower, "check_finite_state", diverge_in_round_1)
+    cfg = _config()
+    (row,) = flower.FlowerBench(cfg).run_simulation()
+    (ref,) = privbench.run(cfg)
+    for r in (row, ref):
+        assert r.status == "error" and r.accuracy is None, r.error
+        assert r.error.startswith("DivergedError: Training diverged in round 1")
+        assert "the attacks ran on the messages of round 0" in r.error
+    assert row.psnr == pytest.approx(ref.psnr, abs=3.0) or min(row.psnr, ref.psnr) > 60

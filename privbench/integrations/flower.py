@@ -49,7 +49,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy  # noqa: E402
 from privbench.config import RunConfig  # noqa: E402
 from privbench.engine.channel import SERVER, Channel  # noqa: E402
 from privbench.engine.experiment import Experiment  # noqa: E402
-from privbench.engine.federated import clone_state  # noqa: E402
+from privbench.engine.federated import check_finite_state, clone_state  # noqa: E402
 from privbench.engine.method import (  # noqa: E402
     PREPARE_ROUND,
     ClientState,
@@ -58,7 +58,7 @@ from privbench.engine.method import (  # noqa: E402
 )
 from privbench.engine.outcome import TrainingOutcome, Victim  # noqa: E402
 from privbench.engine.seeding import derive_seed, torch_generator  # noqa: E402
-from privbench.errors import IncompatibleError  # noqa: E402
+from privbench.errors import DivergedError, IncompatibleError  # noqa: E402
 from privbench.integrations.flower_client import (  # noqa: E402
     client_app,
     from_records,
@@ -66,7 +66,7 @@ from privbench.integrations.flower_client import (  # noqa: E402
     record_reports,
 )
 from privbench.integrations.flower_strategy import PrivbenchStrategy  # noqa: E402
-from privbench.pipeline import base_row, fail_rows, finish_rows  # noqa: E402
+from privbench.pipeline import base_row, finish_rows, training_failed  # noqa: E402
 from privbench.results import Results  # noqa: E402
 
 
@@ -94,6 +94,8 @@ class FlowerBench:
         self.nodes: dict[int, int] = {}  # client id -> Flower node id
         self.cids: dict[int, int] = {}  # Flower node id -> client id
         self.final_state: dict[str, torch.Tensor] | None = None
+        self.diverged: DivergedError | None = None  # set by the round that diverged
+        self.utility = None  # the last evaluation's
         self.strategy_name = "FedAvg"
         self._rng = np.random.default_rng([self.cfg.seed, 3])  # privbench run's sampler
 
@@ -263,8 +265,16 @@ class FlowerBench:
     def _evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
+        state = arrays.to_torch_state_dict()
+        try:  # the built-in loop's check: a diverged run is an error row, not an accuracy
+            check_finite_state(state, server_round - 1, self.cfg.fed.lr)
+        except DivergedError as err:
+            if self.victims:  # their messages were sent: the attacks run on them
+                err.outcome = self.outcome(0.0)
+            self.diverged = err
+            raise
         model = self.exp.build_model()
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(state)
         self.final_state = clone_state(model)
         if not self.exp.evaluates_after(server_round):
             return None
@@ -336,11 +346,13 @@ class FlowerBench:
                 num_supernodes=self.cfg.fed.clients,
                 backend_config=config,
             )
+            if self.diverged is not None:
+                raise self.diverged
             if self.errors:
                 raise RuntimeError("Flower clients failed: " + " | ".join(self.errors[:3]))
             if self.final_state is None:
                 raise RuntimeError("the Flower run finished no round")
             outcome = self.outcome(time.perf_counter() - t0)
         except Exception as err:  # a failed trial is an error row, as in privbench run
-            return fail_rows(rows, err, store, t0)
+            return training_failed(self.exp, err, rows, store, t0)
         return finish_rows(self.exp, outcome, rows, store, t0)
