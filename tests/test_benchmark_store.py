@@ -166,6 +166,33 @@ def _reproduction(name: str):
 
 
 @pytest.mark.slow
+def test_the_fedmix_m_k_sweep_shares_more_than_one_mean_per_client(data_root, monkeypatch):
+    """Each swept M_k splits every client of the sweep into at least two means, so no
+    sweep line is the grid's one mean per client again (M_k = 60 was, on clients of
+    90-103 images); the means are what the clients upload."""
+    import torch
+
+    from privbench.augmenters.fedmix import chunk_means
+    from privbench.engine.experiment import Experiment
+
+    repro = _reproduction("fedmix")
+    monkeypatch.setenv("PRIVBENCH_DATA_ROOT", data_root)
+    swept = {
+        label[-1]: cfg
+        for label, cfg in repro.sweep_points(1, rounds=50, train_size=12000)
+        if label[-1].startswith("M_k") and label[2] == "fedmix"
+    }
+    assert sorted(swept) == sorted(f"M_k {m}" for m in repro.SWEEP_MEAN_SIZES)
+    for label, cfg in swept.items():
+        exp = Experiment(cfg)
+        m = cfg.method_params["mean_size"]
+        for c in exp.clients:
+            x, y = exp.client_data(c.client_id)
+            xbar, _ = chunk_means(x, y, exp.data.num_classes, m, torch.Generator())
+            assert len(xbar) >= 2, f"{label}: client {c.client_id} shares one mean"
+
+
+@pytest.mark.slow
 def test_the_fedzda_reproduction_covers_each_cell_then_resumes(tmp_path):
     from dataclasses import replace
 

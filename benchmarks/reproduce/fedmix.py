@@ -82,11 +82,13 @@ LAMBDAS = (0.05, 0.2)
 
 
 # The sweeps, on MNIST with 2-class shards (the paper's Figures 3-4 and Table 4 sweep λ,
-# M_k and FedProx on CIFAR-10): λ beyond the grid's two values; M_k = 60 and 10 images
-# per shared mean (the grid shares one mean of all a client's images); FedProx's
-# proximal term (μ = 0.01) under FedAvg, NaiveMix and FedMix.
+# M_k and FedProx on CIFAR-10): λ beyond the grid's two values; M_k = 45 and 10 images
+# per shared mean (the grid shares one mean of all a client's images; a client holds
+# 90-103 training images, so 45 is about the paper's M_k = 0.5 n_k, two means each, and
+# 10 gives nine or ten); FedProx's proximal term (μ = 0.01) under FedAvg, NaiveMix and
+# FedMix. (M_k = 60, the first sweep's, gave one mean per client: the grid's runs again.)
 SWEEP_LAMBDAS = (0.02, 0.1)
-SWEEP_MEAN_SIZES = (60, 10)
+SWEEP_MEAN_SIZES = (45, 10)
 FEDPROX_MU = 0.01
 
 # The learning-rate search (FedAvg on a validation split, per dataset and partition):
@@ -269,14 +271,16 @@ def lr_of(dataset: str, partition: str, lrs: dict[tuple, float]) -> float:
 
 def in_grid(rows: list[dict]) -> list[dict]:
     """The test-set runs the tables, verdicts and curves hold: each at its cell's
-    learning rate (:func:`lr_of`); the search's runs and runs at a rate the search did
-    not choose stay in the store, out of them."""
+    learning rate (:func:`lr_of`) and, in the M_k sweep, at a swept M_k; the search's
+    runs and runs at a rate the search did not choose or an M_k no longer swept stay in
+    the store, out of them."""
     lrs = chosen_lrs(rows)
     return [
         r
         for r in rows
         if not _validation(r)
         and r["config"]["fed"]["lr"] == lr_of(r["dataset"], _partition(r["config"]), lrs)
+        and r["config"]["method_params"].get("mean_size") in (None, *SWEEP_MEAN_SIZES)
     ]
 
 
@@ -326,7 +330,8 @@ def curve_rows(rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Final accuracy mean ± std per dataset, partition, method and λ, with the gap to
-    FedAvg and the number of runs (those that diverged beside them, out of the means)."""
+    FedAvg (under the same sweep when FedAvg ran in it: FedProx) and the number of runs
+    (those that diverged beside them, out of the means)."""
 
     def key(r):
         c = r["config"]
@@ -342,7 +347,10 @@ def table(rows: list[dict]) -> str:
         groups.items(),
         key=lambda kv: (kv[0][0], kv[0][1], kv[0][4], METHODS.index(kv[0][2]), kv[0][3] or 0),
     ):
-        base = groups.get((dataset, part, "fedavg", None, ""), [])
+        # against FedAvg under the same sweep where it ran one (FedProx), else the grid's
+        base = groups.get((dataset, part, "fedavg", None, swept)) or groups.get(
+            (dataset, part, "fedavg", None, ""), []
+        )
         gap = (
             f"{np.mean([r['accuracy'] for r in rs]) - np.mean([b['accuracy'] for b in base]):+.3f}"
             if rs and base and method != "fedavg"
