@@ -257,7 +257,8 @@ def finish_rows(
     if (worst := worst_case(achieved)) is not None:
         rows.append(_worst_case_row(rows, *worst))
         if diverged is not None:
-            rows[-1].status, rows[-1].error = "error", rows[0].error
+            rows[-1].status = "error"
+            rows[-1].error = diverged_text(diverged, rows[-1].attack_round)
     wall = time.perf_counter() - t0
     for row in rows:
         row.wall_s = wall
