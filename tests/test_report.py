@@ -289,6 +289,24 @@ def test_a_companion_run_of_the_same_training_joins_the_points_worst_case():
     assert worst["runs"] == 2 and worst["psnr_mean"] == pytest.approx(33.5)
 
 
+def test_a_case_written_before_a_later_field_joins_its_companion_that_carries_it():
+    """Rows store the config of their day: a case from before the local optimiser and
+    the Dirichlet split's ``over`` existed joins a companion that holds them at the
+    values the case ran with (the configuration hash leaves those out), and not one at
+    another value."""
+    from privbench.results.report import worst_case_view
+
+    rows = _two_runs()
+    for r in rows[-1:]:
+        r["config"]["fed"] = {"optimizer": "sgd", "weight_decay": 0.0}
+        r["config"]["partition_params"] = {"alpha": 0.5, "over": "classes"}
+    for r in rows[:-1]:
+        r["config"]["partition_params"] = {"alpha": 0.5}
+    assert [r["attack"] for r in worst_case_view(rows)] == ["worst-case", "averaged-data"]
+    rows[-1]["config"]["fed"]["weight_decay"] = 1e-4  # another training
+    assert "ig" in [r["attack"] for r in worst_case_view(rows)]
+
+
 def test_runs_that_did_not_train_the_same_model_stay_apart():
     from privbench.results.report import worst_case_view
 

@@ -23,11 +23,17 @@ def _without_attackers(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def training_key(row: Mapping[str, Any]) -> str:
     """What a run trained and which messages its attacks received, seed included: two
-    runs with the same key trained the same model and attacked the same victims."""
-    seed = (row.get("config") or {}).get("seed")
-    from privbench.results.report import experiment_id
+    runs with the same key trained the same model and attacked the same victims. Hashed
+    as the configuration hash is (``confighash.config_hash``), so a case written before
+    a field was added joins a companion that carries the field at the value the case
+    ran with."""
+    import copy
 
-    return f"{experiment_id(_without_attackers(row))}-{seed}"
+    from privbench.confighash import config_hash
+
+    config = copy.deepcopy(without_attackers(row.get("config") or {}))
+    config.setdefault("fed", {})
+    return f"{config_hash(config)}-{config.get('seed')}"
 
 
 def split_trainings(rows: Iterable[Mapping[str, Any]]) -> set[str]:
