@@ -66,6 +66,18 @@ class Experiment(ClientWork):
                 saved["history"],
             )
             start, u, t0 = saved["next_round"], saved["utility"], t0 - saved["seconds"]
+
+        def outcome(utility) -> TrainingOutcome:  # what the run has produced so far
+            return TrainingOutcome.finish(
+                channel,
+                victims,
+                utility,
+                history,
+                defenses,
+                time.perf_counter() - t0,
+                self._training_sets,
+            )
+
         with bar(fed.rounds, "rounds", initial=start) as pbar:
             for rnd in range(start, fed.rounds):
                 sampled = self.sample_clients(rng, rnd)
@@ -110,15 +122,7 @@ class Experiment(ClientWork):
                     check_finite_state(new_state, rnd, fed.lr)
                 except DivergedError as err:  # the victims' messages, once sent, stay attackable
                     if victims:
-                        err.outcome = TrainingOutcome.finish(
-                            channel,
-                            victims,
-                            None,
-                            history,
-                            defenses,
-                            time.perf_counter() - t0,
-                            self._training_sets,
-                        )
+                        err.outcome = outcome(None)
                     raise
                 global_model.load_state_dict(new_state)
                 server.after_aggregate(
@@ -147,9 +151,7 @@ class Experiment(ClientWork):
                     )
                 pbar.update(1)
         self.global_model = global_model
-        return TrainingOutcome.finish(
-            channel, victims, u, history, defenses, time.perf_counter() - t0, self._training_sets
-        )
+        return outcome(u)
 
     def model_from(self, state):
         """A builder of the model with weights ``state`` (built only if called)."""
