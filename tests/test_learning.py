@@ -151,8 +151,12 @@ def _shape_args(mod):
 
 @pytest.mark.slow
 def test_cnn_with_he_init_leaves_the_plateau_the_default_init_sits_on(data_root):
-    """benchmarks/cnn_init.py's measurement, one seed: after 3 epochs of plain SGD on
-    1,200 MNIST images the default init is still near chance, He init well above it."""
+    """benchmarks/cnn_init.py's measurement, one seed: after 4 epochs of plain SGD on
+    1,200 MNIST images the default init is still near chance, He init well above it.
+    Four, not three: at lr 0.1 He's curve dips in single epochs, and where it dips
+    depends on float rounding (seed 0's third epoch: 0.83 on two threads, 0.62 on one;
+    its fourth 0.88 and 0.86; the recorded seeds' fourth epochs 0.86-0.91, the default's
+    at most 0.19)."""
     import sys
 
     sys.path.insert(0, "benchmarks")
@@ -161,5 +165,5 @@ def test_cnn_with_he_init_leaves_the_plateau_the_default_init_sits_on(data_root)
     finally:
         sys.path.remove("benchmarks")
     data = load_dataset("mnist", {"train_size": 12000}, root=data_root)
-    assert sgd_curve(data, "pytorch", 0.1, 0, epochs=3)[-1] < 0.3
-    assert sgd_curve(data, "he", 0.1, 0, epochs=3)[-1] > 0.7
+    assert sgd_curve(data, "pytorch", 0.1, 0, epochs=4)[-1] < 0.3
+    assert sgd_curve(data, "he", 0.1, 0, epochs=4)[-1] > 0.75

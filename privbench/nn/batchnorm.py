@@ -129,10 +129,14 @@ def zsdg_many(
     classes = list(range(num_classes)) if classes is None else list(classes)
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
     shape = (len(labels), *input_shape)
+    dtype = next(models[0].parameters()).dtype  # the inputs follow the weights
     if box is None:
-        starts = [torch.randn(shape, generator=g) for g in generators]
+        starts = [torch.randn(shape, generator=g, dtype=dtype) for g in generators]
     else:
-        starts = [box[0] + (box[1] - box[0]) * torch.rand(shape, generator=g) for g in generators]
+        starts = [
+            box[0] + (box[1] - box[0]) * torch.rand(shape, generator=g, dtype=dtype)
+            for g in generators
+        ]
     x = torch.stack(starts)  # (models, N, C, H, W)
     base = copy.deepcopy(models[0]).eval()
     stats = BNStatistics(base, per_image=match == "image")
