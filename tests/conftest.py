@@ -10,9 +10,36 @@ import torch
 
 from privbench.testing import tiny_config
 
-# Two threads, as on CI's two cores; PRIVBENCH_TEST_THREADS=1 profiles the suite beside a
-# benchmark lane on the other core without oversubscribing it.
-torch.set_num_threads(int(os.environ.get("PRIVBENCH_TEST_THREADS", "2")))
+# The golden rows run their commands at the machine's own thread count (part of its
+# fingerprint, tests/golden/machine.py): noted here, before the threads are shared out.
+os.environ.setdefault(
+    "PRIVBENCH_GOLDEN_THREADS", os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
+)
+
+
+def worker_threads() -> int:
+    """Torch threads per test process: ``PRIVBENCH_TEST_THREADS``, else the cores shared
+    among pytest-xdist's workers (one each on CI's two cores), at most two, as before
+    xdist, when one process runs the suite."""
+    if os.environ.get("PRIVBENCH_TEST_THREADS"):
+        return int(os.environ["PRIVBENCH_TEST_THREADS"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, len(os.sched_getaffinity(0)) // workers))
+
+
+THREADS = worker_threads()
+torch.set_num_threads(THREADS)
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # The commands a test starts (CLI runs, sweeps, examples) share the worker's cores
+    # too: more threads than cores would stall at every OpenMP barrier.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(THREADS))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per CPU this process may run on (xdist's own count, when
+    psutil is installed, is of physical cores, which a VM may report fewer of)."""
+    return int(os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or len(os.sched_getaffinity(0)))
 
 
 @pytest.fixture(autouse=True)

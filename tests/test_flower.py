@@ -23,6 +23,8 @@ else:
     pytest.importorskip("flwr")
 
 ROOT = Path(__file__).resolve().parents[1]
+# Flower simulates its clients on Ray: one local Ray instance at a time (with test_sweep's).
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def _config(**kw):

@@ -44,6 +44,8 @@ from tests.golden.machine import (
 FINGERPRINT = fingerprint()
 GOLDEN_FILE = rows_file(FINGERPRINT)
 GOLDEN = golden_rows(GOLDEN_FILE)
+# One command at a time, each at the fingerprint's threads (tests/golden/machine.py).
+pytestmark = pytest.mark.xdist_group("golden")
 
 
 def same(got, want, path="row") -> list[str]:

@@ -124,6 +124,7 @@ def _toml(v):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray instance at a time (with test_flower's)
 def test_ray_backend_runs_the_grid_on_a_local_instance(tmp_path):
     pytest.importorskip("ray")
     out = str(tmp_path / "ray")

@@ -27,13 +27,19 @@ UNTIMED = {"wall_s", "train_s", "attack_s", "versions"}  # fields no recording p
 def fingerprint() -> dict[str, str]:
     """What decides float results here: CPU vendor, model and instruction sets (the ones
     that decide which BLAS / oneDNN kernels run, ``privbench.results.machine.ISA``), torch's
-    version and its thread count (``OMP_NUM_THREADS``, else the core count)."""
+    version and the thread count the commands run at (``PRIVBENCH_GOLDEN_THREADS``, which
+    ``tests/conftest.py`` sets before it shares the cores among test workers, else
+    ``OMP_NUM_THREADS``, else torch's default: the core count)."""
     import torch
 
     from privbench.results.machine import cpu
 
     model, isa = cpu()
-    threads = os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
+    threads = (
+        os.environ.get("PRIVBENCH_GOLDEN_THREADS")
+        or os.environ.get("OMP_NUM_THREADS")
+        or str(torch.get_num_threads())
+    )
     return {
         "cpu": model,
         "isa": isa,
@@ -64,7 +70,13 @@ def run_command(command: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     its rows without the untimed fields ([] when it failed)."""
     argv = [sys.executable, "-m", "privbench", *command.split()]
     argv += ["--json", "--no-save", "--no-progress"]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    # At the fingerprint's thread count, whatever the test worker runs at; threads that
+    # wait sleep rather than spin, so a test beside it on the same cores does not stall
+    # them (the wait policy decides no float).
+    threads = fingerprint()["threads"]
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
     if proc.returncode != 0:
         return proc, []
     return proc, [{k: v for k, v in r.items() if k not in UNTIMED} for r in json.loads(proc.stdout)]
