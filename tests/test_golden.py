@@ -100,3 +100,26 @@ def test_each_machine_recording_is_named_by_its_fingerprint_and_unknown_machines
     other = {**FINGERPRINT, "cpu": "a CPU no recording was made on"}
     assert rows_file(other) == LEGACY and key(other) != key(FINGERPRINT)
     assert set(FINGERPRINT) == {"cpu", "isa", "torch", "threads"}
+
+
+def test_commands_run_at_the_fingerprints_threads_whatever_the_worker_runs_at(monkeypatch):
+    """Under pytest-xdist a worker runs at its share of the cores; the golden commands
+    run at the machine's own count, the one their fingerprint names."""
+    import os
+    import subprocess
+
+    from tests.golden import machine
+
+    monkeypatch.setenv("PRIVBENCH_GOLDEN_THREADS", "7")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what a worker's commands inherit
+    seen = {}
+
+    def fake_run(argv, **kw):
+        seen.update(kw["env"])
+        return subprocess.CompletedProcess(argv, 1, "", "")
+
+    monkeypatch.setattr(machine.subprocess, "run", fake_run)
+    machine.run_command("run fedavg --attack dlg")
+    assert machine.fingerprint()["threads"] == "7"
+    assert seen["OMP_NUM_THREADS"] == seen["MKL_NUM_THREADS"] == "7"
+    assert seen["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["OMP_NUM_THREADS"] == "1"
