@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from privbench.testing import tiny_config
+from tests.golden.machine import golden_threads
 
 # The golden rows run their commands at the machine's own thread count (part of its
 # fingerprint, tests/golden/machine.py): noted here, before the threads are shared out.
-os.environ.setdefault(
-    "PRIVBENCH_GOLDEN_THREADS", os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
-)
+os.environ.setdefault("PRIVBENCH_GOLDEN_THREADS", golden_threads())
+CPUS = len(os.sched_getaffinity(0))  # the CPUs this process may run on
 
 
 def worker_threads() -> int:
@@ -24,7 +24,7 @@ def worker_threads() -> int:
     if os.environ.get("PRIVBENCH_TEST_THREADS"):
         return int(os.environ["PRIVBENCH_TEST_THREADS"])
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, min(2, len(os.sched_getaffinity(0)) // workers))
+    return max(1, min(2, CPUS // workers))
 
 
 THREADS = worker_threads()
@@ -39,7 +39,7 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: one worker per CPU this process may run on (xdist's own count, when
     psutil is installed, is of physical cores, which a VM may report fewer of)."""
-    return int(os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or len(os.sched_getaffinity(0)))
+    return int(os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or CPUS)
 
 
 @pytest.fixture(autouse=True)

@@ -120,6 +120,6 @@ def test_commands_run_at_the_fingerprints_threads_whatever_the_worker_runs_at(mo
 
     monkeypatch.setattr(machine.subprocess, "run", fake_run)
     machine.run_command("run fedavg --attack dlg")
-    assert machine.fingerprint()["threads"] == "7"
+    assert machine.fingerprint()["threads"] == machine.golden_threads() == "7"
     assert seen["OMP_NUM_THREADS"] == seen["MKL_NUM_THREADS"] == "7"
     assert seen["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["OMP_NUM_THREADS"] == "1"

@@ -35,17 +35,24 @@ def fingerprint() -> dict[str, str]:
     from privbench.results.machine import cpu
 
     model, isa = cpu()
-    threads = (
-        os.environ.get("PRIVBENCH_GOLDEN_THREADS")
-        or os.environ.get("OMP_NUM_THREADS")
-        or str(torch.get_num_threads())
-    )
     return {
         "cpu": model,
         "isa": isa,
         "torch": torch.__version__,
-        "threads": threads,
+        "threads": golden_threads(),
     }
+
+
+def golden_threads() -> str:
+    """The thread count the golden commands run at: ``PRIVBENCH_GOLDEN_THREADS``, else
+    ``OMP_NUM_THREADS``, else torch's default (the core count)."""
+    import torch
+
+    return (
+        os.environ.get("PRIVBENCH_GOLDEN_THREADS")
+        or os.environ.get("OMP_NUM_THREADS")
+        or str(torch.get_num_threads())
+    )
 
 
 def key(fp: dict[str, str]) -> str:
@@ -73,7 +80,7 @@ def run_command(command: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     # At the fingerprint's thread count, whatever the test worker runs at; threads that
     # wait sleep rather than spin, so a test beside it on the same cores does not stall
     # them (the wait policy decides no float).
-    threads = fingerprint()["threads"]
+    threads = golden_threads()
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
