@@ -561,8 +561,9 @@ FIGURES: dict[str, Callable[[str], str]] = {
 }
 
 
-# The README shows these two; its copies live in docs/img (redrawn by main()).
-README_FIGURES = ("figures/headline_frontier.png", "figures/defense_reconstructions.png")
+# The README shows these two (MNIST's headline: the primary, complete grid); its copies
+# live in docs/img (redrawn by main()).
+README_FIGURES = ("figures/headline_mnist_frontier.png", "figures/defense_reconstructions.png")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,38 +44,83 @@ def test_plot_without_attacks_explains(tmp_path):
     )
 
 
+def _frontier_row(model, seed, psnr, acc, *, attack="dlg", defense="none", method="fedavg"):
+    return {
+        "method": method,
+        "model": model,
+        "defense": defense,
+        "attack": attack,
+        "seed": seed,
+        "status": "ok",
+        "accuracy": acc,
+        "psnr": psnr,
+        "epsilon": None,
+        "victims": 1,
+        "config_hash": f"{method}-{model}-{defense}-{seed}",
+        "config": {"model": model, "seed": seed},
+    }
+
+
+def _legend_texts(fig) -> dict[str, list[str]]:
+    from matplotlib.legend import Legend
+
+    return {
+        leg.get_title().get_text(): [t.get_text() for t in leg.get_texts()]
+        for leg in fig.axes[0].findobj(Legend)
+    }
+
+
 def test_a_method_on_two_models_is_two_frontier_points(tmp_path, monkeypatch):
     from privbench.results import plots
 
-    def row(model, seed, psnr, acc):
-        return {
-            "method": "fedavg",
-            "model": model,
-            "defense": "none",
-            "attack": "dlg",
-            "seed": seed,
-            "status": "ok",
-            "accuracy": acc,
-            "psnr": psnr,
-            "epsilon": None,
-            "victims": 1,
-            "config_hash": f"{model}-{seed}",
-            "config": {"model": model, "seed": seed},
-        }
-
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, plt, out: figures.append(fig) or out)
-    rows = [row("lenet-sigmoid", s, 40.0 + s, 0.9) for s in (0, 1)]
-    rows += [row("cnn-bn", s, 5.0, 0.98) for s in (0, 1)]
+    rows = [_frontier_row("lenet-sigmoid", s, 40.0 + s, 0.9) for s in (0, 1)]
+    rows += [_frontier_row("cnn-bn", s, 5.0, 0.98) for s in (0, 1)]
     plots.frontier(rows, str(tmp_path / "f.png"))
-    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
-    assert "fedavg (lenet-sigmoid) / none (dlg)" in labels
-    assert "fedavg (cnn-bn) / none (dlg)" in labels
+    methods = _legend_texts(figures[0])["method (colour)"]
+    assert methods == ["fedavg (lenet-sigmoid)", "fedavg (cnn-bn)"]
     # one model: the method's name alone
     figures.clear()
     plots.frontier(rows[:2], str(tmp_path / "g.png"))
-    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
-    assert "fedavg / none (dlg)" in labels
+    assert _legend_texts(figures[0])["method (colour)"] == ["fedavg"]
+
+
+def test_frontier_legends_name_each_method_and_defense_once(tmp_path, monkeypatch):
+    """A headline grid puts dozens of (method, defense, attack) points on one figure: the
+    legends name each colour (method) and marker (defense) once, every method gets its
+    own colour, and an artifact attack's point is hollow where an attack on the update
+    is filled."""
+    import matplotlib.colors as mcolors
+
+    from privbench.results import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, plt, out: figures.append(fig) or out)
+    methods = [f"m{i}" for i in range(13)]
+    rows = [
+        _frontier_row("lenet-sigmoid", 0, 10.0 + i, 0.5, method=m, defense=d, attack=a)
+        for i, m in enumerate(methods)
+        for d in ("none", "dp-sgd")
+        for a in ("worst-case", "averaged-data")
+    ]
+    plots.frontier(rows, str(tmp_path / "f.png"))
+    legends = _legend_texts(figures[0])
+    assert sorted(legends["method (colour)"]) == sorted(methods)
+    assert legends["defense (marker)"] == ["none", "dp-sgd"]
+    ax = figures[0].axes[0]
+    method_keys = next(
+        leg for leg in ax.get_children() if getattr(leg, "get_title", None)
+        and leg.get_title().get_text() == "method (colour)"
+    ).legend_handles  # fmt: skip
+    colours = {mcolors.to_hex(h.get_color()) for h in method_keys}
+    assert len(colours) == 13
+    faces = {mcolors.to_hex(line.get_markerfacecolor()) for line in ax.lines}
+    edges = {mcolors.to_hex(line.get_color()) for line in ax.lines if line.get_marker() != "None"}
+    assert "#ffffff" in faces  # the artifact points
+    assert colours <= faces  # the worst-case points, filled in their method's colour
+    assert colours <= edges
+    assert all(not leg.get_clip_on() for leg in ax.artists)  # never cut off at the axes
 
 
 def test_curves_split_into_panels_and_keep_each_lines_colour(tmp_path, monkeypatch):

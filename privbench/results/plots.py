@@ -43,6 +43,15 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psnr") -> str:
+    """Accuracy against leakage, one point per (method, model, defense, attack) with its
+    spread over seeds: colour = method, marker = defense, filled = what an attack on the
+    update gets (a gradient attack, or the worst case over them), hollow = an attack on a
+    shared artifact. The legends name each colour, marker and fill once, so the figure
+    stays readable with every method of a headline grid on it."""
+    from matplotlib.lines import Line2D
+
+    from privbench.adversary import WORST_CASE, base_name, gradient_attacks
+
     plt = _pyplot()
     attacked = [r for r in worst_case_view(rows) if r.get("attack") not in (None, "none")]
     if not attacked:
@@ -60,10 +69,12 @@ def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psn
         raise ParameterError("No ok rows with both accuracy and leakage to plot.")
     fig, ax = plt.subplots(figsize=(10, 5.5))
     markers = "osD^v<>pP*X"
-    methods = list(dict.fromkeys(s["method"]))
+    labels = list(dict.fromkeys(_method_label(r, models) for _, r in s.iterrows()))
+    colors = _distinct_colors(len(labels))
     defenses = list(dict.fromkeys(s["defense"]))
+    on_update = {*gradient_attacks(), WORST_CASE}
     for _, r in s.iterrows():
-        color = f"C{methods.index(r['method']) % 10}"
+        color = colors[labels.index(_method_label(r, models))]
         marker = markers[defenses.index(r["defense"]) % len(markers)]
         ax.errorbar(
             r[f"{leakage}_mean"],
@@ -72,8 +83,8 @@ def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psn
             yerr=r["accuracy_std"],
             fmt=marker,
             color=color,
+            markerfacecolor=color if base_name(str(r["attack"])) in on_update else "white",
             capsize=2,
-            label=f"{_method_label(r, models)} / {r['defense']} ({r['attack']})",
         )
         if not math.isnan(r["epsilon_mean"]):
             ax.annotate(
@@ -94,17 +105,55 @@ def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psn
         marker="o",
         markersize=14,
         markerfacecolor="none",
-        label="Pareto front",
     )
     unit = " (dB)" if leakage == "psnr" else ""
     ax.set_xlabel(f"leakage: reconstruction {leakage.upper()}{unit}  (lower is more private)")
     ax.set_ylabel("test accuracy  (higher is more useful)")
-    ax.set_title(
-        "Privacy-utility frontier (mean ± std over seeds; color = method, marker = defense)"
-    )
+    ax.set_title("Privacy-utility frontier (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+    def key(marker="s", color="0.4", face=None, ls="", **kw):
+        face = color if face is None else face
+        return Line2D([], [], marker=marker, color=color, markerfacecolor=face, ls=ls, **kw)
+
+    legends = [
+        ("method (colour)", [key(color=c) for c in colors], labels),
+        (
+            "defense (marker)",
+            [key(markers[i % len(markers)]) for i in range(len(defenses))],
+            defenses,
+        ),
+        (
+            "attack",
+            [
+                key("o"),
+                key("o", face="white"),
+                key("o", color="0.5", face="none", ms=14, ls="--"),
+            ],
+            ["on the update (filled)", "on a shared artifact (hollow)", "Pareto front"],
+        ),
+    ]
+    top = 1.0
+    for title, handles, names in legends:
+        legend = ax.legend(
+            handles, names, title=title, fontsize=7, title_fontsize=8,
+            loc="upper left", bbox_to_anchor=(1.01, top), borderaxespad=0,
+        )  # fmt: skip
+        ax.add_artist(legend).set_clip_on(False)  # add_artist clips to the axes
+        fig.canvas.draw()  # the legend's height, to stack the next one below it
+        box = legend.get_window_extent().transformed(ax.transAxes.inverted())
+        top = box.y0 - 0.03
     return _save(fig, plt, out)
+
+
+def _distinct_colors(n: int) -> list:
+    """``n`` colours, the first ten matplotlib's defaults, then tab20's lighter shades
+    (so 20 methods stay apart before any colour repeats)."""
+    from matplotlib import colormaps
+
+    tab20 = colormaps["tab20"].colors
+    palette = list(tab20[0::2]) + list(tab20[1::2])
+    return [palette[i % len(palette)] for i in range(n)]
 
 
 def _method_label(r, models) -> str:
@@ -224,7 +273,8 @@ def _save(fig, plt, out: str) -> str:
     os.makedirs(folder, exist_ok=True)
     tmp = out + ".tmp.png"
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
+    # "tight" keeps what lies outside the axes (a frontier's legends) in the file
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, out)
     return out
