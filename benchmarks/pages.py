@@ -486,7 +486,7 @@ def _curves(out: str) -> str:
 
     # one row per run: the worst-case row carries the run's history like any other
     rows = [r for r in _headline_rows() if r["attack"] == "worst-case"]
-    return curves(rows, out)
+    return curves(rows, out, by=("method",), panels=("defense",))
 
 
 def _reconstructions(out: str) -> str:

@@ -154,3 +154,31 @@ def test_curves_split_into_panels_and_keep_each_lines_colour(tmp_path, monkeypat
     # fedavp is one colour in both panels, another than fedavg's
     assert lines["30 rounds"]["fedavp"].get_color() == lines["20 rounds"]["fedavp"].get_color()
     assert lines["20 rounds"]["fedavg"].get_color() != lines["20 rounds"]["fedavp"].get_color()
+
+
+def test_curves_with_many_lines_share_one_legend_and_twenty_colours(tmp_path, monkeypatch):
+    """Thirteen methods over four defense panels: one legend beside the panels (not one
+    over each), and thirteen colours, none repeated."""
+    from privbench.results import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, plt, out: figures.append(fig) or out)
+    rows = [
+        {
+            "method": f"m{i}",
+            "defense": d,
+            "seed": 0,
+            "status": "ok",
+            "config_hash": f"m{i}-{d}",
+            "history": [{"round": 1, "accuracy": 0.1 * i}, {"round": 2, "accuracy": 0.2}],
+        }
+        for i in range(13)
+        for d in ("none", "dp-sgd", "client-dp", "artifact-noise")
+    ]
+    plots.curves(rows, str(tmp_path / "c.png"), by=("method",), panels=("defense",))
+    (fig,) = figures
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [f"m{i}" for i in range(13)]
+    colours = {str(ln.get_color()) for ln in fig.axes[0].get_lines()}
+    assert len(colours) == 13

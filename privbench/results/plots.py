@@ -146,6 +146,9 @@ def frontier(rows: Sequence[Mapping[str, Any]], out: str, *, leakage: str = "psn
     return _save(fig, plt, out)
 
 
+PALETTE_SIZE = 20  # colours before _distinct_colors repeats one
+
+
 def _distinct_colors(n: int) -> list:
     """``n`` colours, the first ten matplotlib's defaults, then tab20's lighter shades
     (so 20 methods stay apart before any colour repeats)."""
@@ -242,26 +245,36 @@ def curves(
         label: i
         for i, label in enumerate(dict.fromkeys(lb for lines in groups.values() for lb in lines))
     }
+    colors = _distinct_colors(len(index))
     cols = min(len(groups), 2)
     nrows = -(-len(groups) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(7 if cols == 1 else 11, 4.5 * nrows))
     axes = np.atleast_1d(axes).ravel()
+    handles: dict[str, Any] = {}
     for ax, (panel, lines) in zip(axes, groups.items(), strict=False):
         for label, by_round in lines.items():
             i = index[label]
             rounds = sorted(by_round)
             mean = np.array([np.mean(by_round[t]) for t in rounds])
             std = np.array([np.std(by_round[t]) for t in rounds])
-            # matplotlib's colours repeat after 10 lines: the line style tells them apart
-            style = ("-", "--", ":", "-.")[(i // 10) % 4]
-            ax.plot(rounds, mean, marker="o", ms=3, ls=style, color=f"C{i % 10}", label=label)
-            ax.fill_between(rounds, mean - std, mean + std, color=f"C{i % 10}", alpha=0.15)
+            # the colours repeat after 20 lines: the line style tells them apart
+            style = ("-", "--", ":", "-.")[(i // PALETTE_SIZE) % 4]
+            (handles[label],) = ax.plot(
+                rounds, mean, marker="o", ms=3, ls=style, color=colors[i], label=label
+            )
+            ax.fill_between(rounds, mean - std, mean + std, color=colors[i], alpha=0.15)
         ax.set_xlabel("round")
         ax.set_ylabel(f"global test {metric}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if len(index) <= 8:
+            ax.legend(fontsize=8)
         if panel:
             ax.set_title(panel, fontsize=10)
+    if len(index) > 8:  # one legend beside the panels, not one over each
+        fig.legend(
+            [handles[lb] for lb in index], list(index), fontsize=8,
+            loc="upper left", bbox_to_anchor=(1.0, 0.95),
+        )  # fmt: skip
     for ax in axes[len(groups) :]:
         ax.axis("off")
     fig.suptitle("Learning curves (mean ± std over seeds, deduplicated runs)")
