@@ -318,6 +318,11 @@ def page(rows: list[dict]) -> str:
     )
 
 
+# the curves: one panel per dataset, a line per method (one colour in both panels)
+CURVE_BY = ("method",)
+CURVE_PANELS = ("dataset",)
+
+
 def curve_rows(rows: list[dict]) -> list[dict]:
     """The runs the page's curves show: the main grid at λ = 0.05 (the paper's CIFAR-10
     value; λ = 0.2's collapse has its own section), FedAvg with them."""

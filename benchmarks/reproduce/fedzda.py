@@ -60,6 +60,9 @@ PARTITIONS = {
     "multimodal": ("multimodal", {"classes_per_client": 2}),
 }
 METHODS = ("fedavg", "zdac", "zdas")
+# the curves: one panel per dataset, a line per method (one colour in both panels)
+CURVE_BY = ("method",)
+CURVE_PANELS = ("dataset",)
 START = 0.8  # augmentation starts after this fraction of the rounds
 # The paper's Table 1 (local test accuracy %, client variance %²) and Table 2 (external
 # accuracy %, class variance %²), multimodal and unimodal, as (mean, std).
