@@ -305,6 +305,16 @@ class FedAvP(Augmenter):
         )
         return self._loss(model, x, y, scores, pairs, draws)
 
+    def trained_views(self, x, received, generator):
+        """The ``expansion`` copies of ``x`` under the op pairs :meth:`local_loss` draws
+        from ``generator`` (the same draws, in its order): (E, B, C, H, W)."""
+        scores = self.scores(self.policy_state(received)).detach()
+        e = self.params["expansion"]
+        pairs, draws = sample_pairs(scores, self.params["eps"], len(x) * e, generator)
+        with torch.no_grad():
+            xr = x.repeat(e, *([1] * (x.dim() - 1)))  # copy-major, as the loss repeats it
+            return apply_pairs(xr, pairs, draws, self.value_range).view(e, *x.shape)
+
     def _loss(self, model, x, y, scores, pairs, draws):
         return weighted_augmented_loss(
             model,

@@ -237,8 +237,7 @@ class Augmenter(Configurable):
     # couples records of a batch: no per-record gradient exists).
     per_sample_grads: str | None = "hooks"
     value_range: tuple[float, float] = (0.0, 1.0)  # the dataset's pixel range (set by the run)
-    # True: the method inverts BatchNorm running statistics (ZSDG); the run needs a model
-    # that keeps them.
+    # True: the method inverts BatchNorm running statistics (ZSDG): its model keeps them.
     needs_batchnorm = False
     # The model a run uses when the user names none (Fed-ZDA needs BatchNorm: cnn-bn).
     default_model: str | None = None
@@ -247,9 +246,8 @@ class Augmenter(Configurable):
     # that defines its own ``local_loss`` is False unless it says otherwise.
     plain_loss = True
     # True: ``local_loss`` is the base cross-entropy on the batch ``mixed_batch`` returns
-    # (a per-batch input and soft-label mix, e.g. mixup), so clients may still vectorise:
-    # each client mixes its own batch with its own private generator, then they train as
-    # one computation.
+    # (a per-batch input and soft-label mix, e.g. mixup): clients may still vectorise,
+    # each mixing its own batch with its own private generator.
     mixes_batches = False
     # True: ``local_loss`` is ``drawn_loss`` (a mean over the batch of per-record terms)
     # with one private draw per step, ``step_draw`` (FedMix: the X_g entry). Clients then
@@ -372,6 +370,12 @@ class Augmenter(Configurable):
         """Ground truth for scoring, never for attacks: the candidates a client whose
         private randomness is ``generator`` used over ``calls`` loss evaluations."""
         return []
+
+    def trained_views(self, x: torch.Tensor, received: Mapping[str, Payload], generator):
+        """Ground truth for scoring, never for attacks: the K copies of batch ``x`` that a
+        client with private randomness ``generator`` trained on in its first loss
+        evaluation, (K, B, C, H, W) (FedAvP: its op pairs); None: as augmented_views."""
+        return None
 
     def attack_synthetic(
         self, context: Any, count: int, generator: torch.Generator

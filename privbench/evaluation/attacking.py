@@ -81,6 +81,8 @@ def attack_victims(
             victim = outcome.victims[vid]
             gt = victim.images
             views = exp.public_method.augmented_views(victim.images)  # public draws
+            if views is None:  # the copies it trained on, replayed from its private draws
+                views = trained_views(exp, obs[0], victim.images)
             scores.append(
                 score_reconstruction(
                     victim.images, images, victim.labels, rec.labels, exp.data.value_range, views
@@ -131,6 +133,18 @@ def worst_case(named: dict[str, AttackScores]) -> tuple[LeakageScore, list[str]]
         best.append(runs[name][vid])
         names.append(name)
     return combine_scores(best), names
+
+
+def trained_views(exp: Experiment, observation, images: torch.Tensor) -> torch.Tensor | None:
+    """Ground truth for scoring, never for attacks: the copies of the victim's batch its
+    message trained on (``Augmenter.trained_views``), replayed from its private generator;
+    None unless the message comes from one loss evaluation (one local step, no q-FFL
+    loss at the global weights, which draws on the client's whole data first)."""
+    ctx = observation.context
+    if ctx.local_steps != 1 or (ctx.algorithm is not None and ctx.algorithm.needs_loss):
+        return None
+    generator = exp.private_generator(observation.round, observation.sender)
+    return exp.public_method.trained_views(images, ctx.received, generator)
 
 
 def guess_identified(exp: Experiment, observations, recs) -> float | None:
