@@ -62,12 +62,11 @@ REBUILT = "victims > 30 dB"
 
 
 def _leak_psnr(row: dict) -> float | None:
-    """A run's leakage in dB: PSNR to the private image, or to the augmented view of it
-    the client trained on where that is higher (the augmentation is no defense)."""
-    psnr, seen = row.get("psnr"), row.get("psnr_augmented")
-    if psnr is None or seen is None:
-        return psnr
-    return max(psnr, seen)
+    """A run's leakage in dB (``metrics.leaked_db``): PSNR to the private image, or to
+    the augmented view of it the client trained on where that is higher."""
+    from privbench.evaluation.metrics import leaked_db
+
+    return leaked_db(row.get("psnr"), row.get("psnr_augmented"))
 
 
 def rebuilt(rows: list[dict], by: list[str], summary) -> list[str]:
@@ -505,6 +504,26 @@ def _reconstructions(out: str) -> str:
     return plot("reconstructions", rows, out, results_dir=str(RESULTS / "defense_curve"))
 
 
+def _fedavp_views(out: str) -> str:
+    """FedAvP's MNIST headline victims (no defense, every seed) above the identity
+    view's reconstructions, DLG's and IG's: the digit under the op pairs it drew."""
+    from privbench.results.plots import plot
+
+    store = RESULTS / "headline_mnist"
+    rows = [
+        r
+        for r in _headline_rows("headline_mnist")
+        if r["method"] == "fedavp"
+        and r["defense"] == "none"
+        and r["attack"] in ("dlg@identity", "ig@identity")
+        and r.get("reconstruction_file")
+    ]
+    if not rows:
+        return _placeholder(out, "no FedAvP rows yet in benchmarks/results/headline_mnist")
+    rows.sort(key=lambda r: (r["seed"], r["attack"]))
+    return plot("reconstructions", rows, out, results_dir=str(store))
+
+
 def _reproduction_curves(name: str, partition: str | None = None) -> Callable[[str], str]:
     """Accuracy per round of a reproduction's runs, one line per dataset and method
     (mean ± std over seeds), of one partition kind when given."""
@@ -553,6 +572,7 @@ FIGURES: dict[str, Callable[[str], str]] = {
     "figures/headline_frontier.png": _frontier(),
     "figures/headline_mnist_frontier.png": _frontier("headline_mnist"),
     "figures/headline_curves.png": _curves,
+    "figures/headline_mnist_fedavp.png": _fedavp_views,
     "figures/defense_reconstructions.png": _reconstructions,
     "figures/reproduce_fedmix_curves.png": _reproduction_curves("fedmix", "shards"),
     "figures/reproduce_fedzda_curves.png": _reproduction_curves("fedzda", "multimodal"),

@@ -289,6 +289,41 @@ def test_a_companion_run_of_the_same_training_joins_the_points_worst_case():
     assert worst["runs"] == 2 and worst["psnr_mean"] == pytest.approx(33.5)
 
 
+def test_a_companion_that_rebuilt_the_augmented_copy_wins_the_merged_worst_case():
+    from privbench.results.report import worst_case_view
+
+    rows = _two_runs(dlg=12.0, ig=9.0)
+    rows[-1]["psnr_augmented"] = 40.0  # IG rebuilt the copy the victim trained on
+    view = worst_case_view(rows)
+    assert view[0]["worst_of"] == "ig" and view[0]["psnr_augmented"] == 40.0
+
+
+def test_a_stored_worst_case_row_is_chosen_again_by_what_leaked_most():
+    """A one-victim run whose worst-case row was chosen by PSNR to the private image
+    (DLG, 12 dB) while iDLG rebuilt the augmented copy the victim trained on (60 dB):
+    the view's worst case is iDLG's. A run of two victims keeps its pooled row."""
+    from privbench.results.report import worst_case_view
+
+    def run(run_id, victims):
+        names = ["dlg", "idlg"]
+        dlg = _attack_row(run_id, "dlg", 12.0, names=names, victims=victims)
+        idlg = _attack_row(run_id, "idlg", 9.0, names=names, victims=victims)
+        worst = _attack_row(run_id, "worst-case", 12.0, names=names, victims=victims)
+        dlg["psnr_augmented"], idlg["psnr_augmented"] = 15.0, 60.0
+        worst.update(psnr_augmented=15.0, worst_of="dlg")
+        return [dlg, idlg, worst]
+
+    (one,) = worst_case_view(run("one", 1))
+    assert (one["attack"], one["worst_of"], one["psnr"], one["psnr_augmented"]) == (
+        "worst-case",
+        "idlg",
+        9.0,
+        60.0,
+    )
+    (two,) = worst_case_view(run("two", 2))
+    assert (two["worst_of"], two["psnr_augmented"]) == ("dlg", 15.0)
+
+
 def test_a_case_written_before_a_later_field_joins_its_companion_that_carries_it():
     """Rows store the config of their day: a case from before the local optimiser and
     the Dirichlet split's ``over`` existed joins a companion that holds them at the

@@ -37,6 +37,22 @@ def test_worst_case_takes_each_victims_best_attack_by_hand():
     assert worst_case({"dlg": _achieved(10.0), "ig": _achieved(1.0, 2.0)}) is None
 
 
+def test_worst_case_counts_the_augmented_copy_an_attack_rebuilt():
+    """An attack that rebuilt the augmented copy the victim trained on (low PSNR to the
+    private image, high to the copy) leaked more than one that scored a little higher
+    against the private image alone: the worst case takes it (metrics.leaked_db)."""
+    from dataclasses import replace
+
+    copy = AttackScores(None, None, None, None, [replace(_score(8.0), psnr_augmented=45.0)])
+    plain = AttackScores(None, None, None, None, [replace(_score(12.0), psnr_augmented=12.5)])
+    score, names = worst_case({"dlg@sigmoid": plain, "dlg@identity": copy})
+    assert names == ["dlg@identity"]
+    assert (score.psnr, score.psnr_augmented) == (8.0, 45.0)
+    # without an augmented score the PSNR decides, as before
+    score, names = worst_case({"a": _achieved(12.0), "b": _achieved(8.0)})
+    assert names == ["a"]
+
+
 def test_variant_names_set_the_guess_and_are_validated():
     reg = registries()["attack"]
     assert reg.resolve_params("dlg@enumerate", {"iters": 3})["guess"] == "enumerate"

@@ -19,6 +19,7 @@ from privbench.evaluation.metrics import (
     LeakageScore,
     combine_scores,
     label_distribution_error,
+    leaked_db,
     score_nearest,
     score_pairs,
     score_reconstruction,
@@ -121,15 +122,18 @@ def attack_victims(
 
 
 def worst_case(named: dict[str, AttackScores]) -> tuple[LeakageScore, list[str]] | None:
-    """Per victim, the attack (and guess) that leaked most of its batch (highest PSNR;
-    the first of equals, in the order the attacks ran), pooled over victims; and the
+    """Per victim, the attack (and guess) that leaked most of its batch (highest
+    ``leaked_db``: PSNR, or PSNR to the augmented copy where the method gives one; the
+    first of equals, in the order the attacks ran), pooled over victims; and the
     winner's name per victim. None unless two or more attacks scored every victim."""
     runs = {n: a.per_victim for n, a in named.items() if a.per_victim}
     if len(runs) < 2 or len({len(v) for v in runs.values()}) != 1:
         return None
     best, names = [], []
     for vid in range(len(next(iter(runs.values())))):
-        name = max(runs, key=lambda n: runs[n][vid].psnr)  # max keeps the first of equals
+        scores = {n: runs[n][vid] for n in runs}
+        # max keeps the first of equals
+        name = max(scores, key=lambda n: leaked_db(scores[n].psnr, scores[n].psnr_augmented))
         best.append(runs[name][vid])
         names.append(name)
     return combine_scores(best), names

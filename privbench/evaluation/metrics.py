@@ -27,6 +27,15 @@ def _hwc(img: np.ndarray) -> np.ndarray:
     return img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
 
 
+def leaked_db(psnr: float | None, augmented: float | None) -> float | None:
+    """How much a reconstruction leaked, in dB: its PSNR to the private image, or to the
+    augmented copy of it the client trained on where that is higher (``psnr_augmented``:
+    an augmentation is not a defense). What the worst case maximises per victim."""
+    if psnr is None or augmented is None:
+        return psnr
+    return max(psnr, augmented)
+
+
 def psnr(gt: np.ndarray, rec: np.ndarray, data_range: float = 1.0) -> float:
     """PSNR in dB of one (C, H, W) image pair, capped at ``PSNR_CAP``."""
     from skimage.metrics import peak_signal_noise_ratio

@@ -69,15 +69,17 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
     """One worst-case row where several runs of one training (:func:`training_key`)
     split a point's gradient attacks between them (a grid's companion case adding an
     attack to points already measured): per victim, the attack that leaked most over
-    all of them, as a run's own worst-case row takes it. Merged only when the runs name
-    different attacks (runs of one attack at other parameters are a comparison, left
-    apart), each attacked one victim (rows keep pooled scores, not each victim's) and
-    every run reports the same accuracy (the trainings really were the same; if not, a
-    warning and the rows as they are). The merged row is the winner's, with ``attack``
-    ``worst-case``, ``worst_of`` its attack and ``merged_runs`` the runs' hashes."""
+    all of them (``metrics.leaked_db``), as a run's own worst-case row takes it. Merged
+    only when the runs name different attacks (runs of one attack at other parameters
+    are a comparison, left apart), each attacked one victim (rows keep pooled scores,
+    not each victim's) and every run reports the same accuracy (the trainings really
+    were the same; if not, a warning and the rows as they are). The merged row is the
+    winner's, with ``attack`` ``worst-case``, ``worst_of`` its attack and
+    ``merged_runs`` the runs' hashes."""
     import warnings
 
     from privbench.adversary import WORST_CASE
+    from privbench.evaluation.metrics import leaked_db
     from privbench.results.report import experiment_id
 
     merged: dict[int, dict[str, Any] | None] = {}
@@ -108,7 +110,8 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
                 stacklevel=3,
             )
             continue
-        best = max(group, key=lambda r: r["psnr"])  # max keeps the first of equals
+        # max keeps the first of equals
+        best = max(group, key=lambda r: leaked_db(r["psnr"], r.get("psnr_augmented")))
         winner = best.get("worst_of") if best.get("attack") == WORST_CASE else best["attack"]
         row = {**best, "attack": WORST_CASE, "worst_of": winner, "merged_runs": runs}
         row["experiment"] = experiment_id(_without_attackers(best))  # the same for every seed
@@ -120,4 +123,34 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
             out.append(r)
         elif merged[i] is not None:
             out.append(merged[i])
+    return out
+
+
+def rechosen(
+    rows: list[dict[str, Any]], view: list[dict[str, Any]], gradient: set[str]
+) -> list[dict[str, Any]]:
+    """``view`` (``report.worst_case_view``'s rows, a run's worst-case row standing for
+    its gradient attacks) with the worst-case row of each run that attacked one victim
+    chosen again from that run's own gradient rows in ``rows`` by ``metrics.leaked_db``,
+    where that finds one that leaked more: a row written before the worst case counted
+    the augmented copy a client trained on was chosen by PSNR to the private image."""
+    from privbench.adversary import WORST_CASE
+    from privbench.evaluation.metrics import leaked_db
+
+    def leak(r: Mapping[str, Any]) -> float:
+        value = leaked_db(r.get("psnr"), r.get("psnr_augmented"))
+        return float("-inf") if value is None else value
+
+    own: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status", "ok") == "ok" and str(r.get("attack")).partition("@")[0] in gradient:
+            own.setdefault(str(r.get("config_hash")), []).append(r)
+    out = []
+    for r in view:
+        runs = own.get(str(r.get("config_hash")), [])
+        if r.get("attack") == WORST_CASE and r.get("victims") == 1 and runs:
+            best = max(runs, key=leak)  # max keeps the first of equals
+            if leak(best) > leak(r):
+                r = {**r, **best, "attack": WORST_CASE, "worst_of": best["attack"]}
+        out.append(r)
     return out

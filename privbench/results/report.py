@@ -189,9 +189,9 @@ def worst_case_view(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if r.get("config_hash") not in covered
         or str(r.get("attack")).partition("@")[0] not in gradient
     ]
-    from privbench.results.companions import merge_runs
+    from privbench.results.companions import merge_runs, rechosen
 
-    return merge_runs(view, gradient)
+    return merge_runs(rechosen(rows, view, gradient), gradient)
 
 
 def _check_names(names: Sequence[str], allowed: Iterable[str], what: str) -> None:
