@@ -238,3 +238,42 @@ def test_the_headline_table_counts_the_victims_each_cell_rebuilt_above_30_db(tmp
     assert lines[2].startswith("| fedavg | lenet-sigmoid | none | dlg | 2/3 | 3 | 0 |")
     assert lines[3].startswith("| localmix | lenet-sigmoid | none | dlg | - | 3 | 0 |")
     assert lines[4].startswith("| randaugment | lenet-sigmoid | none | dlg | 1/3 | 3 |")
+
+
+@pytest.mark.slow
+def test_headline_again_measures_a_point_scored_before_once(tmp_path):
+    """A FedAvP point (case and IG companion) whose rows predate ``psnr_augmented`` is
+    listed, trained once for both, and its new rows supersede the old ones with the
+    score; then nothing is left to run."""
+    import json
+
+    import headline_again
+
+    from privbench.cli import main
+    from privbench.results.report import latest
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        '[sweep]\ndataset = "digits"\npartition = "iid"\nclients = 4\nrounds = 1\n'
+        "local_epochs = 1\nbatch_size = 16\niters = 2\nno_progress = true\n"
+        "[grid]\nseed = [0]\n"
+        '[[case]]\nmethod = "fedavp"\nattack = ["dlg@identity"]\n'
+        '[[case]]\nmethod = "fedavp"\nattack = ["ig@identity"]\n'
+    )
+    out = tmp_path / "store"
+    assert main(["sweep", str(grid), "--out", str(out), "--workers", "1"]) == 0
+    path = out / "results.jsonl"
+    old = [json.loads(line) for line in path.read_text().splitlines()]
+    assert any(r.get("psnr_augmented") is not None for r in old)  # scored today
+    for r in old:  # as rows written before the score was
+        r["psnr_augmented"] = None
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+
+    (training,) = headline_again.todo(out, [grid], "fedavp")
+    assert sorted(c.attack.names for c in training) == [("dlg@identity",), ("ig@identity",)]
+    headline_again.run([training], out, None)
+    assert headline_again.todo(out, [grid], "fedavp") == []
+    new = [r for r in latest(ResultStore(str(out)).read()) if r.get("psnr") is not None]
+    assert len(new) == len([r for r in old if r.get("psnr") is not None])
+    assert all(r["psnr_augmented"] is not None for r in new)
+    assert {r["accuracy"] for r in new} == {r["accuracy"] for r in old}  # the same training
