@@ -91,6 +91,9 @@ class VictimSimulator:
         # How the attacker models private randomness it cannot see (FedAvP's op pairs;
         # with guess "enumerate", one candidate of FedMix's X_g entries).
         self.augmenter = context.method.attack_view(guess, gen, candidate)
+        # How many dummies per victim image the view optimises (FedAvP's ``copies``: one
+        # per augmented copy of the image in the victim's step; else 1).
+        self.copies = getattr(self.augmenter, "copies", 1)
         # The view's per-candidate tensors (FedMix: the X_g entry): batched attacks pass
         # them per trial, so all candidates' trials share one computation.
         self.view_inputs = self.augmenter.trial_inputs(context.received)
@@ -404,10 +407,12 @@ _GUESS = Param(
     str,
     "expected",
     "how the attacker models what the victim drew privately: the expected loss (FedMix: "
-    "the mean X_g entry; FedAvP: over the policy), one sampled draw, none (identity), or "
-    "enumerate every candidate it knows (FedMix: each X_g entry, the best match wins; "
-    "the expected view where there is nothing to enumerate)",
-    choices=("expected", "sample", "identity", "enumerate"),
+    "the mean X_g entry; FedAvP: over the policy), one sampled draw, none (identity), "
+    "none with a free dummy per augmented copy the step trains on (copies; FedAvP's "
+    "expansion, identity elsewhere), or enumerate every candidate it knows (FedMix: each "
+    "X_g entry, the best match wins; the expected view where there is nothing to "
+    "enumerate)",
+    choices=("expected", "sample", "identity", "enumerate", "copies"),
 )
 _TOL = Param("tol", float, 1e-12, "stop once the matching loss is below this", low=0.0)
 _SYNTHETIC = Param(
@@ -480,13 +485,22 @@ class _Problem:
         self.kind = observation.kind
         self.target = sim.target(observation)
         self.fixed = None if joint_labels else infer_labels(observation, sim)
+        if self.fixed is not None and sim.copies > 1:  # each copy of an image keeps its label
+            self.fixed = self.fixed.repeat(sim.copies, *([1] * (self.fixed.dim() - 1)))
         if self.fixed is not None and sim.free:  # the synthetic dummies keep the estimate's
             self.fixed = torch.cat([self.fixed, sim.estimate[1].to(self.fixed.dtype)])
         self.prior = Prior(attack.params["prior"], attack.params["prior_weight"], observation, seen)
         self.starts = [
-            self.with_free_synthetic(attack, attack.draw_start(sim.ctx, generator), generator)
+            self.with_free_synthetic(attack, self.copies_start(attack, generator), generator)
             for _ in range(attack.params["restarts"])
         ]
+
+    def copies_start(self, attack, generator) -> tuple:
+        """One restart's start: ``draw_start``'s, drawn once per copy of the victim's
+        batch the view optimises (FedAvP's ``copies``: every augmented copy a free
+        dummy), copy-major as the victim's loss repeats its batch."""
+        starts = [attack.draw_start(self.sim.ctx, generator) for _ in range(self.sim.copies)]
+        return starts[0] if len(starts) == 1 else tuple(map(torch.cat, zip(*starts, strict=True)))
 
     def with_free_synthetic(self, attack, start: tuple, generator) -> tuple:
         """A start with the free synthetic dummies (joint mode) after the real ones: their
@@ -502,8 +516,9 @@ class _Problem:
 
     @property
     def real(self) -> int:
-        """How many leading dummies stand for the victim's real records."""
-        return self.sim.ctx.num_images
+        """How many leading dummies stand for the victim's real records (each of its
+        images once, or once per copy the view optimises)."""
+        return self.sim.ctx.num_images * self.sim.copies
 
     def shares_recipe(self, other: _Problem) -> bool:
         """True when both victims' losses are one function of (variables, target), so

@@ -56,7 +56,7 @@ from privbench.errors import IncompatibleError, ParameterError
 from privbench.registry import Param
 
 State = dict[str, torch.Tensor]
-GUESSES = ("expected", "sample", "identity")
+GUESSES = ("expected", "sample", "identity", "copies")
 
 
 def clip_coef(grads, max_norm: float) -> torch.Tensor:
@@ -440,13 +440,18 @@ class PolicyGuess(Augmenter):
     - ``expected``: sum over all 289 pairs of q(pair) * s(pair) * loss(pair(x)), one fixed
       magnitude draw per op (the victim's loss in expectation over its pair draws);
     - ``sample``: one fixed pair per augmented copy, drawn from the policy like the victim;
-    - ``identity``: no augmentation, weighted by the expected score sum(q * s).
+    - ``identity``: no augmentation, weighted by the expected score sum(q * s);
+    - ``copies``: the identity view with a free dummy per augmented copy (``expansion``
+      per image): the victim's step is a batch of E·B images it cannot see, each of
+      which the attacker optimises, so none is forced to be a blend of two copies.
     """
 
     def __init__(self, method: FedAvP, guess: str, generator: torch.Generator):
         super().__init__()
         self.method, self.guess, self.generator = method, guess, generator
         self.name = f"{method.name}[{guess}]"
+        # dummies per victim image (VictimSimulator.copies)
+        self.copies = method.params["expansion"] if guess == "copies" else 1
         self._fixed = None
         if guess == "expected":  # drawn now: the view is the same however many restarts
             self._fixed = torch.rand(2, NUM_OPS, 2, generator=generator)
@@ -455,7 +460,7 @@ class PolicyGuess(Augmenter):
         m = self.method
         scores = m.scores(m.policy_state(received)).detach()
         q = sampling_probs(scores, m.params["eps"])
-        if self.guess == "identity":
+        if self.guess in ("identity", "copies"):  # copies: x holds E·B dummies, y repeated
             return (q * scores).sum() * cross_entropy(model(x), y)
         if self.guess == "sample":
             if self._fixed is None:

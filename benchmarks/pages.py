@@ -506,18 +506,27 @@ def _reconstructions(out: str) -> str:
 
 def _fedavp_views(out: str) -> str:
     """FedAvP's MNIST headline victims (no defense, every seed) above the identity
-    view's reconstructions, DLG's and IG's: the digit under the op pairs it drew."""
+    view's reconstructions, DLG's and IG's: the digit under the op pairs it drew. The
+    grid's rows where they have landed, else the earlier grid's (before @copies)."""
     from privbench.results.plots import plot
+    from privbench.results.report import latest, load_rows
 
     store = RESULTS / "headline_mnist"
-    rows = [
-        r
-        for r in _headline_rows("headline_mnist")
-        if r["method"] == "fedavp"
-        and r["defense"] == "none"
-        and r["attack"] in ("dlg@identity", "ig@identity")
-        and r.get("reconstruction_file")
-    ]
+
+    def shown(rows):
+        return [
+            r
+            for r in rows
+            if r["method"] == "fedavp"
+            and r["defense"] == "none"
+            and r["attack"] in ("dlg@identity", "ig@identity")
+            and r.get("status") == "ok"
+            and r.get("reconstruction_file")
+        ]
+
+    rows = shown(_headline_rows("headline_mnist"))
+    if not rows and (store / "results.jsonl").exists():
+        rows = shown(latest(load_rows(str(store))))
     if not rows:
         return _placeholder(out, "no FedAvP rows yet in benchmarks/results/headline_mnist")
     rows.sort(key=lambda r: (r["seed"], r["attack"]))

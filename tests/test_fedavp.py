@@ -369,3 +369,35 @@ def test_a_fedavp_row_scores_the_copies_its_victim_trained_on(monkeypatch, tmp_p
     expected = score_reconstruction(gt, torch.from_numpy(rec), views=views).psnr_augmented
     assert row.psnr_augmented == pytest.approx(expected, abs=1e-9)
     assert row.psnr_augmented >= row.psnr
+
+
+def test_copies_view_is_the_identity_view_when_a_step_has_one_copy():
+    """Hand-worked: with ``expansion`` 1 the copies view optimises one dummy per image,
+    the identity view's problem from the same starts: the same reconstruction."""
+    attack = {"names": ("dlg@identity", "dlg@copies"), "params": {"iters": 3}}
+    params = {"h1": 8, "h2": 8, "expansion": 1}
+    rows = privbench.run(tiny_config(method="fedavp", method_params=params, attack=attack))
+    by = {r.attack: r for r in rows}
+    assert by["dlg@copies"].status == by["dlg@identity"].status == "ok"
+    assert by["dlg@copies"].psnr == by["dlg@identity"].psnr
+    assert by["dlg@copies"].psnr_augmented == by["dlg@identity"].psnr_augmented
+
+
+def test_copies_view_optimises_a_dummy_per_augmented_copy(tmp_path):
+    """With ``expansion`` 3 and a batch of 2, DLG's and IG's copies views rebuild six
+    images (copy-major, each copy keeping its image's label) and each victim image is
+    scored by the best of them against the copies it trained on."""
+    import numpy as np
+
+    attack = {"names": ("dlg@copies", "ig@copies"), "params": {"iters": 3}, "batch": 2}
+    cfg = tiny_config(
+        method="fedavp", method_params={"h1": 8, "h2": 8, "expansion": 3}, attack=attack
+    )
+    rows = privbench.run(cfg, out=str(tmp_path))
+    for row in rows:
+        assert row.status == "ok", row.error
+        if row.attack == "worst-case":
+            continue
+        with np.load(tmp_path / row.reconstruction_file) as saved:
+            assert saved["ground_truth"].shape[1] == 2 and saved["reconstruction"].shape[1] == 6
+        assert row.psnr_augmented >= row.psnr
