@@ -117,8 +117,10 @@ def score_reconstruction(
     views: torch.Tensor | None = None,
 ) -> LeakageScore:
     """Match and score a batch of reconstructions against the private images. ``views``
-    (K, B, C, H, W): the private images under each public augmentation draw; each pair
-    then also scores against the view it matches best (``psnr_augmented``)."""
+    (K, B, C, H, W): the private images under each augmentation draw; each pair then
+    also scores against the view it matches best (``psnr_augmented``). With more
+    reconstructions than images (an attack with a dummy per augmented copy), image i's
+    ``psnr_augmented`` is the best of every reconstruction against its views."""
     lo, hi = value_range
     gt = gt_images.detach().cpu().double()
     rec = rec_images.detach().cpu().double().clamp(lo, hi)
@@ -138,8 +140,10 @@ def score_reconstruction(
     aug = views.detach().cpu().double()
     best = []
     for i, j, p in zip(gi, rj, score.per_image_psnr, strict=True):
-        nearest = int(((aug[:, i] - rec[j]) ** 2).flatten(1).mean(1).argmin())
-        best.append(max(p, psnr(aug[nearest, i].numpy(), rec[j].numpy(), hi - lo)))
+        for r in range(len(rec)) if len(rec) > len(gt) else [j]:
+            nearest = int(((aug[:, i] - rec[r]) ** 2).flatten(1).mean(1).argmin())
+            p = max(p, psnr(aug[nearest, i].numpy(), rec[r].numpy(), hi - lo))
+        best.append(p)
     return replace(score, psnr_augmented=float(np.mean(best)))
 
 
