@@ -87,6 +87,12 @@ def reptile_update(
     return {k: theta[k] - lr * coef * grad[k] for k in theta}
 
 
+def copy_major(t: torch.Tensor, copies: int) -> torch.Tensor:
+    """``copies`` copies of a batch stacked copy-major, (copies * B, ...): how FedAvP's
+    step expands its batch (the loss, and the copies scoring replays)."""
+    return t.repeat(copies, *([1] * (t.dim() - 1)))
+
+
 def weighted_augmented_loss(
     model,
     x: torch.Tensor,
@@ -101,8 +107,7 @@ def weighted_augmented_loss(
 ) -> torch.Tensor:
     """FedAvP's training loss: each of ``expansion`` copies of image i goes through its
     sampled pair; per-sample cross-entropy weighted by the pair's score."""
-    xr = x.repeat(expansion, *([1] * (x.dim() - 1)))  # (E B, C, H, W), copy-major
-    yr = y.repeat(expansion, *([1] * (y.dim() - 1)))
+    xr, yr = copy_major(x, expansion), copy_major(y, expansion)  # (E B, ...)
     losses = per_sample_cross_entropy(model(apply_pairs(xr, pairs, draws, value_range)), yr)
     w = scores[pairs]
     if score_norm:
@@ -299,21 +304,24 @@ class FedAvP(Augmenter):
             return self.attack_view("expected", torch.Generator().manual_seed(0)).local_loss(
                 model, x, y, received=received
             )
-        scores = self.scores(self.policy_state(received)).detach()
-        pairs, draws = sample_pairs(
-            scores, self.params["eps"], len(y) * self.params["expansion"], generator
-        )
+        scores, pairs, draws = self._draw(received, len(y), generator)
         return self._loss(model, x, y, scores, pairs, draws)
+
+    def _draw(self, received, batch: int, generator):
+        """The policy's scores and the op pairs (and their draws) a step on ``batch``
+        images takes from ``generator``: one per augmented copy. The one place the step
+        draws, so :meth:`trained_views` replays exactly what :meth:`local_loss` drew."""
+        scores = self.scores(self.policy_state(received)).detach()
+        n = batch * self.params["expansion"]
+        return scores, *sample_pairs(scores, self.params["eps"], n, generator)
 
     def trained_views(self, x, received, generator):
         """The ``expansion`` copies of ``x`` under the op pairs :meth:`local_loss` draws
         from ``generator`` (the same draws, in its order): (E, B, C, H, W)."""
-        scores = self.scores(self.policy_state(received)).detach()
+        _, pairs, draws = self._draw(received, len(x), generator)
         e = self.params["expansion"]
-        pairs, draws = sample_pairs(scores, self.params["eps"], len(x) * e, generator)
         with torch.no_grad():
-            xr = x.repeat(e, *([1] * (x.dim() - 1)))  # copy-major, as the loss repeats it
-            return apply_pairs(xr, pairs, draws, self.value_range).view(e, *x.shape)
+            return apply_pairs(copy_major(x, e), pairs, draws, self.value_range).view(e, *x.shape)
 
     def _loss(self, model, x, y, scores, pairs, draws):
         return weighted_augmented_loss(

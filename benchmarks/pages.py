@@ -61,14 +61,6 @@ def headline_table(store: str) -> Callable[[], str]:
 REBUILT = "victims > 30 dB"
 
 
-def _leak_psnr(row: dict) -> float | None:
-    """A run's leakage in dB (``metrics.leaked_db``): PSNR to the private image, or to
-    the augmented view of it the client trained on where that is higher."""
-    from privbench.evaluation.metrics import leaked_db
-
-    return leaked_db(row.get("psnr"), row.get("psnr_augmented"))
-
-
 def rebuilt(rows: list[dict], by: list[str], summary) -> list[str]:
     """Per line of ``summary``: how many of its runs' victims the attack rebuilt above 30
     dB (PSNR, the gradient-inversion papers' success), of the runs that report a PSNR.
@@ -76,11 +68,12 @@ def rebuilt(rows: list[dict], by: list[str], summary) -> list[str]:
     noise) and its mean ± std over few seeds reads better beside this count. As on the
     frontier, a victim rebuilt as the augmented view it trained on (``psnr_augmented``,
     the private image under a public op the attacker matches) counts as rebuilt."""
+    from privbench.results.companions import leaked
     from privbench.results.report import worst_case_view
 
     counts: dict[tuple, list[int]] = {}
     for r in worst_case_view(rows):
-        psnr = _leak_psnr(r)
+        psnr = leaked(r)
         if r.get("status") == "ok" and psnr is not None and math.isfinite(psnr):
             k = counts.setdefault(tuple(r.get(c) for c in by), [0, 0])
             k[0] += psnr > 30
@@ -462,6 +455,7 @@ TABLES: dict[str, Callable[[], str]] = {
 
 def _frontier(store: str = "headline") -> Callable[[str], str]:
     def draw(out: str) -> str:
+        from privbench.results.companions import leaked
         from privbench.results.plots import frontier
         from privbench.results.report import worst_case_view
 
@@ -471,10 +465,10 @@ def _frontier(store: str = "headline") -> Callable[[str], str]:
         rows = worst_case_view(rows)
         # where a method augments from a public op space, its leakage is the
         # reconstruction against the private image under the draw it matches
-        # (RandAugment: 11 dB as is, 83 dB so): the frontier must not read the
+        # (RandAugment: 11 dB as is, 86 dB so): the frontier must not read the
         # augmentation as a defense
         for r in rows:
-            r["psnr"] = _leak_psnr(r)
+            r["psnr"] = leaked(r)
         return frontier(rows, out)
 
     return draw

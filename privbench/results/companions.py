@@ -36,6 +36,14 @@ def training_key(row: Mapping[str, Any]) -> str:
     return f"{config_hash(config)}-{config.get('seed')}"
 
 
+def leaked(row: Mapping[str, Any]) -> float | None:
+    """A row's leakage in dB (``metrics.leaked_db`` of its ``psnr`` and
+    ``psnr_augmented``): what a worst case maximises, the tables' `victims > 30 dB`."""
+    from privbench.evaluation.metrics import leaked_db
+
+    return leaked_db(row.get("psnr"), row.get("psnr_augmented"))
+
+
 def split_trainings(rows: Iterable[Mapping[str, Any]]) -> set[str]:
     """The configuration hashes of runs of one training (:func:`training_key`) that do
     not all report the same accuracy: runs made apart on machines whose float rounding
@@ -79,7 +87,6 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
     import warnings
 
     from privbench.adversary import WORST_CASE
-    from privbench.evaluation.metrics import leaked_db
     from privbench.results.report import experiment_id
 
     merged: dict[int, dict[str, Any] | None] = {}
@@ -111,7 +118,7 @@ def merge_runs(rows: list[dict[str, Any]], gradient: set[str]) -> list[dict[str,
             )
             continue
         # max keeps the first of equals
-        best = max(group, key=lambda r: leaked_db(r["psnr"], r.get("psnr_augmented")))
+        best = max(group, key=leaked)  # every row of a group has a PSNR
         winner = best.get("worst_of") if best.get("attack") == WORST_CASE else best["attack"]
         row = {**best, "attack": WORST_CASE, "worst_of": winner, "merged_runs": runs}
         row["experiment"] = experiment_id(_without_attackers(best))  # the same for every seed
@@ -135,10 +142,9 @@ def rechosen(
     where that finds one that leaked more: a row written before the worst case counted
     the augmented copy a client trained on was chosen by PSNR to the private image."""
     from privbench.adversary import WORST_CASE
-    from privbench.evaluation.metrics import leaked_db
 
     def leak(r: Mapping[str, Any]) -> float:
-        value = leaked_db(r.get("psnr"), r.get("psnr_augmented"))
+        value = leaked(r)
         return float("-inf") if value is None else value
 
     own: dict[str, list[dict[str, Any]]] = {}
