@@ -271,6 +271,9 @@ class FedAvP(Augmenter):
     # The expected and sampled views apply the policy's ops to the dummies: free L-BFGS
     # dummies leave the box and overflow them (every restart diverges on digits).
     attack_image_ops = True
+    # What rebuilds its victims (the headline): no ops on the dummies, and a free dummy
+    # per augmented copy; ``all-gradient`` tries both beside the expected view.
+    attack_guesses = ("identity", "copies")
 
     def setup(self, *, num_classes, input_shape, num_clients, seed):
         super().setup(

@@ -26,7 +26,8 @@ def expand_attacks(names, method: str) -> tuple[str, ...]:
     adversary can enumerate (FedMix's X_g entries), ``@joint`` where it mixes private
     synthetic samples into the step (Fed-ZDAC, CVAE imputation), ``@sigmoid`` (the
     attacks that take it) where its attacker's view applies image ops to the dummies
-    (FedAvP); other names pass through, duplicates dropped."""
+    (FedAvP), and each of the method's ``attack_guesses`` (FedAvP: ``@identity``,
+    ``@copies``); other names pass through, duplicates dropped."""
     from privbench import registries
     from privbench.engine.method import Augmenter
     from privbench.errors import PrivbenchError
@@ -47,6 +48,7 @@ def expand_attacks(names, method: str) -> tuple[str, ...]:
         variants.append("@joint")
     if getattr(factory, "attack_image_ops", False):
         variants.append("@sigmoid")
+    variants += ["@" + g for g in getattr(factory, "attack_guesses", ())]
     attacks = registries()["attack"]
 
     def accepts(name: str) -> bool:  # only the L-BFGS attacks have a @sigmoid box

@@ -71,13 +71,22 @@ def test_all_gradient_expands_to_every_gradient_attack_and_the_guesses_that_appl
     assert expand_attacks(("all-gradient",), "fedavg") == ("dlg", "idlg", "ig", "ig-inversefed")
     assert expand_attacks(("all-gradient",), "zdac")[:2] == ("dlg", "dlg@joint")
     # FedAvP's view applies image ops: the L-BFGS attacks (not IG) also run in the box.
+    # FedAvP's identity and copies guesses (what rebuilds its victims) run for every one.
     assert expand_attacks(("all-gradient",), "fedavp") == (
         "dlg",
         "dlg@sigmoid",
+        "dlg@identity",
+        "dlg@copies",
         "idlg",
         "idlg@sigmoid",
+        "idlg@identity",
+        "idlg@copies",
         "ig",
+        "ig@identity",
+        "ig@copies",
         "ig-inversefed",
+        "ig-inversefed@identity",
+        "ig-inversefed@copies",
     )
     assert expand_attacks(("averaged-data", "all-gradient", "dlg"), "fedmix") == (
         "averaged-data",

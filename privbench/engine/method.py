@@ -242,22 +242,22 @@ class Augmenter(Configurable):
     # The model a run uses when the user names none (Fed-ZDA needs BatchNorm: cnn-bn).
     default_model: str | None = None
     # True: ``local_loss`` is the base cross-entropy, one function for every client, so
-    # clients may train as one vectorised computation. Declared by the class; a subclass
-    # that defines its own ``local_loss`` is False unless it says otherwise.
+    # clients may train as one vectorised computation (False where a subclass defines
+    # its own ``local_loss`` and says nothing).
     plain_loss = True
     # True: ``local_loss`` is the base cross-entropy on the batch ``mixed_batch`` returns
-    # (a per-batch input and soft-label mix, e.g. mixup): clients may still vectorise,
-    # each mixing its own batch with its own private generator.
+    # (e.g. mixup): clients still vectorise, each mixing with its own private generator.
     mixes_batches = False
     # True: ``local_loss`` is ``drawn_loss`` (a mean over the batch of per-record terms)
     # with one private draw per step, ``step_draw`` (FedMix: the X_g entry). Clients then
     # vectorise on a model :mod:`privbench.nn.stacked` can stack, each drawing its own.
     draws_per_step = False
-    # True: the attacker's view (``attack_view``) puts the dummy images through image
-    # operations defined on valid images only (FedAvP's policy ops), where an unbounded
-    # L-BFGS dummy overflows; ``all-gradient`` then adds each attack's ``@sigmoid``
-    # variant, whose dummies stay in the data's box.
+    # True: the attacker's view puts the dummies through image ops defined on valid
+    # images only (FedAvP's policy ops), where an unbounded L-BFGS dummy overflows:
+    # ``all-gradient`` adds each attack's ``@sigmoid`` variant (dummies in the box).
     attack_image_ops = False
+    # Guesses of private draws ``all-gradient`` tries too (FedAvP: identity, copies).
+    attack_guesses: tuple[str, ...] = ()
     Client: type[ClientRole] = ClientRole
     Server: type[ServerRole] = ServerRole
 
