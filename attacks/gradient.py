@@ -170,6 +170,44 @@ class VictimSimulator:
             grads = {n: grads[n] + pen[n] for n in grads}
         return grads
 
+    def solves_weights(self, kind: str) -> bool:
+        """Whether each dummy's weight in the victim's loss is solved against the observed
+        message (the view's ``free_weights``: FedAvP's ``copies``, each copy weighted by
+        its drawn pair's score, which the attacker cannot see): for a one-step gradient
+        without per-record clipping, where the message is linear in those weights."""
+        free = getattr(self.augmenter, "free_weights", False)
+        return free and kind == "gradient" and self.ctx.record_clip is None
+
+    def solved_gradient(self, x, y, view, target) -> dict[str, torch.Tensor]:
+        """The gradient of the view's loss with each dummy's term reweighted by the
+        coefficient that best matches ``target`` (least squares, in closed form: the
+        message is linear in them): sum_i c_i g_i, g_i dummy i's gradient, c the
+        solution of (G G^T) c = G (target - penalty) over the (masked) g_i. The best
+        weights for the squared distance (DLG) and for the cosine (IG) alike."""
+        params = dict(self.params0)
+        per = [
+            _weight_grad(
+                lambda p, i=i: self.loss(p, x[i : i + 1], y[i : i + 1], penalty=False, view=view),
+                params,
+                x,
+            )
+            for i in range(len(y))
+        ]
+        pen = None
+        if self.penalised:
+            pen = _weight_grad(lambda p: self.ctx.algorithm.penalty(p, self.params0), params, x)
+        seen = {n: t if pen is None else t - pen[n] for n, t in target.items()}
+        mask = self.mask or {}
+        flat = torch.stack(
+            [torch.cat([(g[n] * mask.get(n, 1.0)).flatten() for n in seen]) for g in per]
+        )
+        gram = flat @ flat.T
+        ridge = 1e-10 * gram.diagonal().mean() + 1e-30
+        rhs = flat @ torch.cat([seen[n].flatten() for n in seen])
+        c = torch.linalg.solve(gram + ridge * torch.eye(len(per), dtype=gram.dtype), rhs)
+        out = {n: sum(c[i] * per[i][n] for i in range(len(per))) for n in params}
+        return out if pen is None else {n: out[n] + pen[n] for n in out}
+
     def message(
         self,
         kind: str,
@@ -177,6 +215,7 @@ class VictimSimulator:
         y: torch.Tensor,
         create_graph: bool = True,
         view: Mapping[str, torch.Tensor] | None = None,
+        target: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """What the victim would have sent had its data been (x, y).
 
@@ -185,13 +224,19 @@ class VictimSimulator:
         scale is that of a gradient. Public clipping of the defenses is applied alike.
         ``create_graph=False``: the result need not be differentiable in (x, y).
         ``view``: the method view's per-candidate tensors for this trial (default: the
-        simulator's own, :attr:`view_inputs`).
+        simulator's own, :attr:`view_inputs`). ``target``: the observed message (on
+        :meth:`target`'s scale), against which a view's free weights are solved
+        (:meth:`solves_weights`); without it they stay the view's.
         """
         if not create_graph:
             with torch.no_grad():
-                return self.message(kind, x.detach(), y.detach(), create_graph=True, view=view)
+                return self.message(
+                    kind, x.detach(), y.detach(), create_graph=True, view=view, target=target
+                )
         lr = self.ctx.lr
-        if kind == "gradient":
+        if kind == "gradient" and target is not None and self.solves_weights(kind):
+            out = self.solved_gradient(x, y, view, target)
+        elif kind == "gradient":
             out = self.step_gradient(dict(self.params0), x, y, view)
         else:
             current = dict(self.params0)
@@ -651,7 +696,8 @@ class _LBFGSAttack(Attack):
 
         def one(z, labels, target, view=None):
             x, y = images(z), torch.softmax(labels, dim=1) if joint else labels
-            return prior(_l2_distance(sim.message(kind, x, y, view=view), target), x, y)
+            message = sim.message(kind, x, y, view=view, target=target)
+            return prior(_l2_distance(message, target), x, y)
 
         return one
 
@@ -924,7 +970,7 @@ class InvertingGradients(Attack):
 
         def one(z, labels, target, view=None):
             x = z if raw else m + s * z
-            message = sim.message(kind, x, labels, view=view)
+            message = sim.message(kind, x, labels, view=view, target=target)
             loss = prior(_cosine_distance(message, target), x, labels)
             return loss + tv * total_variation(z) if tv > 0 else loss  # TV in z's units
 
@@ -968,7 +1014,7 @@ class InvertingGradients(Attack):
         for (v, _), zi in zip(keys, x.detach(), strict=True):
             p = problems[v]
             xi = zi if self.params["units"] == "raw" else m + s * zi
-            candidate = p.sim.message(p.kind, xi, p.fixed, create_graph=False)
+            candidate = p.sim.message(p.kind, xi, p.fixed, create_graph=False, target=p.target)
             finals.append((float(_cosine_distance(candidate, p.target)), xi.clone()))
         return finals
 

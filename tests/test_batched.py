@@ -213,6 +213,34 @@ def test_batched_idlg_in_the_box_equals_sequential_in_float64(observed):
         assert float(a.images.min()) >= 0.0 and float(a.images.max()) <= 1.0
 
 
+def test_batched_copies_view_with_solved_weights_equals_sequential_in_float64():
+    """FedAvP's copies view solves each copy's weight (a linear solve inside the trial
+    loss): under vmap the two victims' trials take the paths they take one by one."""
+    cfg = tiny_config(
+        method="fedavp",
+        method_params={"h1": 8, "h2": 8},
+        attack=dict(names=("idlg@copies",), victims=2),
+    ).resolve()
+    out = Experiment(cfg).train()
+    obs64 = [as_float64(o) for o in out.channel.observations if o.kind == "gradient"]
+    assert len(obs64) == 2
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        recs = {
+            batched: ATTACKS.create(
+                "idlg@copies", iters=1, restarts=2, batched=batched, max_iter=10
+            ).reconstruct_batch(obs64, generators=[torch_generator(0, 2, v) for v in range(2)])
+            for batched in (True, False)
+        }
+    finally:
+        torch.set_default_dtype(default)
+    for a, b in zip(recs[True], recs[False], strict=True):
+        assert a.images.shape[0] == 2  # one dummy per augmented copy (expansion 2)
+        torch.testing.assert_close(a.images, b.images, rtol=0, atol=1e-9)
+        assert a.meta["loss"] == pytest.approx(b.meta["loss"], rel=1e-9)
+
+
 def test_victims_with_one_recipe_share_a_group_and_others_do_not(observed):
     from privbench.attacks.gradient import _Problem, group_problems
 
