@@ -631,6 +631,15 @@ class _LBFGSAttack(Attack):
     consumes = ("gradient", "update")
     joint_labels = True
 
+    @property
+    def solves_weights(self) -> bool:
+        """Whether the view's free weights are solved (``VictimSimulator.solves_weights``):
+        with fixed labels. DLG's free soft labels already give each dummy's term its own
+        scale (softmax output minus a free label); solved weights on top leave that scale
+        to two sets of variables, and DLG did worse with them (FedAvP's copies on digits,
+        benchmarks/fedavp_copies.py: 1 of 3 copies rebuilt, 2 of 3 without)."""
+        return not self.joint_labels
+
     def reconstruct(self, observation, *, generator, seen=()):
         return self.reconstruct_batch([observation], generators=[generator], seen=seen)[0]
 
@@ -694,9 +703,11 @@ class _LBFGSAttack(Attack):
         joint = self.joint_labels
         images = partial(self.to_images, sim.ctx)
 
+        solve = self.solves_weights
+
         def one(z, labels, target, view=None):
             x, y = images(z), torch.softmax(labels, dim=1) if joint else labels
-            message = sim.message(kind, x, y, view=view, target=target)
+            message = sim.message(kind, x, y, view=view, target=target if solve else None)
             return prior(_l2_distance(message, target), x, y)
 
         return one

@@ -10,7 +10,10 @@ copy a free dummy; its weight can be
 - ``true``: each copy's real score, replayed from the victim's private draws. Not an
   attacker: it bounds what knowing the weights is worth;
 - ``solved``: each weight solved against the observed gradient, in closed form
-  (``VictimSimulator.solved_gradient``): what the copies view does now.
+  (``VictimSimulator.solved_gradient``): what the copies view does now for iDLG and IG,
+  whose labels are fixed. DLG's free soft labels already scale each copy's term, and
+  DLG keeps the expected weights (``_LBFGSAttack.solves_weights``); its ``solved``
+  rows here force the solve, the measurement behind that choice.
 
 Each attack rebuilds one victim image (B = 1, ``expansion`` 2) of a FedAvP run on
 digits (4 IID clients, 3 rounds, the gradient of round 2), at each seed; the score is
@@ -70,6 +73,7 @@ def victim(seed: int):
 def weighting(kind: str, true_scores):
     """The copies view with the weights of ``kind`` for the duration."""
     solves, loss = gradient.VictimSimulator.solves_weights, fedavp.PolicyGuess.local_loss
+    lbfgs = gradient._LBFGSAttack.__dict__["solves_weights"]
 
     def true_loss(self, model, x, y, *, received, generator=None):
         if self.guess != "copies":
@@ -80,11 +84,14 @@ def weighting(kind: str, true_scores):
         gradient.VictimSimulator.solves_weights = lambda self, k: False
     if kind == "true":
         fedavp.PolicyGuess.local_loss = true_loss
+    if kind == "solved":  # DLG too
+        gradient._LBFGSAttack.solves_weights = property(lambda self: True)
     try:
         yield
     finally:
         gradient.VictimSimulator.solves_weights = solves
         fedavp.PolicyGuess.local_loss = loss
+        gradient._LBFGSAttack.solves_weights = lbfgs
 
 
 def measure(seeds: int, store: RowStore, iters: int | None = None) -> None:

@@ -244,6 +244,13 @@ def cnn_init() -> str:
     return bench.table(rows) if rows else _missing(RESULTS / "cnn_init.jsonl")
 
 
+def fedavp_copies() -> str:
+    import fedavp_copies as bench
+
+    rows = _jsonl(RESULTS / "fedavp_copies.jsonl")
+    return bench.table(rows) if rows else _missing(RESULTS / "fedavp_copies.jsonl")
+
+
 # The reproductions (benchmarks/reproduce/): module name -> where its rows are.
 REPRODUCTIONS = {
     "gradient-inversion": ("gradient_inversion", "gradient_inversion.jsonl"),
@@ -447,6 +454,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "results:defense-curve": defense_curve,
     "results:tuning": tuning,
     "results:cnn-init": cnn_init,
+    "results:fedavp-copies": fedavp_copies,
     "results:reproduce-cost": reproduction_cost,
     **{f"results:reproduce-{name}": _reproduction_table(name) for name in REPRODUCTIONS},
     **{f"verdicts:reproduce-{name}": _reproduction_verdicts(name) for name in REPRODUCTIONS},

@@ -829,3 +829,42 @@ def test_the_defense_curve_tables_a_diverged_training_as_an_error_not_a_crash(tm
     assert lines["client-dp"].endswith("| 1 |" + " - |" * 11 + " 1 / 1 seeds |")
     leak = "| 50.00 | - | - | 30.00 | 20.00 | 50.00 | - | - | 1 / 1 seeds |"
     assert lines["prune"].endswith("| 1 | - | - | - " + leak)
+
+
+@pytest.mark.slow
+def test_the_copies_weights_benchmark_weights_as_it_says_and_resumes(tmp_path):
+    """benchmarks/fedavp_copies.py: its ``true`` weighting is the victim's own loss (on
+    the copies the victim trained on, the view's message is the observed gradient, no
+    solve), its ``solved`` one makes DLG solve too, every weighting is undone after
+    use, and a rerun measures nothing again."""
+    import fedavp_copies as bench
+    import torch
+
+    from privbench.attacks.gradient import VictimSimulator
+
+    out, obs, views, true_scores = bench.victim(0)
+    x = views.flatten(0, 1)
+    y = out.victims[0].labels.repeat(len(views))
+    from privbench.attacks.base import ATTACKS
+
+    original = VictimSimulator.solves_weights
+    with bench.weighting("solved", true_scores):  # DLG's solve is forced for the table
+        assert ATTACKS.create("dlg").solves_weights
+    assert not ATTACKS.create("dlg").solves_weights and ATTACKS.create("idlg").solves_weights
+    with bench.weighting("true", true_scores):
+        sim = VictimSimulator(obs.context, guess="copies")
+        target = sim.target(obs)
+        got = sim.message(obs.kind, x, y, create_graph=False, target=target)
+    assert VictimSimulator.solves_weights is original
+    for n in target:
+        torch.testing.assert_close(got[n], target[n], rtol=1e-4, atol=1e-7)
+    store = bench.RowStore(tmp_path / "copies.jsonl", lambda r: tuple(r[f] for f in bench.FIELDS))
+    bench.measure(1, store, iters=1)
+    rows = list(store)
+    assert sorted((r["attack"], r["weights"]) for r in rows) == sorted(
+        (a, w) for a, ws in bench.PLAN for w in ws
+    )
+    assert all(len(r["true_scores"]) == 2 and r["seed"] == 0 for r in rows)
+    bench.measure(1, store, iters=1)
+    assert len((tmp_path / "copies.jsonl").read_text().splitlines()) == len(rows)
+    assert "| idlg@copies | solved | 1 |" in bench.table(rows)
