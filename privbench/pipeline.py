@@ -80,6 +80,7 @@ def run(
     t0 = time.perf_counter()
     exp = Experiment(config, model=model, data=data)  # raises PrivbenchError on bad input
     cfg = exp.cfg
+    exp.records_observations = bool(cfg.attack.names)  # nothing reads them otherwise
     if store is not None and checkpoint_every is not None and model is None and data is None:
         exp.checkpoint = RoundCheckpoint.in_store(
             store.directory, cfg.hash(), every=checkpoint_every
@@ -140,6 +141,7 @@ def run_shared(
             "run_shared: these configurations train differently; only their attacks "
             "(names and parameters) may differ"
         )
+    exp.records_observations = any(cfgs[i].attack.names for i in live)
     if store is not None and checkpoint_every is not None:
         # Keyed by the training: a rerun of any of these points resumes from it.
         exp.checkpoint = RoundCheckpoint.in_store(

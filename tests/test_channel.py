@@ -57,3 +57,35 @@ def test_observations_are_frozen_copies():
 def test_unknown_kind_rejected():
     with pytest.raises(ValueError, match="Valid kinds"):
         Channel(ServerThreat()).send(0, 0, SERVER, "secrets", {})
+
+
+def test_a_run_that_attacks_nothing_records_no_observations_and_counts_the_same(
+    monkeypatch,
+):
+    """The pipeline's runs without attacks keep no observation (every upload of every
+    round would otherwise stay in memory and in the round checkpoints); the bytes and
+    the model are those of a run that records, and a run with an attack still records."""
+    import privbench
+    from privbench.engine.experiment import Experiment
+    from privbench.testing import tiny_config
+
+    kept = {}
+    train = Experiment.train
+
+    def spy(self):
+        out = train(self)
+        kept[bool(self.cfg.attack.names)] = len(out.channel.observations)
+        return out
+
+    monkeypatch.setattr(Experiment, "train", spy)
+    (plain,) = privbench.run(tiny_config())
+    privbench.run(tiny_config(attack=dict(names=("idlg",), params={"iters": 1})))
+    assert kept == {False: 0, True: kept[True]} and kept[True] > 0
+    recorded = Experiment(tiny_config()).train()  # the Python API's default: it records
+    assert recorded.channel.observations
+    assert plain.bytes_up == recorded.channel.bytes_up
+    assert plain.bytes_by_kind == recorded.channel.bytes_by_kind()
+    assert plain.accuracy == recorded.history[-1]["accuracy"]
+    channel = Channel(ServerThreat(), record=False)
+    channel.send(0, 1, SERVER, "update", {"w": torch.ones(3)})
+    assert channel.observations == [] and channel.bytes_up == 12

@@ -172,10 +172,12 @@ def _up_down() -> dict[str, int]:
 
 
 class Channel:
-    """Counts bytes by kind and direction and records what the threat model sees."""
+    """Counts bytes by kind and direction and records what the threat model sees
+    (``record=False``: counts only, for a run no attack reads, whose observations would
+    otherwise hold every upload of every round in memory)."""
 
-    def __init__(self, threat: ThreatModel):
-        self.threat = threat
+    def __init__(self, threat: ThreatModel, *, record: bool = True):
+        self.threat, self.record = threat, record
         self.bytes: dict[str, dict[str, int]] = defaultdict(_up_down)
         self.bytes_per_round: dict[int, dict[str, int]] = defaultdict(_up_down)
         self.observations: list[Observation] = []
@@ -202,7 +204,7 @@ class Channel:
         self.bytes_per_round[round][direction] += size
         self.messages += 1
         message = Message(round, sender, receiver, kind, payload, size, encoding)
-        if self.threat.sees(message):
+        if self.record and self.threat.sees(message):
             self.observations.append(
                 Observation(round, sender, receiver, kind, _freeze(payload), context)
             )

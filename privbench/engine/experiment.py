@@ -31,13 +31,16 @@ class Experiment(ClientWork):
     from (:mod:`privbench.engine.checkpoint`); None, the default, saves nothing."""
 
     checkpoint: RoundCheckpoint | None = None
+    # False: the channel counts bytes but keeps no observation (the pipeline's runs that
+    # attack nothing); True, the default, for whoever attacks the outcome afterwards.
+    records_observations: bool = True
 
     def train(self) -> TrainingOutcome:
         cfg, fed, atk = self.cfg, self.cfg.fed, self.cfg.attack
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(cfg.seed, 0))
         global_model = self.build_model()
-        parts = self.make_parts(channel=Channel(self.threat))
+        parts = self.make_parts(channel=Channel(self.threat, record=self.records_observations))
         self.parts = parts  # the run's live roles (the engine's side; never an attack's)
         client, server, channel = parts.client, parts.server, parts.channel
         algorithm, defenses = parts.algorithm, parts.defenses
