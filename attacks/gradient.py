@@ -113,6 +113,10 @@ class VictimSimulator:
         self.module = context.build_model()
         self.module.load_state_dict(dict(context.weights_before))
         self.module.train()  # clients train in train mode (BN uses batch statistics)
+        # BatchNorm couples a batch's records: its loss is no sum of per-record terms.
+        self.coupled = any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.module.modules()
+        )
         # Train-mode BatchNorm normalises with batch statistics; its running averages never
         # reach the loss. Dropping them keeps the simulation free of in-place updates.
         replace_all_batch_norm_modules_(self.module)
@@ -174,9 +178,12 @@ class VictimSimulator:
         """Whether each dummy's weight in the victim's loss is solved against the observed
         message (the view's ``free_weights``: FedAvP's ``copies``, each copy weighted by
         its drawn pair's score, which the attacker cannot see): for a one-step gradient
-        without per-record clipping, where the message is linear in those weights."""
+        without per-record clipping, where the message is linear in those weights, on a
+        model without BatchNorm and without synthetic samples in the batch, where each
+        record's term is its own gradient."""
         free = getattr(self.augmenter, "free_weights", False)
-        return free and kind == "gradient" and self.ctx.record_clip is None
+        plain = self.ctx.record_clip is None and self.synthetic is None and not self.free
+        return free and kind == "gradient" and plain and not self.coupled
 
     def solved_gradient(self, x, y, view, target) -> dict[str, torch.Tensor]:
         """The gradient of the view's loss with each dummy's term reweighted by the

@@ -407,6 +407,26 @@ def test_copies_view_solves_each_copys_unknown_score_from_the_gradient(expansion
     assert gap(fixed) > 1e-3
 
 
+def test_copies_weights_are_solved_only_where_records_are_separate_terms():
+    """Per-record gradients add up to the message only without BatchNorm (which couples
+    a batch's records): on `cnn-bn` the copies view keeps the view's weights."""
+    from privbench.attacks.gradient import VictimSimulator
+    from privbench.engine.experiment import Experiment
+
+    solves = {}
+    for model in ("lenet-sigmoid", "cnn-bn"):
+        cfg = tiny_config(
+            method="fedavp",
+            model=model,
+            method_params={"h1": 8, "h2": 8},
+            attack=dict(names=("idlg@copies",)),
+        ).resolve()
+        out = Experiment(cfg).train()
+        (obs,) = [o for o in out.channel.observations if o.kind == "gradient"]
+        solves[model] = VictimSimulator(obs.context, guess="copies").solves_weights(obs.kind)
+    assert solves == {"lenet-sigmoid": True, "cnn-bn": False}
+
+
 def test_copies_view_optimises_a_dummy_per_augmented_copy(tmp_path):
     """With ``expansion`` 3 and a batch of 2, DLG's and IG's copies views rebuild six
     images (copy-major, each copy keeping its image's label) and each victim image is
