@@ -159,20 +159,30 @@ class VictimSimulator:
         if clip is None:
             return _weight_grad(lambda p: self.loss(p, x, y, view=view), params, x)
         total = {n: torch.zeros_like(v) for n, v in params.items()}
-        for i in range(len(y)):
-            g = _weight_grad(
-                lambda p, i=i: self.loss(p, x[i : i + 1], y[i : i + 1], penalty=False, view=view),
-                params,
-                x,
-            )
+        for g in self.record_gradients(params, x, y, view):
             norm = torch.sqrt(sum((t**2).sum() for t in g.values()))
             factor = torch.clamp(clip / (norm + 1e-6), max=1.0)
             total = {n: total[n] + factor * g[n] for n in total}
         grads = {n: t / len(y) for n, t in total.items()}
         if self.penalised:
-            pen = _weight_grad(lambda p: self.ctx.algorithm.penalty(p, self.params0), params, x)
+            pen = self.penalty_gradient(params, x)
             grads = {n: grads[n] + pen[n] for n in grads}
         return grads
+
+    def record_gradients(self, params, x, y, view) -> list[dict[str, torch.Tensor]]:
+        """Each record's own gradient of the view's loss (the trainer's penalty left out)."""
+        return [
+            _weight_grad(
+                lambda p, i=i: self.loss(p, x[i : i + 1], y[i : i + 1], penalty=False, view=view),
+                params,
+                x,
+            )
+            for i in range(len(y))
+        ]
+
+    def penalty_gradient(self, params, x) -> dict[str, torch.Tensor]:
+        """The gradient of the trainer's data-free term (FedProx) at ``params``."""
+        return _weight_grad(lambda p: self.ctx.algorithm.penalty(p, self.params0), params, x)
 
     def solves_weights(self, kind: str) -> bool:
         """Whether each dummy's weight in the victim's loss is solved against the observed
@@ -192,17 +202,8 @@ class VictimSimulator:
         solution of (G G^T) c = G (target - penalty) over the (masked) g_i. The best
         weights for the squared distance (DLG) and for the cosine (IG) alike."""
         params = dict(self.params0)
-        per = [
-            _weight_grad(
-                lambda p, i=i: self.loss(p, x[i : i + 1], y[i : i + 1], penalty=False, view=view),
-                params,
-                x,
-            )
-            for i in range(len(y))
-        ]
-        pen = None
-        if self.penalised:
-            pen = _weight_grad(lambda p: self.ctx.algorithm.penalty(p, self.params0), params, x)
+        per = self.record_gradients(params, x, y, view)
+        pen = self.penalty_gradient(params, x) if self.penalised else None
         seen = {n: t if pen is None else t - pen[n] for n, t in target.items()}
         mask = self.mask or {}
         flat = torch.stack(

@@ -187,6 +187,24 @@ def test_batched_dlg_equals_sequential_in_float64_over_many_iterations(observed)
         assert abs(a - b) < 0.1
 
 
+def _both_paths_in_float64(name: str, obs64: list) -> dict:
+    """{batched: reconstructions} of attack ``name`` (one L-BFGS step of 10 iterations,
+    2 restarts) on float64 observations, batched and one trial at a time."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # dummy images drawn in float64
+    try:
+        return {
+            batched: ATTACKS.create(
+                name, iters=1, restarts=2, batched=batched, max_iter=10
+            ).reconstruct_batch(
+                obs64, generators=[torch_generator(0, 2, v) for v in range(len(obs64))]
+            )
+            for batched in (True, False)
+        }
+    finally:
+        torch.set_default_dtype(default)
+
+
 def test_batched_idlg_in_the_box_equals_sequential_in_float64(observed):
     """iDLG in the sigmoid box is the most chaotic L-BFGS here: in float32 the paths part
     within 20 iterations, and even in float64 later (a curvature pair near the 1e-10
@@ -195,18 +213,7 @@ def test_batched_idlg_in_the_box_equals_sequential_in_float64(observed):
     1.9e-9 on another. Over 10 iterations in float64 both paths end on the same images
     and losses (7e-13 apart on the latter, far inside 1e-9)."""
     out, _, obs = observed
-    obs64 = [as_float64(o) for o in obs]
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        recs = {
-            batched: ATTACKS.create(
-                "idlg@sigmoid", iters=1, restarts=2, batched=batched, max_iter=10
-            ).reconstruct_batch(obs64, generators=[torch_generator(0, 2, v) for v in range(3)])
-            for batched in (True, False)
-        }
-    finally:
-        torch.set_default_dtype(default)
+    recs = _both_paths_in_float64("idlg@sigmoid", [as_float64(o) for o in obs])
     for a, b in zip(recs[True], recs[False], strict=True):
         torch.testing.assert_close(a.images, b.images, rtol=0, atol=1e-9)
         assert a.meta["loss"] == pytest.approx(b.meta["loss"], rel=1e-9)
@@ -224,17 +231,7 @@ def test_batched_copies_view_with_solved_weights_equals_sequential_in_float64():
     out = Experiment(cfg).train()
     obs64 = [as_float64(o) for o in out.channel.observations if o.kind == "gradient"]
     assert len(obs64) == 2
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        recs = {
-            batched: ATTACKS.create(
-                "idlg@copies", iters=1, restarts=2, batched=batched, max_iter=10
-            ).reconstruct_batch(obs64, generators=[torch_generator(0, 2, v) for v in range(2)])
-            for batched in (True, False)
-        }
-    finally:
-        torch.set_default_dtype(default)
+    recs = _both_paths_in_float64("idlg@copies", obs64)
     for a, b in zip(recs[True], recs[False], strict=True):
         assert a.images.shape[0] == 2  # one dummy per augmented copy (expansion 2)
         torch.testing.assert_close(a.images, b.images, rtol=0, atol=1e-9)
