@@ -271,7 +271,9 @@ import sys, time
 t0 = time.perf_counter()
 import {module}
 {after}
-heavy = [m for m in ("torchvision", "torch._dynamo", "scipy", "skimage") if m in sys.modules]
+heavy = [
+    m for m in ("torchvision", "torch._dynamo", "scipy", "skimage", "sklearn") if m in sys.modules
+]
 print(time.perf_counter() - t0, ",".join(heavy))
 """
 
@@ -296,12 +298,21 @@ def startup(repeats: int) -> dict:
 
     torch_s, _ = median_of("torch")
     ours_s, heavy = median_of("privbench", "privbench.registries()")
+    # The digits every default run trains on: read from scikit-learn's CSV, beside the
+    # same arrays through scikit-learn's own loader (what a run paid before).
+    digits_s, digits_heavy = median_of(
+        "privbench", "from privbench.data import load_dataset; load_dataset('digits')"
+    )
+    via_s, _ = median_of("privbench", "import sklearn.datasets; sklearn.datasets.load_digits()")
     return {
         "repeats": repeats,
         "torch_s": torch_s,
         "privbench_s": ours_s,
         "overhead_s": ours_s - torch_s,
         "heavy_modules": heavy,
+        "digits_s": digits_s,
+        "digits_heavy_modules": digits_heavy,
+        "digits_via_sklearn_s": via_s,
     }
 
 
@@ -379,7 +390,10 @@ def markdown(report: dict) -> str:
             "",
             f"Start-up, fresh process (median of {st['repeats']}): `import privbench` with its "
             f"registries {st['privbench_s']:.2f} s, `import torch` alone {st['torch_s']:.2f} s "
-            f"(privbench's own {st['overhead_s']:.2f} s); heavy libraries loaded: {heavy}.",
+            f"(privbench's own {st['overhead_s']:.2f} s); heavy libraries loaded: {heavy}. "
+            f"With the digits loaded {st['digits_s']:.2f} s "
+            f"({', '.join(st['digits_heavy_modules']) or 'still none'}); through "
+            f"scikit-learn's loader {st['digits_via_sklearn_s']:.2f} s.",
         ]
     if report.get("runs"):
         lines += ["", "Whole runs, each in a fresh process:", "", "| command | wall s | peak MiB |"]

@@ -458,6 +458,8 @@ def test_perf_benchmark_reports_ratios_with_quality_checks():
     startup = report["startup"]  # import time beside bare torch's; no heavy library yet
     assert startup["privbench_s"] > 0 and startup["torch_s"] > 0
     assert startup["heavy_modules"] == []
+    # The digits come without scikit-learn's import; its own loader pulls it (and scipy) in.
+    assert "sklearn" not in startup["digits_heavy_modules"] and startup["digits_via_sklearn_s"] > 0
 
 
 def test_lbfgs_history_benchmark_checks_that_both_paths_agree():

@@ -20,6 +20,29 @@ def test_digits_is_real_and_in_range():
     assert set(d.y_train.tolist()) == set(range(10))
 
 
+def test_digits_are_scikit_learns_own_arrays_read_without_importing_it():
+    """The digits come from the CSV in scikit-learn's wheel, exactly as its loader reads
+    them, and a process that loads them does not import sklearn (its start-up cost)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from privbench.data.datasets import _digits_arrays
+
+    images, target = _digits_arrays()
+    ref = load_digits()
+    assert images.dtype == ref.images.dtype and target.dtype == ref.target.dtype
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
+    code = (
+        "import sys; from privbench.data import load_dataset; load_dataset('digits'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_digits_resize():
     d = load_dataset("digits", {"image_size": 16})
     assert d.shape == (1, 16, 16)

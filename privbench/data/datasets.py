@@ -110,17 +110,39 @@ def _finish(name, x_tr, y_tr, x_te, y_te, classes, image_size, train_size=None, 
     )
 
 
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as its ``load_digits`` reads them (the CSV in its wheel,
+    ``np.loadtxt``, the last column the label), without importing ``sklearn.datasets``:
+    that import loads scipy.stats and costs a digits run about 2 s at start-up
+    (docs/performance.md). Where the file is not (a scikit-learn that moved it), its own
+    loader reads it."""
+    import gzip
+    import importlib.util
+    import io
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package, does not import it
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(roots[0], "datasets", "data", "digits.csv.gz") if roots else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits as sk_digits
+
+        d = sk_digits()
+        return d.images, d.target
+    with gzip.open(path) as fh:
+        data = np.loadtxt(io.TextIOWrapper(fh, encoding="utf-8"), delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
 @DATASETS.register(
     "digits",
     params=(_SIZE,),
     description="scikit-learn's 1,797 real 8x8 handwritten digits, 10 classes (embedded)",
 )
 def load_digits(*, image_size=None, root=None, download=False) -> DataBundle:
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8)
-    y = torch.from_numpy(d.target.astype(np.int64))
+    images, target = _digits_arrays()
+    x = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8)
+    y = torch.from_numpy(target.astype(np.int64))
     tr, te = fixed_split(len(y), 0.2, salt=0)
     return _finish("digits", x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)], image_size)
 
