@@ -73,6 +73,13 @@ def test_adapter_refuses_what_it_cannot_carry():
         FlowerBench(replace(_config(), fed=FedConfig(clients=4, rounds=3, algorithm="fedprox")))
 
 
+def test_the_adapter_keeps_observations_only_for_a_run_that_attacks():
+    from privbench.integrations.flower import FlowerBench
+
+    assert FlowerBench(_config()).channel.record
+    assert not FlowerBench(replace(_config(), attack=AttackConfig())).channel.record
+
+
 def test_method_messages_round_trip_through_flower_records():
     import torch
     from flwr.app import RecordDict

@@ -82,7 +82,8 @@ class FlowerBench:
                 "(pass the matching Flower strategy to FlowerBench.strategy instead)"
             )
         self._config, self._model, self._data = config, model, data
-        self.channel = Channel(self.exp.threat)
+        # As in privbench run: a run no attack reads keeps no observations.
+        self.channel = Channel(self.exp.threat, record=bool(self.cfg.attack.names))
         parts = self.exp.make_parts(channel=self.channel)
         self.server, self.defenses, self.algorithm = parts.server, parts.defenses, parts.algorithm
         self.victims: dict[int, Victim] = {}
