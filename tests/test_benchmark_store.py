@@ -868,3 +868,29 @@ def test_the_copies_weights_benchmark_weights_as_it_says_and_resumes(tmp_path):
     bench.measure(1, store, iters=1)
     assert len((tmp_path / "copies.jsonl").read_text().splitlines()) == len(rows)
     assert "| idlg@copies | solved | 1 |" in bench.table(rows)
+
+
+def test_the_committed_stores_keep_exactly_the_reconstructions_their_rows_name():
+    """Every committed sweep store's arrays and rows agree: each row's reconstruction is
+    committed beside it, and no array is kept that no row names (the leftovers of a run
+    killed between writing its arrays and its row would pass for measured data)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(
+        ["git", "ls-files", "benchmarks/results"], cwd=root, capture_output=True, text=True
+    )
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
+    tracked = set(listed.stdout.split())
+    stores = sorted(f for f in tracked if f.endswith("/results.jsonl"))
+    assert stores, "no committed sweep store"
+    for store in stores:
+        folder = store.rsplit("/", 1)[0]
+        rows = [json.loads(line) for line in (root / store).read_text().splitlines() if line]
+        named = {
+            f"{folder}/{r['reconstruction_file']}" for r in rows if r.get("reconstruction_file")
+        }
+        kept = {f for f in tracked if f.startswith(f"{folder}/reconstructions/")}
+        assert not named - kept, (store, sorted(named - kept)[:5])
+        assert not kept - named, (store, sorted(kept - named)[:5])
