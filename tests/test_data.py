@@ -43,6 +43,17 @@ def test_digits_are_scikit_learns_own_arrays_read_without_importing_it():
     assert out.stdout.strip() == "[]"
 
 
+def test_digits_fall_back_to_scikit_learns_loader_where_its_file_is_not(monkeypatch):
+    import importlib.util
+
+    from privbench.data import datasets
+
+    want = datasets._digits_arrays()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    images, target = datasets._digits_arrays()
+    assert np.array_equal(images, want[0]) and np.array_equal(target, want[1])
+
+
 def test_digits_resize():
     d = load_dataset("digits", {"image_size": 16})
     assert d.shape == (1, 16, 16)
