@@ -283,3 +283,10 @@ attack = ["ig"]
         (joined,) = worst_case_view(rows)
     assert joined["merged_runs"] == sorted([case.config_hash, companion.config_hash])
     assert run_sweep(grid, out=str(out), workers=1, threads=1, rejoin=True).ran == 0
+    # A stored run of the same training under a configuration the grid no longer holds
+    # (another attack list, trained on another machine) cannot be rejoined: it sends
+    # nothing round again.
+    stale = {**new[0], "config_hash": "f" * 16, "attack": "dlg", "accuracy": 0.5}
+    store.append([stale])
+    assert split_trainings(store.read())
+    assert run_sweep(grid, out=str(out), workers=1, threads=1, rejoin=True).ran == 0

@@ -46,7 +46,11 @@ def rejoined(points: list[Point], out: str) -> list[Point]:
     from privbench.results import ResultStore
     from privbench.results.companions import split_trainings
 
-    split = split_trainings(ResultStore(out).read())
+    # Only the grid's own runs: a stored run of a configuration the grid no longer holds
+    # (an attack list changed since) is never run again, so it cannot be rejoined, and
+    # its accuracy must not send the grid's points round again and again.
+    ours = {p.config_hash for p in points}
+    split = split_trainings(r for r in ResultStore(out).read() if r.get("config_hash") in ours)
     again = set()
     for group in together(points):
         if any(p.config_hash in split for p in group):
