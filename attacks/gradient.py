@@ -30,7 +30,7 @@ from privbench.attacks.batched import (
     stack_trials,
 )
 from privbench.engine.channel import Observation, PublicContext
-from privbench.engine.federated import FunctionalModel
+from privbench.engine.federated import FunctionalModel, has_batchnorm
 from privbench.errors import IncompatibleError
 from privbench.models import classifier_weight_name
 from privbench.progress import bar
@@ -114,9 +114,7 @@ class VictimSimulator:
         self.module.load_state_dict(dict(context.weights_before))
         self.module.train()  # clients train in train mode (BN uses batch statistics)
         # BatchNorm couples a batch's records: its loss is no sum of per-record terms.
-        self.coupled = any(
-            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.module.modules()
-        )
+        self.coupled = has_batchnorm(self.module)
         # Train-mode BatchNorm normalises with batch statistics; its running averages never
         # reach the loss. Dropping them keeps the simulation free of in-place updates.
         replace_all_batch_norm_modules_(self.module)

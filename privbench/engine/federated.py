@@ -355,7 +355,7 @@ def minibatches(
     """Index batches of local SGD over ``n`` samples: a fresh shuffle each epoch. A
     batch of one is skipped when the model has BatchNorm (it cannot normalise it in
     train mode)."""
-    has_bn = _has_batchnorm(model)
+    has_bn = has_batchnorm(model)
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
@@ -365,7 +365,8 @@ def minibatches(
             yield idx
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` normalises with BatchNorm, which couples a batch's records."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
