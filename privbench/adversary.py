@@ -29,26 +29,12 @@ def expand_attacks(names, method: str) -> tuple[str, ...]:
     (FedAvP), and each of the method's ``attack_guesses`` (FedAvP: ``@identity``,
     ``@copies``); other names pass through, duplicates dropped."""
     from privbench import registries
-    from privbench.engine.method import Augmenter
     from privbench.errors import PrivbenchError
 
     names = tuple(names)
     if ALL_GRADIENT not in names:
         return names
-    methods = registries()["method"]
-    factory = methods.entry(method).factory if method in methods else None
-
-    def overrides(hook: str) -> bool:
-        return isinstance(factory, type) and getattr(factory, hook) is not getattr(Augmenter, hook)
-
-    variants = [""]
-    if overrides("attack_candidates"):
-        variants.append("@enumerate")
-    if overrides("attack_synthetic"):
-        variants.append("@joint")
-    if getattr(factory, "attack_image_ops", False):
-        variants.append("@sigmoid")
-    variants += ["@" + g for g in getattr(factory, "attack_guesses", ())]
+    variants = ["", *method_variants(method)]
     attacks = registries()["attack"]
 
     def accepts(name: str) -> bool:  # only the L-BFGS attacks have a @sigmoid box
@@ -67,9 +53,39 @@ def expand_attacks(names, method: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def method_variants(method: str) -> list[str]:
+    """The attack variants ``method`` calls for (see :func:`expand_attacks`):
+    ``@enumerate``, ``@joint``, ``@sigmoid`` and its ``attack_guesses``, each where the
+    method has what the variant models; none for a name no method is registered as."""
+    from privbench import registries
+    from privbench.engine.method import Augmenter
+
+    methods = registries()["method"]
+    factory = methods.entry(method).factory if method in methods else None
+
+    def overrides(hook: str) -> bool:
+        return isinstance(factory, type) and getattr(factory, hook) is not getattr(Augmenter, hook)
+
+    variants = []
+    if overrides("attack_candidates"):
+        variants.append("@enumerate")
+    if overrides("attack_synthetic"):
+        variants.append("@joint")
+    if getattr(factory, "attack_image_ops", False):
+        variants.append("@sigmoid")
+    return variants + ["@" + g for g in getattr(factory, "attack_guesses", ())]
+
+
 def base_name(name: str) -> str:
     """The plugin of a variant name (``dlg@enumerate`` -> ``dlg``)."""
     return name.partition("@")[0]
 
 
-__all__ = ["ALL_GRADIENT", "WORST_CASE", "base_name", "expand_attacks", "gradient_attacks"]
+__all__ = [
+    "ALL_GRADIENT",
+    "WORST_CASE",
+    "base_name",
+    "expand_attacks",
+    "gradient_attacks",
+    "method_variants",
+]

@@ -209,9 +209,13 @@ class RunConfig:
             plugin, "defense", self.defenses, self.defense_params, problems
         )
         if not problems and self.method in registries()["method"]:
-            from privbench.validation import combination_problems
+            import warnings
+
+            from privbench.validation import combination_problems, view_notices
 
             problems += combination_problems(self.method, tuple(self.defenses))
+            for notice in view_notices(self.method, attack_params):
+                warnings.warn(notice, stacklevel=2)
         if problems:
             raise PrivbenchError(" ".join(problems))
         return replace(

@@ -201,3 +201,30 @@ def combination_problems(method: str, defenses: tuple[str, ...]) -> list[str]:
             stacklevel=3,
         )
     return problems
+
+
+# A view of the victim's private draws, the variant that calls for it, and what it is
+# on a method that has nothing of the kind.
+_VIEWS = {
+    ("guess", "copies"): ("@copies", "trains on no augmented copies of an image", "identity"),
+    ("guess", "enumerate"): ("@enumerate", "shares nothing to enumerate", "expected"),
+    ("synthetic", "joint"): ("@joint", "mixes no private synthetic samples", "estimate"),
+}
+
+
+def view_notices(method: str, attack_params: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Attacks asking for a view ``method`` gives nothing to (``idlg@copies`` on FedAvg):
+    they run as the plain view, which the one-line notice names, so a table row labelled
+    ``@copies`` is not read as the copies attack."""
+    from privbench.adversary import method_variants
+
+    have = set(method_variants(method))
+    out = []
+    for name, params in attack_params.items():
+        for (key, value), (variant, lacks, plain) in _VIEWS.items():
+            if (params or {}).get(key) == value and variant not in have:
+                out.append(
+                    f"attack '{name}': method '{method}' {lacks}, so its {key}={value} "
+                    f"view runs as the {plain} view."
+                )
+    return out

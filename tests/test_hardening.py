@@ -400,6 +400,29 @@ def test_two_guarantees_of_one_level_are_refused_and_two_levels_warned():
         tiny_config(defenses=("dp-sgd", "client-dp")).resolve()
 
 
+def test_a_view_the_method_gives_nothing_to_is_named_as_the_view_it_runs():
+    """``idlg@copies`` on FedAvg runs the identity view: the run says so in one line;
+    the methods that have what a view models stay silent."""
+    import warnings
+
+    with pytest.warns(UserWarning) as caught:
+        tiny_config(attack=dict(names=("idlg@copies", "dlg@enumerate", "ig@joint"))).resolve()
+    assert [str(w.message) for w in caught] == [
+        "attack 'idlg@copies': method 'fedavg' trains on no augmented copies of an image, "
+        "so its guess=copies view runs as the identity view.",
+        "attack 'dlg@enumerate': method 'fedavg' shares nothing to enumerate, so its "
+        "guess=enumerate view runs as the expected view.",
+        "attack 'ig@joint': method 'fedavg' mixes no private synthetic samples, so its "
+        "synthetic=joint view runs as the estimate view.",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for method, attack in [("fedavp", "idlg@copies"), ("fedmix", "dlg@enumerate")]:
+            tiny_config(method=method, attack=dict(names=(attack,))).resolve()
+        tiny_config(method="zdac", attack=dict(names=("ig@joint",))).resolve()
+        tiny_config(attack=dict(names=("dlg", "idlg@identity"))).resolve()
+
+
 def test_run_config_type_check_covers_every_field():
     """Every field of the three config dataclasses has an annotation the checker knows."""
     from privbench.validation import field_problems
