@@ -31,7 +31,7 @@ from privbench.attacks.batched import (
 )
 from privbench.engine.channel import Observation, PublicContext
 from privbench.engine.federated import FunctionalModel, has_batchnorm
-from privbench.errors import IncompatibleError
+from privbench.errors import ATTACK_DIVERGED, AttackDivergedError, IncompatibleError
 from privbench.models import classifier_weight_name
 from privbench.progress import bar
 from privbench.registry import Param
@@ -675,7 +675,7 @@ class _LBFGSAttack(Attack):
                 if trial is not None and (best is None or trial[0] < best[0]):
                     best = trial
             if best is None:
-                raise RuntimeError(f"{self.name}: every restart diverged (non-finite loss)")
+                raise AttackDivergedError(f"{self.name}: {ATTACK_DIVERGED}")
             n = p.real  # the victim's records; joint-mode synthetic dummies are not scored
             out.append(Reconstruction(best[1][:n], best[2][:n], {"loss": best[0]}))
         return out

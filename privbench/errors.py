@@ -34,6 +34,17 @@ class DivergedError(PrivbenchError):
     outcome = None
 
 
+# AttackDivergedError's message after the attack's name.
+ATTACK_DIVERGED = "every restart diverged (non-finite loss)"
+
+
+class AttackDivergedError(RuntimeError):
+    """Every restart of an attack ended at a non-finite loss (free DLG pixels that a
+    victim's augmentation overflows): the attack rebuilds nothing. Its starts and the
+    message are deterministic, so a rerun diverges again: its error row settles its point
+    (``results.store.settled``) as a diverged training's does."""
+
+
 class UserCodeError(PrivbenchError):
     """A user's callable (a ``--dataset``/``--model`` import string, a model factory, a
     data loader) raised or returned something privbench cannot use."""

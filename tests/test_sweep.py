@@ -378,6 +378,25 @@ def test_a_diverged_point_is_settled_and_any_other_error_is_retried(tmp_path):
     assert not diverged({"status": "error", "error": "UserCodeError: DivergedError: no"})
 
 
+def test_an_attack_whose_every_restart_diverged_settles_its_point():
+    """Its starts and the message are deterministic, so a rerun diverges again: the row
+    settles (as written now, and as written before the error had a type of its own),
+    and it is not a training divergence; any other RuntimeError is retried."""
+    from privbench.errors import ATTACK_DIVERGED, AttackDivergedError
+    from privbench.pipeline import _error_text
+    from privbench.results.store import diverged, settled
+
+    def row(error):
+        return {"status": "error", "attack": "dlg@sample", "attack_round": 3, "error": error}
+
+    now = row(_error_text(AttackDivergedError(f"dlg: {ATTACK_DIVERGED}")))
+    assert now["error"].startswith("AttackDivergedError: dlg: every restart diverged")
+    before = row("RuntimeError: dlg: every restart diverged (non-finite loss)")
+    assert settled(now) and settled(before) and not diverged(now) and not diverged(before)
+    assert not settled(row("RuntimeError: dlg: out of memory"))
+    assert not settled(row("RuntimeError: dlg: every restart diverged (non-finite loss); x"))
+
+
 def test_grid_rows_keep_the_points_of_the_grid_and_the_cli_filters_with_grid(tmp_path, capsys):
     """``--grid`` tables, plots, baselines and checks the rows of a grid's points only:
     a run of an earlier version of the grid in the same store is left out."""

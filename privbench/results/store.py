@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from privbench.errors import ATTACK_DIVERGED
+
 RESULT_FIELDS = (
     "method",
     "attack",
@@ -202,8 +204,11 @@ def _key_of(row: Any) -> tuple[Any, Any] | None:
 # as an ok row does, so a resumed sweep or benchmark does not run it again and write a
 # second error row. Every other error (a worker that died, a full disk, user code that
 # raised) is retried.
+# An attack whose every restart diverged (AttackDivergedError) reproduces too; rows
+# written before that error had a type of its own say RuntimeError.
 DIVERGED = "DivergedError:"
-REPRODUCIBLE_ERRORS = (DIVERGED,)
+REPRODUCIBLE_ERRORS = (DIVERGED, "AttackDivergedError:")
+_ATTACK_DIVERGED_BEFORE = re.compile(rf"RuntimeError: [\w@.-]+: {re.escape(ATTACK_DIVERGED)}$")
 
 
 def _error_starts(row: Any, prefixes: str | tuple[str, ...]) -> bool:
@@ -230,7 +235,8 @@ def settled(row: Any) -> bool:
     or after its attacked round, written before such attacks ran, does not: a rerun
     gives the attack's scores."""
     ok = isinstance(row, dict) and row.get("status") == "ok"
-    return ok or (_error_starts(row, REPRODUCIBLE_ERRORS) and not _unattacked(row))
+    old = _error_starts(row, "RuntimeError:") and _ATTACK_DIVERGED_BEFORE.match(row["error"])
+    return ok or (_error_starts(row, REPRODUCIBLE_ERRORS) and not _unattacked(row)) or bool(old)
 
 
 def _unattacked(row: dict) -> bool:
