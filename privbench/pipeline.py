@@ -24,7 +24,7 @@ from privbench.confighash import config_hash
 from privbench.engine.checkpoint import DEFAULT_EVERY_S, RoundCheckpoint
 from privbench.engine.experiment import Experiment
 from privbench.engine.outcome import TrainingOutcome
-from privbench.errors import DivergedError, PrivbenchError
+from privbench.errors import AttackDivergedError, DivergedError, PrivbenchError
 from privbench.evaluation.attacking import AttackScores, attack_victims, worst_case
 from privbench.results import Result, Results, ResultStore, versions
 from privbench.results.companions import without_attackers
@@ -323,7 +323,7 @@ def _worst_case_row(rows: Results, score, names: list[str]) -> Result:
 
 
 def _log_traceback(err: BaseException) -> None:
-    if isinstance(err, PrivbenchError):
+    if isinstance(err, (PrivbenchError, AttackDivergedError)):
         return  # a known, explained failure: the row's message says it all
 
     # The row carries the message; the traceback goes to stderr for whoever debugs it.

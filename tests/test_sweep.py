@@ -378,12 +378,21 @@ def test_a_diverged_point_is_settled_and_any_other_error_is_retried(tmp_path):
     assert not diverged({"status": "error", "error": "UserCodeError: DivergedError: no"})
 
 
-def test_an_attack_whose_every_restart_diverged_settles_its_point():
+def test_an_attack_whose_every_restart_diverged_settles_its_point(caplog):
     """Its starts and the message are deterministic, so a rerun diverges again: the row
     settles (as written now, and as written before the error had a type of its own),
-    and it is not a training divergence; any other RuntimeError is retried."""
+    and it is not a training divergence; any other RuntimeError is retried. The row's
+    message says it all: no traceback is logged for it."""
     from privbench.errors import ATTACK_DIVERGED, AttackDivergedError
-    from privbench.pipeline import _error_text
+    from privbench.pipeline import _error_text, _log_traceback
+
+    _log_traceback(AttackDivergedError(f"dlg: {ATTACK_DIVERGED}"))
+    assert not caplog.records
+    try:
+        raise RuntimeError("dlg: out of memory")
+    except RuntimeError as err:
+        _log_traceback(err)
+    assert "trial failed" in caplog.text
     from privbench.results.store import diverged, settled
 
     def row(error):
