@@ -460,7 +460,7 @@ _GUESS = Param(
     "how the attacker models what the victim drew privately: the expected loss (FedMix: "
     "the mean X_g entry; FedAvP: over the policy), one sampled draw, none (identity), "
     "none with a free dummy per augmented copy the step trains on (copies; FedAvP's "
-    "expansion, identity elsewhere), or enumerate every candidate it knows (FedMix: each "
+    "expansion, the expected view elsewhere), or enumerate every candidate it knows (FedMix: each "
     "X_g entry, the best match wins; the expected view where there is nothing to "
     "enumerate)",
     choices=("expected", "sample", "identity", "enumerate", "copies"),

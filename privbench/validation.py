@@ -204,9 +204,10 @@ def combination_problems(method: str, defenses: tuple[str, ...]) -> list[str]:
 
 
 # A view of the victim's private draws, the variant that calls for it, and what it is
-# on a method that has nothing of the kind.
+# on a method that has nothing of the kind: the method's own attacker view (its
+# ``attack_view`` returns itself, as for guess=expected), or no synthetic dummies.
 _VIEWS = {
-    ("guess", "copies"): ("@copies", "trains on no augmented copies of an image", "identity"),
+    ("guess", "copies"): ("@copies", "trains on no augmented copies of an image", "expected"),
     ("guess", "enumerate"): ("@enumerate", "shares nothing to enumerate", "expected"),
     ("synthetic", "joint"): ("@joint", "mixes no private synthetic samples", "estimate"),
 }

@@ -401,20 +401,22 @@ def test_two_guarantees_of_one_level_are_refused_and_two_levels_warned():
 
 
 def test_a_view_the_method_gives_nothing_to_is_named_as_the_view_it_runs():
-    """``idlg@copies`` on FedAvg runs the identity view: the run says so in one line;
-    the methods that have what a view models stay silent."""
+    """``idlg@copies`` on FedAvg or FedMix runs the method's own (expected) view: the run
+    says so in one line; the methods that have what a view models stay silent."""
     import warnings
 
     with pytest.warns(UserWarning) as caught:
         tiny_config(attack=dict(names=("idlg@copies", "dlg@enumerate", "ig@joint"))).resolve()
     assert [str(w.message) for w in caught] == [
         "attack 'idlg@copies': method 'fedavg' trains on no augmented copies of an image, "
-        "so its guess=copies view runs as the identity view.",
+        "so its guess=copies view runs as the expected view.",
         "attack 'dlg@enumerate': method 'fedavg' shares nothing to enumerate, so its "
         "guess=enumerate view runs as the expected view.",
         "attack 'ig@joint': method 'fedavg' mixes no private synthetic samples, so its "
         "synthetic=joint view runs as the estimate view.",
     ]
+    with pytest.warns(UserWarning, match="'fedmix' trains on no augmented copies.*expected"):
+        tiny_config(method="fedmix", attack=dict(names=("dlg@copies",))).resolve()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for method, attack in [("fedavp", "idlg@copies"), ("fedmix", "dlg@enumerate")]:
