@@ -214,8 +214,10 @@ def test_the_other_methods_headline_grid_is_valid_and_covers_them_all():
     points, problems = expand(load_grid(os.path.join(root, "benchmarks", "headline_more.toml")))
     # 8 methods x 4 defenses x 3 seeds, less Fed-ZDAC/ZDAS under either DP defense (their
     # BatchNorm), FedAvP under DP-SGD (privbench refuses the pair) and the four methods
-    # that share no artifact under artifact noise: 69 points, each with its IG companion.
-    assert problems == [] and len(points) == 2 * 69
+    # that share no artifact under artifact noise: 69 points, and FedAvg on cnn-bn (their
+    # baseline) without a defense at 3 seeds: 72, each with its IG companion.
+    assert problems == [] and len(points) == 2 * 72
+    assert {p.config.defenses for p in points if p.config.model == "cnn-bn"} == {()}
     present = {(p.config.method, p.config.defenses) for p in points}
     assert ("fedavp", ("dp-sgd",)) not in present and ("fedavp", ("client-dp",)) in present
     covered = {p.config.method for p in first} | {p.config.method for p in points}
